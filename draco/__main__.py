@@ -1,0 +1,5 @@
+import sys
+
+from draco.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""create_app: where the pieces meet. Read top to bottom, it is the request path:
+
+client -> security headers -> CORS -> rate limit -> API key -> gzip -> route -> catalog -> upstream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+
+from draco import __version__, errors, routes
+from draco.auth import KeyRing
+from draco.catalog import Catalog
+from draco.middleware import ApiKeyMiddleware, CORSMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
+from draco.ratelimit import Limiter, MemoryStore, TrustedHosts
+from draco.settings import Settings
+
+SWEEP_EVERY = 300  # seconds between sweeps of idle rate-limit entries
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, clock=time.time) -> Starlette:
+    trusted = TrustedHosts(settings.trusted_hosts)
+    ring = KeyRing(settings.api_keys)
+    store = MemoryStore(settings.rate_limit_max_clients)
+    limiter = Limiter(settings.rate_limit_requests, settings.rate_limit_period, store, clock)
+
+    middleware = [
+        Middleware(SecurityHeadersMiddleware, enabled=settings.enable_security_headers, production=not settings.debug),
+        Middleware(CORSMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials),
+    ]
+    if settings.rate_limit_enabled:
+        middleware.append(Middleware(RateLimitMiddleware, limiter=limiter, trusted=trusted))
+    if settings.enable_api_key_auth:
+        middleware.append(Middleware(ApiKeyMiddleware, ring=ring, trusted=trusted))
+    middleware.append(Middleware(GZipMiddleware, minimum_size=500, compresslevel=6))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        client = httpx.AsyncClient(
+            http2=True,
+            verify=True,  # never configurable
+            timeout=settings.http_timeout,
+            limits=httpx.Limits(
+                max_connections=settings.http_max_connections,
+                max_keepalive_connections=settings.http_max_keepalive_connections,
+            ),
+            headers={"User-Agent": f"draco/{__version__}"},
+            transport=transport,
+        )
+        catalog = Catalog(settings, client, clock=clock)
+        catalog.restore()
+        app.state.catalog = catalog
+        sweeper = asyncio.create_task(_sweep(store, limiter))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await catalog.close()
+            await client.aclose()
+
+    app = Starlette(
+        debug=False,  # never Starlette's traceback pages, whatever DEBUG says
+        routes=routes.ROUTES,
+        middleware=middleware,
+        exception_handlers=errors.HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.limiter = limiter
+    app.state.keyring = ring
+    return app
+
+
+async def _sweep(store: MemoryStore, limiter: Limiter) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY)
+        await store.sweep(limiter.clock(), limiter.period)

@@ -1,0 +1,324 @@
+"""The per-provider cache of normalised server lists.
+
+A list is fresh for CACHE_TTL. After that, requests still get it at once while one
+background refresh runs (stale-while-revalidate); only a cold provider with
+nothing stored waits on the upstream. Any number of concurrent requests cause one
+upstream request (single flight). A failed refresh keeps the previous list and
+backs off exponentially, so a down upstream is asked once per backoff step, not
+once per client request. A list older than CACHE_MAX_STALE is no longer served.
+
+Accepted lists are written atomically to SNAPSHOT_DIR and read back on start.
+Responses are encoded once per list version and query (see `render`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import msgspec
+
+from draco.errors import VPNAPIError, VPNDataError, VPNServiceError
+from draco.models import Country, Server, countries, encode
+from draco.providers import REGISTRY, Provider
+from draco.settings import Settings
+
+log = logging.getLogger("draco.catalog")
+
+_RENDER_CACHE_SIZE = 512  # encoded responses kept per list version
+
+
+@attrs.frozen
+class Rendered:
+    body: bytes
+    etag: str
+    gzipped: bytes | None  # None when the body is too small to be worth compressing
+
+
+@attrs.frozen(eq=False)
+class Dataset:
+    provider: str
+    servers: tuple[Server, ...]
+    fetched_at: float
+    version: str
+    etag: str | None = None  # the upstream's validators, for conditional refreshes
+    last_modified: str | None = None
+    restored: bool = False  # read from a snapshot and not yet confirmed by the upstream
+    by_country: dict[str, tuple[Server, ...]] = attrs.field(factory=dict)
+    countries: tuple[Country, ...] = ()
+    rendered: dict[Any, Rendered] = attrs.field(factory=dict)
+
+
+def make_dataset(provider: str, servers, fetched_at: float, **extra) -> Dataset:
+    servers = tuple(servers)
+    by_country: dict[str, list[Server]] = {}
+    for s in servers:
+        if s._in_country:
+            by_country.setdefault(s.country_code, []).append(s)
+    flags = bytes(s._in_country for s in servers)
+    version = hashlib.blake2b(encode(servers) + flags, digest_size=12).hexdigest()
+    return Dataset(
+        provider, servers, fetched_at, version,
+        by_country={code: tuple(group) for code, group in by_country.items()},
+        countries=tuple(countries(servers)), **extra,
+    )  # fmt: skip
+
+
+def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
+    """The encoded response for `key` on this list version, encoded on first use only."""
+    found = data.rendered.get(key)
+    if found is None:
+        body = encode(build())
+        etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+        found = Rendered(body, etag, gzip.compress(body, 6, mtime=0) if len(body) > 500 else None)
+        if len(data.rendered) >= _RENDER_CACHE_SIZE:
+            data.rendered.pop(next(iter(data.rendered)))
+        data.rendered[key] = found
+    return found
+
+
+@attrs.define
+class Status:
+    data: Dataset | None = None
+    task: asyncio.Task | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    last_success: float | None = None
+    last_failure: str | None = None
+    last_failure_at: float | None = None
+    error_type: type[VPNServiceError] = VPNAPIError  # what a cold request raises after a failure
+
+
+class _Snapshot(msgspec.Struct):
+    format: str
+    provider: str
+    fetched_at: float
+    servers: list[Server]
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+_SNAPSHOT_FORMAT = "draco-snapshot-1"
+
+
+def write_snapshot(directory: Path, data: Dataset) -> None:
+    """Temp file, fsync, rename, fsync the directory: a crash leaves the old file or the new one."""
+    snapshot = {
+        "format": _SNAPSHOT_FORMAT, "provider": data.provider, "fetched_at": data.fetched_at,
+        "etag": data.etag, "last_modified": data.last_modified,
+        "servers": [attrs.asdict(s) for s in data.servers],
+    }  # fmt: skip
+    path = directory / f"{data.provider}.json"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(encode(snapshot))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_snapshot(directory: Path, provider: str) -> Dataset | None:
+    path = directory / f"{provider}.json"
+    try:
+        snap = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
+        if snap.format != _SNAPSHOT_FORMAT or snap.provider != provider or not snap.servers:
+            raise ValueError("not a snapshot of this provider")
+        if any(s.provider != provider for s in snap.servers):
+            raise ValueError("holds another provider's servers")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring snapshot %s: %s", path, exc)
+        return None
+    return make_dataset(
+        provider, snap.servers, snap.fetched_at, etag=snap.etag, last_modified=snap.last_modified, restored=True
+    )
+
+
+def failure_class(exc: BaseException) -> str:
+    if isinstance(exc, VPNServiceError):
+        return exc.reason
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    if isinstance(exc, httpx.TransportError):
+        return "connection"
+    return "error"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and value.isdigit():
+        return float(value)
+    when = email.utils.parsedate_to_datetime(value) if value else None
+    return max(0.0, when.timestamp() - time.time()) if when and when.tzinfo else None
+
+
+async def read_capped(response: httpx.Response, cap: int) -> bytearray:
+    """The decoded body, refusing more than `cap` bytes (declared or actual)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise VPNAPIError("oversized")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            raise VPNAPIError("oversized")
+    return body
+
+
+class Catalog:
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        providers: dict[str, Provider] = REGISTRY,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        self.client = client
+        self.providers = providers
+        self.clock = clock
+        self.status = {name: Status() for name in providers}
+        self.snapshot_dir = Path(settings.snapshot_dir) if settings.snapshot_dir else None
+
+    def restore(self) -> None:
+        """Load each provider's last-known-good snapshot, served as stale until refreshed."""
+        if self.snapshot_dir is None:
+            return
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        for name, status in self.status.items():
+            status.data = read_snapshot(self.snapshot_dir, name)
+            if status.data:
+                log.info("restored %d %s servers from snapshot", len(status.data.servers), name)
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self.status.values() if s.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def is_stale(self, data: Dataset) -> bool:
+        return data.restored or self.clock() - data.fetched_at >= self.settings.cache_ttl
+
+    async def get(self, name: str) -> Dataset:
+        status = self.status[name]
+        now = self.clock()
+        if status.data is None:
+            if now >= status.retry_at:
+                await asyncio.shield(self._refresh_task(name))
+            if status.data is None:  # a failed fetch, or still backing off from one
+                raise status.error_type(status.last_failure or "unavailable")
+        elif self.is_stale(status.data) and now >= status.retry_at:
+            self._refresh_task(name)
+        data = status.data
+        if now - data.fetched_at > self.settings.cache_max_stale:
+            raise VPNAPIError("too_stale")
+        return data
+
+    def _refresh_task(self, name: str) -> asyncio.Task:
+        status = self.status[name]
+        if status.task is None or status.task.done():
+            status.task = asyncio.get_running_loop().create_task(self._refresh(name))
+        return status.task
+
+    async def _refresh(self, name: str) -> None:
+        status = self.status[name]
+        try:
+            data = await self._fetch(self.providers[name], status.data)
+            self._check(status.data, data)
+        except Exception as exc:  # recorded, never raised: the previous list stays
+            self._failed(name, exc)
+            return
+        status.data = data
+        status.failures, status.retry_at, status.last_success = 0, 0.0, self.clock()
+        log.info("refreshed %s: %d servers", name, len(data.servers))
+        if self.snapshot_dir is not None:
+            try:
+                await asyncio.to_thread(write_snapshot, self.snapshot_dir, data)
+            except OSError as exc:
+                log.error("cannot write %s snapshot: %s", name, exc)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        status = self.status[name]
+        status.failures += 1
+        status.last_failure, status.last_failure_at = failure_class(exc), self.clock()
+        status.error_type = VPNDataError if isinstance(exc, VPNDataError) else VPNAPIError
+        delay = min(self.settings.refresh_backoff_max, 2.0 ** (status.failures - 1))
+        delay = delay * random.uniform(0.5, 1.0)
+        if getattr(exc, "retry_after", None):
+            delay = max(delay, min(exc.retry_after, self.settings.refresh_backoff_max))
+        status.retry_at = self.clock() + delay
+        log.warning(
+            "refresh of %s failed (%s: %s), attempt %d, next in %.1fs",
+            name, status.last_failure, getattr(exc, "detail", "") or exc, status.failures, delay,
+            exc_info=status.last_failure == "error",
+        )  # fmt: skip
+
+    def _check(self, old: Dataset | None, new: Dataset) -> None:
+        """The sanity guard: an empty or sharply shrunk list is an upstream fault while
+        the previous list may still be served."""
+        if not new.servers:
+            raise VPNDataError("empty")
+        if old is None or old.servers is new.servers:
+            return
+        servable = self.clock() - old.fetched_at <= self.settings.cache_max_stale
+        if servable and len(new.servers) < len(old.servers) * (1 - self.settings.cache_max_shrink):
+            raise VPNDataError("shrunk", f"from {len(old.servers)} to {len(new.servers)} servers")
+
+    async def _fetch(self, provider: Provider, current: Dataset | None) -> Dataset:
+        headers = {}
+        if current and current.etag:
+            headers["If-None-Match"] = current.etag
+        if current and current.last_modified:
+            headers["If-Modified-Since"] = current.last_modified
+        url = getattr(self.settings, provider.url_setting)
+        # One deadline for the whole exchange: httpx's own timeouts are per read, and
+        # a body trickling a byte at a time would never trip them.
+        async with asyncio.timeout(self.settings.http_timeout):
+            request = self.client.stream("GET", url, params=provider.params(self.settings), headers=headers)
+            async with request as response:
+                if response.status_code == 304 and current:
+                    return attrs.evolve(current, fetched_at=self.clock(), restored=False)
+                if response.status_code != 200:
+                    raise VPNAPIError(
+                        f"http_{response.status_code}", _retry_after(response.headers.get("retry-after"))
+                    )
+                body = await read_capped(response, self.settings.upstream_max_bytes)
+                validators = {
+                    "etag": response.headers.get("etag"),
+                    "last_modified": response.headers.get("last-modified"),
+                }
+        fetched_at = self.clock()
+        servers, skipped = await asyncio.to_thread(provider.parse, body)
+        del body
+        if skipped:
+            log.info("%s: skipped %d malformed entries", provider.name, skipped)
+        return make_dataset(provider.name, servers, fetched_at, **validators)
+
+    def health(self) -> dict[str, dict]:
+        report = {}
+        for name, s in self.status.items():
+            report[name] = {
+                "servers": len(s.data.servers) if s.data else 0,
+                "data_age": round(self.clock() - s.data.fetched_at) if s.data else None,
+                "serving_stale": bool(s.data and self.is_stale(s.data)),
+                "last_success": s.last_success,
+                "last_failure": s.last_failure,
+                "last_failure_at": s.last_failure_at,
+            }
+        return report

@@ -1,0 +1,134 @@
+"""`draco serve | check | keygen | snapshot`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import time
+
+from draco import __version__
+from draco.settings import ConfigError, Settings, load
+
+_BIND = re.compile(r"(unix:.+|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5})")
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)}
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: control characters in messages are escaped, so a
+    client-chosen path cannot forge a log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).translate(_CONTROL)
+
+
+class JsonFormatter(logging.Formatter):
+    """Each record one JSON object per line, whatever the message holds."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    # The access log exists only in debug mode, as the original documented.
+    logging.getLogger("hypercorn.access").setLevel(logging.INFO if settings.debug else logging.CRITICAL + 1)
+
+
+def _settings(args) -> Settings:
+    problems = []
+    try:
+        settings = load(os.environ, args.env_file)
+    except ConfigError as exc:
+        problems, settings = exc.problems, None
+    if getattr(args, "bind", None) is not None and not _valid_bind(args.bind):
+        problems.append("--bind: must be HOST:PORT with a port from 1 to 65535, or unix:PATH")
+    for option in ("certfile", "keyfile"):
+        path = getattr(args, option, None)
+        if path and not os.access(path, os.R_OK):
+            problems.append(f"--{option}: must name a readable file")
+    if bool(getattr(args, "certfile", None)) != bool(getattr(args, "keyfile", None)):
+        problems.append("--certfile and --keyfile: must be given together")
+    if problems:
+        for problem in problems:
+            print(f"draco: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return settings
+
+
+def _valid_bind(bind: str) -> bool:
+    return bool(_BIND.fullmatch(bind)) and (bind.startswith("unix:") or 0 < int(bind.rpartition(":")[2]) < 65536)
+
+
+def hypercorn_config(args, settings: Settings):
+    from hypercorn.config import Config
+
+    config = Config.from_toml(args.config) if args.config else Config()
+    config.bind = [args.bind]
+    config.include_server_header = False
+    config.accesslog = logging.getLogger("hypercorn.access")
+    config.errorlog = logging.getLogger("hypercorn.error")
+    if args.certfile:
+        config.certfile, config.keyfile = args.certfile, args.keyfile
+    return config
+
+
+def serve(args) -> int:
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    from draco import demo
+    from draco.app import create_app
+
+    settings = _settings(args)
+    configure_logging(settings)
+    app = create_app(settings, transport=demo.transport(settings) if args.demo else None)
+    if args.demo:
+        logging.getLogger("draco").warning("demo mode: serving bundled SAMPLE data, not real servers")
+    asyncio.run(hypercorn_serve(app, hypercorn_config(args, settings)))
+    return 0
+
+
+def keygen(args) -> int:
+    for _ in range(args.n):
+        print(secrets.token_hex(32))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="draco", description="A security-first WireGuard server-list API.")
+    parser.add_argument("--version", action="version", version=f"draco {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="serve the API with hypercorn (HTTP/1.1, h2c, HTTP/2 over TLS)")
+    p.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT or unix:PATH (default 127.0.0.1:8000)")
+    p.add_argument("--env-file", help="read settings from this file; the environment wins")
+    p.add_argument("--demo", action="store_true", help="serve bundled sample data; no network needed")
+    p.add_argument("--certfile", help="TLS certificate (enables HTTP/2 over TLS with ALPN)")
+    p.add_argument("--keyfile", help="TLS private key")
+    p.add_argument("--config", help="a hypercorn TOML file (see conf/hypercorn.toml)")
+    p.set_defaults(run=serve)
+
+    p = commands.add_parser("keygen", help="print new API keys (64 hex characters each)")
+    p.add_argument("-n", type=int, default=1, choices=range(1, 101), metavar="N", help="how many (1-100)")
+    p.set_defaults(run=keygen)
+
+    args = parser.parse_args(argv)
+    return args.run(args)

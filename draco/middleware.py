@@ -1,0 +1,174 @@
+"""Pure ASGI middleware: security headers, CORS, rate limit, API key.
+
+Each is a plain class: `__init__(app, ...)` and `async __call__(scope, receive,
+send)`. app.py composes them, outermost first, so the cheapest gate rejects first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.responses import Response
+
+from draco.auth import KeyRing
+from draco.errors import error_response
+from draco.ratelimit import Limiter, TrustedHosts, client_key, scope_client
+
+log = logging.getLogger("draco.security")
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _with_headers(send, extra: list[tuple[bytes, bytes]]):
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return wrapped
+
+
+class SecurityHeadersMiddleware:
+    """Outermost: every response leaves through here, so each one gets the hardened
+    headers and loses any `Server` header; an unhandled exception becomes the
+    generic 500 envelope (nothing of it reaches the client)."""
+
+    def __init__(self, app, *, enabled: bool = True, production: bool = True):
+        self.app = app
+        headers = {
+            b"x-content-type-options": b"nosniff",
+            b"x-frame-options": b"DENY",
+            b"referrer-policy": b"strict-origin-when-cross-origin",
+            b"permissions-policy": b"geolocation=(), microphone=(), camera=()",
+            b"cross-origin-opener-policy": b"same-origin",
+            b"x-permitted-cross-domain-policies": b"none",
+        }
+        if production:
+            headers[b"strict-transport-security"] = b"max-age=31536000; includeSubDomains"
+            headers[b"content-security-policy"] = b"default-src 'none'; frame-ancestors 'none'"
+        self.headers = list(headers.items()) if enabled else []
+        self.names = {b"server", *headers} if enabled else {b"server"}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_secured(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in self.names]
+                message["headers"] = kept + self.headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_secured)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await error_response(500, "An internal error occurred.")(scope, receive, send_secured)
+
+
+class CORSMiddleware:
+    """An exact origin allow-list. A preflight from an allowed origin is answered here,
+    before any key check (browsers never send custom headers on a preflight); a
+    preflight from any other origin gets 400 and no Access-Control-Allow-Origin."""
+
+    METHODS = ("GET", "HEAD", "OPTIONS")
+    HEADERS = ("x-api-key", "content-type", "accept")
+    EXPOSE = b"ETag, Age, X-Data-Status, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit, RateLimit-Policy"  # noqa: E501
+
+    def __init__(self, app, *, origins: tuple[str, ...], allow_credentials: bool = False):
+        self.app = app
+        self.origins = {origin.encode() for origin in origins}
+        self.credentials = [(b"access-control-allow-credentials", b"true")] if allow_credentials else []
+
+    async def __call__(self, scope, receive, send):
+        origin = _header(scope, b"origin") if scope["type"] == "http" else None
+        if origin is None or not self.origins:
+            return await self.app(scope, receive, send)
+        allowed = origin in self.origins
+        requested = _header(scope, b"access-control-request-method")
+        if scope["method"] == "OPTIONS" and requested is not None:
+            return await self._preflight(scope, receive, send, origin if allowed else None, requested)
+        extra = [(b"vary", b"Origin")]
+        if allowed:
+            extra += [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-expose-headers", self.EXPOSE),
+                *self.credentials,
+            ]
+        await self.app(scope, receive, _with_headers(send, extra))
+
+    async def _preflight(self, scope, receive, send, origin, method):
+        asked = (_header(scope, b"access-control-request-headers") or b"").decode("latin-1").lower()
+        asked_headers = {h.strip() for h in asked.split(",") if h.strip()}
+        if origin is None or method.decode("latin-1") not in self.METHODS or not asked_headers <= set(self.HEADERS):
+            response = error_response(400, "CORS preflight refused.", {"Vary": "Origin"})
+        else:
+            response = Response(status_code=204)
+            response.raw_headers = [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-allow-methods", ", ".join(self.METHODS).encode()),
+                (b"access-control-allow-headers", b"X-API-Key, Content-Type, Accept"),
+                (b"access-control-max-age", b"86400"),
+                (b"vary", b"Origin"),
+                *self.credentials,
+            ]
+        await response(scope, receive, send)
+
+
+class RateLimitMiddleware:
+    """Counts every request but those on `exempt` paths; `costs` maps a path suffix
+    to the weight of an expensive endpoint. Adds the rate-limit headers to every
+    counted response, and answers 429 with Retry-After once the window is full."""
+
+    def __init__(self, app, *, limiter: Limiter, trusted: TrustedHosts, exempt=("/health",), costs=None):
+        self.app, self.limiter, self.trusted = app, limiter, trusted
+        self.exempt = frozenset(exempt)
+        self.costs = costs or {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        cost = next((c for suffix, c in self.costs.items() if path.endswith(suffix)), 1)
+        client = client_key(scope_client(scope, self.trusted))
+        decision = await self.limiter.hit(client, cost)
+        headers = self.limiter.headers(decision)
+        if decision.allowed:
+            return await self.app(scope, receive, _with_headers(send, headers))
+        log.info("rate limit exceeded by %s on %s", client, path)
+        response = error_response(429, "Too many requests. Retry after the time in Retry-After.")
+        response.raw_headers += [(b"retry-after", b"%d" % decision.reset), *headers]
+        await response(scope, receive, send)
+
+
+class ApiKeyMiddleware:
+    """X-API-Key on every path under `prefixes`: missing gives 401, wrong gives 403."""
+
+    def __init__(self, app, *, ring: KeyRing, trusted: TrustedHosts, prefixes=("/api/",)):
+        self.app, self.ring, self.trusted, self.prefixes = app, ring, trusted, prefixes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+            return await self.app(scope, receive, send)
+        presented = [value for name, value in scope["headers"] if name == b"x-api-key"]
+        if len(presented) == 1 and self.ring.verify(presented[0]):
+            return await self.app(scope, receive, send)
+        client = client_key(scope_client(scope, self.trusted))
+        if not presented or presented == [b""]:
+            log.warning("missing API key from %s on %s", client, scope["path"])
+            response = error_response(401, "An API key is required in the X-API-Key header.")
+            response.headers["WWW-Authenticate"] = 'APIKey header="X-API-Key"'
+        else:
+            log.warning("invalid API key from %s on %s", client, scope["path"])
+            response = error_response(403, "The API key is not valid.")
+        await response(scope, receive, send)

@@ -1,0 +1,73 @@
+"""NordVPN /v1/servers: online servers whose wireguard_udp technology is online and has a key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from draco.models import Server
+from draco.providers import base
+
+
+class _Named(msgspec.Struct):
+    name: Any = None
+    value: Any = None
+    code: Any = None
+    city: Any = None
+    identifier: Any = None
+    status: Any = None
+
+
+class _Location(msgspec.Struct):
+    country: _Named
+
+
+class _Technology(msgspec.Struct):
+    identifier: Any = None
+    metadata: msgspec.Raw = base.NULL
+    pivot: msgspec.Raw = base.NULL
+
+
+class _Entry(msgspec.Struct):
+    hostname: Any = None
+    status: Any = None
+    load: Any = None
+    station: Any = None
+    locations: msgspec.Raw = base.NULL
+    technologies: list[_Technology] = []
+    groups: list[_Named] = []
+
+
+def _server(entry: _Entry) -> Server | None:
+    wireguard = next((t for t in entry.technologies if t.identifier == "wireguard_udp"), None)
+    if entry.status != "online" or wireguard is None:
+        return None
+    if msgspec.json.decode(wireguard.pivot, type=_Named).status != "online":
+        return None
+    # Dedicated-IP servers carry a key but only serve whoever bought that IP.
+    if any(group.identifier == "legacy_dedicated_ip" for group in entry.groups):
+        return None
+    metadata = msgspec.json.decode(wireguard.metadata, type=list[_Named])
+    key = base.wireguard_key(next((m.value for m in metadata if m.name == "public_key"), None))
+    where = msgspec.json.decode(entry.locations, type=list[_Location])[0].country
+    code, name = base.country(where.code, where.name)
+    city = base.text(where.city.get("name")) if isinstance(where.city, dict) else None
+    return Server(
+        "nordvpn", name, code, base.identifier(entry.hostname), key,
+        base.load(entry.load), city=city, ipv4=base.ipv4(entry.station),
+    )  # fmt: skip
+
+
+def parse(payload: bytes) -> tuple[list[Server], int]:
+    servers, skipped = base.collect(base.decode(payload, list[msgspec.Raw]), _Entry, _server)
+    servers.sort(key=lambda s: (s.load is None, s.load or 0))  # least loaded first, unknown last
+    return servers, skipped
+
+
+def _params(settings) -> dict:
+    # limit=0 asks the API for every server.
+    return {"filters[servers_technologies][identifier]": "wireguard_udp", "limit": settings.nordvpn_server_limit}
+
+
+PROVIDER = base.Provider("nordvpn", "nordvpn_api_url", parse, reports_load=True, reports_status=True, params=_params)

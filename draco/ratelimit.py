@@ -1,0 +1,186 @@
+"""Exact sliding-window rate limiting, and the client address it is keyed on.
+
+A request is admitted iff fewer than `limit` requests were admitted for that client
+in the preceding `period` seconds (a request at time t counts while t > now -
+period). Denied requests are not counted. The clock is an argument, and nothing
+here knows about the web framework, so it can be read and tested alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import ipaddress
+import math
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import attrs
+
+MICROS = 1_000_000
+
+
+@attrs.frozen
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # whole seconds until the oldest counted request leaves the window
+
+
+def decide(window: array, now: int, limit: int, period: int, cost: int) -> tuple[bool, int]:
+    """The algorithm, on one client's sorted admission times (microseconds), in place.
+
+    Returns (admitted, microseconds until enough counted requests have left the
+    window to admit this cost, or until the oldest leaves when admitted)."""
+    del window[: bisect.bisect_right(window, now - period)]
+    allowed = len(window) + cost <= limit
+    if allowed:
+        window.extend([now] * cost)
+        return True, window[0] + period - now
+    return False, window[len(window) + cost - limit - 1] + period - now
+
+
+def _whole_seconds(micros: int) -> int:
+    return max(1, math.ceil(micros / MICROS))
+
+
+class MemoryStore:
+    """Per-client admission times in an OrderedDict kept in least-recently-seen order.
+
+    Memory is bounded: a client with nothing left in its window is dropped (a few
+    at a time on each request, and by `sweep`), and beyond `max_clients` the least
+    recently seen client is evicted.
+    """
+
+    def __init__(self, max_clients: int = 100_000):
+        self.max_clients = max_clients
+        self.windows: OrderedDict[str, array] = OrderedDict()
+
+    async def hit(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
+        return self.hit_now(key, now, limit, period, cost)
+
+    def hit_now(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
+        now_us, period_us = int(now * MICROS), period * MICROS
+        windows = self.windows
+        window = windows.get(key)
+        if window is None:
+            window = windows[key] = array("q")
+        else:
+            windows.move_to_end(key)
+            if window and window[-1] > now_us:
+                now_us = window[-1]  # a clock that stepped back must not reorder the window
+        allowed, wait = decide(window, now_us, limit, period_us, cost)
+        self._expire(now_us - period_us, 2)
+        if len(windows) > self.max_clients:
+            windows.popitem(last=False)
+        return Decision(allowed, limit, limit - len(window), _whole_seconds(wait))
+
+    def _expire(self, horizon: int, at_most: int) -> int:
+        """Drop up to `at_most` least recently seen clients whose window is empty."""
+        dropped = 0
+        for key, window in self.windows.items():
+            if dropped == at_most or (window and window[-1] > horizon):
+                break
+            dropped += 1
+        for _ in range(dropped):
+            self.windows.popitem(last=False)
+        return dropped
+
+    async def sweep(self, now: float, period: int) -> None:
+        """Drop every idle client at the front, yielding to the loop between batches."""
+        while self._expire(int(now * MICROS) - period * MICROS, 1000) == 1000:
+            await asyncio.sleep(0)
+
+    def tracked(self) -> int:
+        return len(self.windows)
+
+
+class Limiter:
+    def __init__(self, limit: int, period: int, store, clock: Callable[[], float] = time.time):
+        self.limit, self.period, self.store, self.clock = limit, period, store, clock
+
+    async def hit(self, key: str, cost: int = 1) -> Decision:
+        return await self.store.hit(key, self.clock(), self.limit, self.period, cost)
+
+    def headers(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        """X-RateLimit-* and the IETF fields of draft-ietf-httpapi-ratelimit-headers-10."""
+        remaining = max(0, decision.remaining)
+        reset_at = math.ceil(time.time()) + decision.reset
+        return [
+            (b"x-ratelimit-limit", b"%d" % decision.limit),
+            (b"x-ratelimit-remaining", b"%d" % remaining),
+            (b"x-ratelimit-reset", b"%d" % reset_at),
+            (b"ratelimit-policy", b'"default";q=%d;w=%d' % (self.limit, self.period)),
+            (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, decision.reset)),
+        ]
+
+
+# --- the client address -------------------------------------------------------
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class TrustedHosts:
+    def __init__(self, entries: Iterable[str]):
+        self.networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+    def __contains__(self, address: Address) -> bool:
+        return any(address in network for network in self.networks)
+
+
+def parse_address(text: str) -> Address | None:
+    """An address as proxies write it: brackets, a port or an IPv6 zone may surround it."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]  # IPv4 with a port
+    text = text.partition("%")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedHosts) -> Address | None:
+    """The client: the socket peer, or, when the peer is a trusted proxy, the
+    rightmost X-Forwarded-For entry that is not trusted.
+
+    Entries left of that one are whatever the client chose to send, so they are
+    never believed. An unparsable entry where the client should stand, an empty
+    header or an all-trusted chain fails closed to the peer. A missing peer
+    (a unix socket) counts as the trusted local proxy.
+    """
+    peer_address = parse_address(peer) if peer else None
+    if peer and (peer_address is None or peer_address not in trusted):
+        return peer_address
+    entries = [entry for line in forwarded for entry in line.split(",")]
+    for entry in reversed(entries):
+        address = parse_address(entry)
+        if address is None:
+            return peer_address
+        if address not in trusted:
+            return address
+    return peer_address
+
+
+def client_key(address: Address | None) -> str:
+    """IPv4 clients by address; IPv6 clients by their /64, which one subscriber holds."""
+    if address is None:
+        return "local"
+    if address.version == 6:
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address)
+
+
+def scope_client(scope: dict, trusted: TrustedHosts) -> Address | None:
+    """client_address for an ASGI scope (a plain dict)."""
+    peer = scope.get("client")
+    forwarded = [value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"]
+    return client_address(peer[0] if peer else None, forwarded, trusted)

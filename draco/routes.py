@@ -1,0 +1,183 @@
+"""The route functions: read parameters, ask the catalog, answer.
+
+Catalog answers are encoded once per list version and query (catalog.render) and
+carry a strong ETag, Age and X-Data-Status.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from draco.catalog import Catalog, Dataset, Rendered, render
+from draco.errors import RequestValidationError
+from draco.models import encode, paginate
+
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_INTEGER = re.compile(r"-?[0-9]{1,9}")
+
+
+class Query:
+    """Reads and checks request parameters, collecting every problem into one 422."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.details: list[dict] = []
+
+    def _fail(self, where: str, name: str, msg: str, kind: str) -> None:
+        self.details.append({"loc": [where, name], "msg": msg, "type": kind})
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.request.query_params.get(name)
+        if raw is None:
+            return default
+        if not _INTEGER.fullmatch(raw):
+            self._fail("query", name, "Input should be a valid integer", "int_parsing")
+        elif int(raw) < lo:
+            self._fail("query", name, f"Input should be greater than or equal to {lo}", "greater_than_equal")
+        elif int(raw) > hi:
+            self._fail("query", name, f"Input should be less than or equal to {hi}", "less_than_equal")
+        else:
+            return int(raw)
+        return default
+
+    def country(self, name: str = "country_code", where: str = "query") -> str | None:
+        source = self.request.path_params if where == "path" else self.request.query_params
+        raw = source.get(name)
+        if raw is not None and not _COUNTRY.fullmatch(raw):
+            self._fail(where, name, "String should match pattern '^[A-Z]{2}$'", "string_pattern_mismatch")
+            return None
+        return raw
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        raw = self.request.query_params.get(name, choices[0])
+        if raw not in choices:
+            self._fail("query", name, f"Input should be {', '.join(choices)}", "enum")
+            return choices[0]
+        return raw
+
+    def check(self) -> None:
+        if self.details:
+            raise RequestValidationError(self.details)
+
+
+def _catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+async def dataset(request: Request) -> Dataset:
+    name = request.path_params["provider"]
+    catalog = _catalog(request)
+    if name not in catalog.providers:
+        raise HTTPException(404, "Unknown provider.")
+    return await catalog.get(name)
+
+
+def _matches(header: str, etags: tuple[str, ...]) -> bool:
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in tags or not tags.isdisjoint(etags)
+
+
+def respond(request: Request, data: Dataset, rendered: Rendered) -> Response:
+    """200 with the encoded body (gzip when asked), or 304 when the client's copy is current."""
+    catalog = _catalog(request)
+    use_gzip = rendered.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "")
+    etag = rendered.etag[:-1] + '-gzip"' if use_gzip else rendered.etag
+    headers = {
+        "ETag": etag,
+        "Age": str(max(0, int(catalog.clock() - data.fetched_at))),
+        "X-Data-Status": "stale" if catalog.is_stale(data) else "fresh",
+        "Cache-Control": "private, no-cache",
+        "Vary": "Accept-Encoding",
+    }
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and _matches(if_none_match, (rendered.etag, etag)):
+        return Response(status_code=304, headers=headers)
+    if use_gzip:
+        headers["Content-Encoding"] = "gzip"
+    return Response(rendered.gzipped if use_gzip else rendered.body, headers=headers, media_type="application/json")
+
+
+def _page_params(request: Request) -> tuple[Query, int, int]:
+    settings = request.app.state.settings
+    query = Query(request)
+    page = query.integer("page", 1, 1, 1_000_000)
+    page_size = query.integer("page_size", settings.default_page_size, 1, settings.max_page_size)
+    return query, page, page_size
+
+
+async def health(request: Request) -> Response:
+    settings, catalog = request.app.state.settings, _catalog(request)
+    providers = catalog.health()
+    # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
+    down = all(p["servers"] == 0 and p["last_failure"] for p in providers.values())
+    body = {"status": "unhealthy" if down else "healthy", "version": settings.app_version, "providers": providers}
+    return Response(encode(body), 503 if down else 200, {"Cache-Control": "no-store"}, "application/json")
+
+
+async def servers(request: Request) -> Response:
+    query, page, page_size = _page_params(request)
+    query.check()
+    data = await dataset(request)
+    rendered = render(data, ("servers", page, page_size), lambda: paginate(data.servers, page, page_size).data)
+    return respond(request, data, rendered)
+
+
+async def servers_paginated(request: Request) -> Response:
+    query, page, page_size = _page_params(request)
+    query.check()
+    data = await dataset(request)
+    result = paginate(data.servers, page, page_size)
+    if page > max(result.total_pages, 1):
+        raise HTTPException(404, f"Page {page} is past the last page ({result.total_pages}).")
+    return respond(request, data, render(data, ("paginated", page, page_size), lambda: result))
+
+
+async def servers_by_country(request: Request) -> Response:
+    query = Query(request)
+    code = query.country(where="path")
+    query.check()
+    data = await dataset(request)
+    if code not in data.by_country:
+        raise HTTPException(404, f"No servers in country {code}.")
+    return respond(request, data, render(data, ("country", code), lambda: data.by_country[code]))
+
+
+def top_servers(data: Dataset, code: str | None, limit: int, latencies: dict[str, float]) -> list:
+    """Operational servers (load above 3, or unknown) ranked by latency, then load."""
+    pool = data.by_country.get(code, ()) if code else data.servers
+    pool = [s for s in pool if s.load is None or s.load > 3]
+    unknown = float("inf")
+    pool.sort(key=lambda s: (latencies.get(s.identifier, unknown), s.load if s.load is not None else unknown))
+    return pool[:limit]
+
+
+async def servers_top(request: Request) -> Response:
+    query = Query(request)
+    limit = query.integer("limit", 10, 1, 50)
+    code = query.country()
+    query.check()
+    data = await dataset(request)
+    rendered = render(data, ("top", code, limit), lambda: top_servers(data, code, limit, {}))
+    if rendered.body == b"[]":
+        raise HTTPException(404, "No operational servers match.")
+    return respond(request, data, rendered)
+
+
+async def countries(request: Request) -> Response:
+    data = await dataset(request)
+    return respond(request, data, render(data, ("countries",), lambda: data.countries))
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/api/{provider}/servers", servers, methods=["GET"]),
+    Route("/api/{provider}/servers/paginated", servers_paginated, methods=["GET"]),
+    Route("/api/{provider}/servers/top", servers_top, methods=["GET"]),
+    Route("/api/{provider}/servers/{country_code}", servers_by_country, methods=["GET"]),
+    Route("/api/{provider}/countries", countries, methods=["GET"]),
+]

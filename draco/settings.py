@@ -1,0 +1,271 @@
+"""Settings: one frozen class, read from the environment and an optional env file.
+
+Every field is named after its variable (lower case). `load` checks all of them
+and raises one ConfigError listing every problem; a message names the variable
+and its rule, never the value, so a secret cannot leak into a log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+
+from draco import __version__
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _rule(text: str, check=lambda value: True, **kwargs):
+    """A field whose value must pass `check`; `text` is the rule users are told."""
+
+    def validate(_instance, _attribute, value):
+        if not check(value):
+            raise ValueError(text)
+
+    return attrs.field(validator=validate, metadata={"rule": text}, **kwargs)
+
+
+def _between(lo, hi, default, kind="an integer"):
+    return _rule(f"must be {kind} from {lo} to {hi}", lambda v: lo <= v <= hi, default=default)
+
+
+def _one_of(*choices):
+    return _rule(f"must be one of {', '.join(choices)}", lambda v: v in choices, default=choices[0])
+
+
+def is_loopback(host: str | None) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _upstream_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.hostname) and (
+        parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
+    )
+
+
+def _origin(origin: str) -> bool:
+    parts = urlsplit(origin)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "*" not in origin
+        and f"{parts.scheme}://{parts.netloc}" == origin
+        and not (parts.username or parts.password)
+    )
+
+
+def _network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _redis_url(url: str) -> bool:
+    return url == "memory" or urlsplit(url).scheme in ("redis", "rediss", "unix")
+
+
+@attrs.frozen
+class Settings:
+    app_name: str = "draco"
+    app_version: str = __version__
+    debug: bool = False
+    log_level: str = _one_of("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL")
+    log_format: str = _one_of("text", "json")
+
+    nordvpn_api_url: str = _rule(
+        "must be an https URL (http only to a loopback host)",
+        _upstream_url,
+        default="https://api.nordvpn.com/v1/servers",
+    )
+    surfshark_api_url: str = _rule(
+        "must be an https URL (http only to a loopback host)",
+        _upstream_url,
+        default="https://api.surfshark.com/v4/server/clusters/generic",
+    )
+    mullvad_api_url: str = _rule(
+        "must be an https URL (http only to a loopback host)",
+        _upstream_url,
+        default="https://api.mullvad.net/app/v1/relays",
+    )
+    ivpn_api_url: str = _rule(
+        "must be an https URL (http only to a loopback host)",
+        _upstream_url,
+        default="https://api.ivpn.net/v5/servers.json",
+    )
+    nordvpn_server_limit: int = _between(0, 10_000, 0)
+    http_timeout: float = _between(5, 120, 30.0, "a number")
+    http_max_connections: int = _between(10, 500, 100)
+    http_max_keepalive_connections: int = _between(5, 100, 20)
+    upstream_max_bytes: int = _between(1 << 20, 1 << 30, 64 << 20)
+
+    cache_ttl: int = _between(60, 3600, 300)
+    cache_max_stale: int = _between(60, 30 * 86400, 86400)
+    cache_max_shrink: float = _between(0.0, 1.0, 0.5, "a fraction")
+    refresh_backoff_max: int = _between(1, 3600, 300)
+    snapshot_dir: str | None = None
+
+    default_page_size: int = _between(10, 500, 100)
+    max_page_size: int = _between(100, 2000, 1000)
+
+    cors_origins: tuple[str, ...] = _rule(
+        "must be a JSON array of origins like https://app.example.com ('*', 'null' and patterns are refused)",
+        lambda origins: all(map(_origin, origins)),
+        default=(),
+    )
+    cors_allow_credentials: bool = False
+
+    enable_api_key_auth: bool = False
+    api_keys: tuple[str, ...] = attrs.field(
+        default=(), repr=False, metadata={"rule": "must be a JSON array of keys"}
+    )
+    api_keys_file: str | None = None
+
+    rate_limit_enabled: bool = True
+    rate_limit_requests: int = _between(10, 10_000, 100)
+    rate_limit_period: int = _between(10, 3600, 60)
+    rate_limit_max_clients: int = _between(1000, 10_000_000, 100_000)
+    rate_limit_storage: str = _rule(
+        "must be 'memory' or a redis://, rediss:// or unix:// URL", _redis_url, default="memory", repr=False
+    )
+    rate_limit_redis_failure: str = _one_of("local", "open", "closed")
+    catalog_storage: str = _rule(
+        "must be 'memory' or a redis://, rediss:// or unix:// URL", _redis_url, default="memory", repr=False
+    )
+
+    enable_security_headers: bool = True
+    trusted_hosts: tuple[str, ...] = _rule(
+        "must be a JSON array of IP addresses or CIDR ranges",
+        lambda entries: all(map(_network, entries)),
+        default=(),
+    )
+
+    latency_concurrency: int = _between(1, 4096, 256)
+    latency_timeout: float = _between(0.05, 30, 1.0, "a number of seconds")
+    latency_deadline: float = _between(1, 120, 10.0, "a number of seconds")
+    latency_ttl: int = _between(0, 86400, 300)
+    latency_weight: int = _between(1, 1000, 10)
+    latency_allow_private: bool = False
+
+    metrics_enabled: bool = False
+    metrics_public: bool = False
+
+
+attrs.resolve_types(Settings)
+
+def _problems(s: Settings) -> list[str]:
+    """Rules that involve more than one variable, or that must never echo a value."""
+    problems = []
+    if not all(len(key) >= 32 and key.isascii() and key.isprintable() and " " not in key for key in s.api_keys):
+        problems.append("API_KEYS: every key must be at least 32 printable ASCII characters without spaces")
+    if s.enable_api_key_auth and not s.api_keys:
+        problems.append("ENABLE_API_KEY_AUTH: is true but no key is configured (API_KEYS or API_KEYS_FILE)")
+    if s.default_page_size > s.max_page_size:
+        problems.append("DEFAULT_PAGE_SIZE: must not exceed MAX_PAGE_SIZE")
+    if s.latency_weight > s.rate_limit_requests:
+        problems.append("LATENCY_WEIGHT: must not exceed RATE_LIMIT_REQUESTS")
+    return problems
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _bool(text: str, _type) -> bool:
+    if text.strip().lower() in _TRUE | _FALSE:
+        return text.strip().lower() in _TRUE
+    raise ValueError
+
+
+def _strings(text: str, _type) -> tuple[str, ...]:
+    """A JSON array of strings, as the original documented; a comma list is accepted too."""
+    text = text.strip()
+    if not text.startswith("["):
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+    items = json.loads(text)
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError
+    return tuple(items)
+
+
+_converter = cattrs.Converter()
+_converter.register_structure_hook(bool, _bool)
+_converter.register_structure_hook(int, lambda text, _: int(text.strip(), 10))
+_converter.register_structure_hook(float, lambda text, _: float(text.strip()))
+_converter.register_structure_hook(str, lambda text, _: text.strip())
+_converter.register_structure_hook_func(lambda t: t == str | None, lambda text, _: text.strip() or None)
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """KEY=VALUE lines; `#` comments, `export ` prefixes and surrounding quotes allowed."""
+    values = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def read_key_file(path: str) -> tuple[str, ...]:
+    """One key per line; surrounding whitespace and blank lines are ignored."""
+    text = Path(path).read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def load(environ: Mapping[str, str], env_file: str | Path | None = None) -> Settings:
+    raw: dict[str, str] = {}
+    problems: list[str] = []
+    if env_file is not None:
+        try:
+            raw.update(read_env_file(env_file))
+        except (OSError, UnicodeDecodeError):
+            problems.append(f"--env-file: cannot read {env_file}")
+    raw.update(environ)  # the environment wins
+
+    values = {}
+    for field in attrs.fields(Settings):
+        name = field.name.upper()
+        if name not in raw:
+            continue
+        try:
+            value = _converter.structure(raw[name], field.type)
+            if field.validator:
+                field.validator(None, field, value)
+        except Exception:
+            rule = field.metadata.get("rule", "must be true or false" if field.type is bool else "is invalid")
+            problems.append(f"{name}: {rule}")
+            continue
+        values[field.name] = value
+
+    if values.get("api_keys_file"):
+        if "api_keys" in values:
+            problems.append("API_KEYS_FILE: cannot be combined with API_KEYS; use one of them")
+        try:
+            values["api_keys"] = read_key_file(values["api_keys_file"])
+        except (OSError, UnicodeDecodeError):
+            problems.append("API_KEYS_FILE: must name a readable UTF-8 file with one key per line")
+    settings = Settings(**values)
+    problems += _problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,86 @@
+"""The catalog through a real process: single flight, the size cap, upstream errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from conftest import upstream_env
+
+MiB = 1 << 20
+
+
+async def _burst(url: str, n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as client:
+        return await asyncio.gather(*(client.get(url) for _ in range(n)))
+
+
+def test_fifty_concurrent_cold_requests_make_one_upstream_request(start_draco, upstreams):
+    draco = start_draco(upstream_env(upstreams))
+    responses = asyncio.run(_burst(draco.url("/api/nordvpn/servers"), 50))
+    assert [r.status_code for r in responses] == [200] * 50
+    assert upstreams["nordvpn"].hits == 1
+
+
+def test_the_upstream_query_asks_for_wireguard_and_the_limit(start_draco, upstreams):
+    draco = start_draco({**upstream_env(upstreams), "NORDVPN_SERVER_LIMIT": "500"})
+    httpx.get(draco.url("/api/nordvpn/servers"))
+    [(path, headers)] = upstreams["nordvpn"].requests
+    query = httpx.URL(path).params
+    assert query["filters[servers_technologies][identifier]"] == "wireguard_udp"
+    assert query["limit"] == "500"
+    assert headers["User-Agent"].startswith("draco/")
+
+
+def test_a_300_mb_upstream_body_is_a_503_and_memory_stays_bounded(start_draco, upstreams):
+    upstreams["nordvpn"].set("huge", size=300 * MiB)
+    draco = start_draco({**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(8 * MiB)})
+    before = draco.rss_peak_kb()
+    response = httpx.get(draco.url("/api/nordvpn/servers"), timeout=60)
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": "Service Unavailable",
+        "message": "The server list is temporarily unavailable. Try again later.",
+    }
+    assert draco.rss_peak_kb() - before < 40 * 1024  # the 8 MiB cap plus slack, never the 300 MB
+    assert "oversized" in httpx.get(draco.url("/health")).text
+
+
+def test_a_declared_length_over_the_cap_is_refused_without_reading(start_draco, upstreams):
+    upstreams["surfshark"].set("ok", body=b"[" + b" " * (2 * MiB) + b"]")
+    draco = start_draco({**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(MiB)})
+    assert httpx.get(draco.url("/api/surfshark/servers")).status_code == 503
+
+
+@pytest.mark.parametrize("mode, options", [("status", {"status": 500}), ("status", {"status": 404}), ("refused", {}), ("html", {})])  # noqa: E501
+def test_upstream_failure_on_a_cold_cache_is_a_bare_503(start_draco, upstreams, mode, options):
+    upstreams["nordvpn"].set(mode, **options)
+    draco = start_draco(upstream_env(upstreams))
+    response = httpx.get(draco.url("/api/nordvpn/servers"))
+    if mode == "html":  # a 200 that is not the list: a data error
+        assert response.status_code == 500
+        assert response.json() == {"error": "Internal Server Error", "message": "An internal error occurred."}
+    else:
+        assert response.status_code == 503
+        assert response.json()["error"] == "Service Unavailable"
+    for secret in ("127.0.0.1", "/servers", "upstream failure", "maintenance", "Traceback"):
+        assert secret not in response.text
+
+
+def test_a_payload_of_the_wrong_shape_on_a_cold_cache_is_a_generic_500(start_draco, upstreams):
+    upstreams["surfshark"].set("ok", body=json.dumps({"clusters": []}).encode())
+    draco = start_draco(upstream_env(upstreams))
+    response = httpx.get(draco.url("/api/surfshark/servers"))
+    assert response.status_code == 500
+    assert response.json() == {"error": "Internal Server Error", "message": "An internal error occurred."}
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_a_slow_upstream_hits_the_deadline(start_draco, upstreams):
+    upstreams["nordvpn"].set("hang")
+    draco = start_draco({**upstream_env(upstreams), "HTTP_TIMEOUT": "5"})
+    response = httpx.get(draco.url("/api/nordvpn/servers"), timeout=30)
+    assert response.status_code == 503
+    assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "timeout"

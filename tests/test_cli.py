@@ -1,0 +1,71 @@
+"""`draco serve` as users run it: demo mode, TLS with HTTP/2, logs."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import KEY, need, upstream_env
+
+
+def test_demo_mode_serves_sample_data_with_no_network(start_draco):
+    # Upstream URLs point at a closed port: demo mode must never use them.
+    draco = start_draco({"NORDVPN_API_URL": "http://127.0.0.1:9/x", "SURFSHARK_API_URL": "http://127.0.0.1:9/y"}, args=["--demo"])  # noqa: E501
+    for provider in ("nordvpn", "surfshark"):
+        servers = httpx.get(draco.url(f"/api/{provider}/servers")).json()
+        assert len(servers) > 10 and all(s["identifier"].endswith(".example") for s in servers)
+    assert "SAMPLE data" in draco.logs()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_serves_http2_by_alpn_and_http1_to_older_clients(start_draco, certificate):
+    cert, key = certificate
+    draco = start_draco(args=["--demo", "--certfile", str(cert), "--keyfile", str(key)])
+    context = ssl.create_default_context(cafile=str(cert))
+    with httpx.Client(http2=True, verify=context) as h2:
+        response = h2.get(draco.url("/api/nordvpn/servers"))
+        assert response.status_code == 200 and response.http_version == "HTTP/2"
+    with httpx.Client(verify=context) as h1:
+        assert h1.get(draco.url("/health")).http_version == "HTTP/1.1"
+
+
+def test_json_logs_are_one_valid_object_per_line_whatever_the_message(start_draco, upstreams):
+    env = {**upstream_env(upstreams), "LOG_FORMAT": "json", "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]'}
+    draco = start_draco(env)
+    nasty = '/api/x"\n{"level": "CRITICAL"}\\ü€'
+    httpx.get(draco.url("/api/nordvpn/servers"), headers={"X-API-Key": KEY})
+    httpx.get(draco.url(nasty.replace("\n", "%0A")))
+    draco.stop()
+    lines = [line for line in draco.logs().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert any(nasty in r["message"] for r in records)
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+
+
+def test_text_logs_escape_line_breaks_from_clients(start_draco, upstreams):
+    draco = start_draco({**upstream_env(upstreams), "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]'})
+    httpx.get(draco.url("/api/forged%0A2026-01-01 CRITICAL fake line"))
+    assert "\\x0a2026-01-01 CRITICAL fake line" in draco.logs()
+    assert "\n2026-01-01 CRITICAL" not in draco.logs()
+
+
+def test_keygen_prints_n_keys_of_64_hex_characters():
+    result = subprocess.run([sys.executable, "-m", "draco", "keygen", "-n", "3"], capture_output=True, text=True, check=True)
+    keys = result.stdout.split()
+    assert len(keys) == 3 and len(set(keys)) == 3
+    assert all(len(k) == 64 and int(k, 16) >= 0 for k in keys)

@@ -1,0 +1,171 @@
+"""The upstream parsers: real captured payloads, their quirks, and arbitrary JSON."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from conftest import demo_payload, shared_files
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from draco.errors import VPNDataError
+from draco.providers import REGISTRY, nordvpn, surfshark
+
+
+def valid_key(value) -> bool:
+    try:
+        return isinstance(value, str) and len(base64.b64decode(value.strip(), validate=True)) == 32
+    except ValueError:
+        return False
+
+
+def nordvpn_expected(entries: list) -> set[str]:
+    """Written from the rules, not from the parser: online, WireGuard online, a key, not dedicated-IP."""
+    keep = set()
+    for e in entries:
+        wg = [t for t in e.get("technologies", []) if t.get("identifier") == "wireguard_udp"]
+        if e.get("status") != "online" or not wg or wg[0]["pivot"]["status"] != "online":
+            continue
+        if "legacy_dedicated_ip" in [g["identifier"] for g in e.get("groups", [])]:
+            continue
+        keys = [m["value"] for m in wg[0]["metadata"] if m["name"] == "public_key"]
+        if keys and valid_key(keys[0]):
+            keep.add(e["hostname"])
+    return keep
+
+
+def surfshark_expected(entries: list) -> set[str]:
+    return {e["connectionName"] for e in entries if e["type"] in ("wireguard", "generic") and valid_key(e.get("pubKey"))}
+
+
+@pytest.mark.parametrize("provider, expected", [("nordvpn", nordvpn_expected), ("surfshark", surfshark_expected)])
+def test_every_real_payload_parses_to_the_independently_counted_servers(provider, expected):
+    for path in shared_files(provider):
+        payload = path.read_bytes()
+        entries = json.loads(payload)
+        servers, _skipped = REGISTRY[provider].parse(payload)
+        assert {s.identifier for s in servers} == expected(entries), path.name
+        assert len(servers) == len({s.identifier for s in servers}), path.name
+
+
+def test_nordvpn_real_payload_counts():
+    path = next(p for p in shared_files("nordvpn") if "100entries" in p.name)
+    servers, skipped = nordvpn.parse(path.read_bytes())
+    assert (len(servers), skipped) == (74, 0)  # 100 entries, 26 of them dedicated-IP only
+    kept = nordvpn_expected(entries := json.loads(path.read_bytes()))
+    assert {s.country_code for s in servers} == {e["locations"][0]["country"]["code"] for e in entries if e["hostname"] in kept}  # noqa: E501
+    assert all(s.ipv4 and s.city for s in servers)
+
+
+def test_surfshark_2022_payload_without_keys_yields_nothing_and_counts_the_skips():
+    path = next(p for p in shared_files("surfshark") if "no-pubKey" in p.name)
+    servers, skipped = surfshark.parse(path.read_bytes())
+    assert servers == [] and skipped == 137  # the 12 `double` clusters are filtered, not bad
+
+
+def _nord_entry(**changes) -> dict:
+    entry = json.loads(demo_payload("nordvpn"))[1]
+    entry.update(changes)
+    return entry
+
+
+def test_key_whitespace_is_trimmed():
+    entry = _nord_entry()
+    key = entry["technologies"][0]["metadata"][0]["value"]
+    entry["technologies"][0]["metadata"][0]["value"] = f"\t{key} \n"
+    [server], _ = nordvpn.parse(json.dumps([entry]).encode())
+    assert server.public_key == key
+
+
+@pytest.mark.parametrize("key", ["", "not base64!", base64.b64encode(b"x" * 31).decode(), base64.b64encode(b"x" * 33).decode(), 42, None])  # noqa: E501
+def test_an_entry_with_a_bad_key_is_skipped_and_counted(key):
+    good, bad = _nord_entry(), _nord_entry(hostname="bad.example")
+    bad["technologies"][0]["metadata"][0]["value"] = key
+    servers, skipped = nordvpn.parse(json.dumps([good, bad]).encode())
+    assert [s.identifier for s in servers] == [good["hostname"]] and skipped == 1
+
+
+def test_uk_becomes_gb_and_known_misspellings_are_fixed():
+    clusters = json.loads(demo_payload("surfshark"))[:2]
+    clusters[0].update(countryCode="uk", country="UK")
+    clusters[1].update(countryCode="KH", country="Combodia")
+    servers, _ = surfshark.parse(json.dumps(clusters).encode())
+    assert [(s.country_code, s.country) for s in servers] == [("GB", "United Kingdom"), ("KH", "Cambodia")]
+
+
+def test_duplicate_identifiers_keep_the_first_and_count_the_rest():
+    clusters = json.loads(demo_payload("surfshark"))[:2]
+    clusters[1]["connectionName"] = clusters[0]["connectionName"].upper()
+    servers, skipped = surfshark.parse(json.dumps(clusters).encode())
+    assert len(servers) == 1 and skipped == 1 and servers[0].public_key == clusters[0]["pubKey"]
+
+
+def test_offline_servers_and_offline_wireguard_are_left_out():
+    offline = _nord_entry(hostname="a.example", status="maintenance")
+    wg_off = _nord_entry(hostname="b.example")
+    wg_off["technologies"][0]["pivot"]["status"] = "offline"
+    assert nordvpn.parse(json.dumps([offline, wg_off]).encode()) == ([], 0)
+
+
+def test_nordvpn_orders_by_load_with_unknown_last():
+    entries = [_nord_entry(hostname=f"h{i}.example", load=load) for i, load in enumerate([50, None, 3, "7"])]
+    servers, _ = nordvpn.parse(json.dumps(entries).encode())
+    assert [s.load for s in servers] == [3, 50, None, None]
+
+
+@pytest.mark.parametrize("payload", [b"{}", b'{"servers": []}', b"null", b"42", b"<html>", b"[1, 2", b""])
+@pytest.mark.parametrize("provider", ["nordvpn", "surfshark"])
+def test_a_payload_of_the_wrong_shape_is_a_data_error(provider, payload):
+    with pytest.raises(VPNDataError):
+        REGISTRY[provider].parse(payload)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _lenient(parse, payload):
+    try:
+        servers, skipped = parse(payload)
+    except VPNDataError:
+        return
+    assert skipped >= 0 and all(s.identifier for s in servers)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_values)
+def test_parsers_never_raise_on_arbitrary_json(value):
+    payload = json.dumps(value).encode()
+    for provider in REGISTRY.values():
+        _lenient(provider.parse, payload)
+
+
+@st.composite
+def mutated_entries(draw, provider: str):
+    """Real-looking entries with any field replaced by arbitrary JSON, at any depth."""
+    entries = json.loads(demo_payload(provider))
+    entry = draw(st.sampled_from(entries if isinstance(entries, list) else [entries]))
+
+    def mutate(node):
+        if isinstance(node, dict) and node:
+            key = draw(st.sampled_from(sorted(node)))
+            node[key] = draw(json_values) if draw(st.booleans()) else mutate(node[key])
+        elif isinstance(node, list) and node:
+            node[0] = draw(json_values) if draw(st.booleans()) else mutate(node[0])
+        return node
+
+    return mutate(json.loads(json.dumps(entry)))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_parsers_never_raise_on_damaged_real_looking_entries(data):
+    for name, provider in REGISTRY.items():
+        entries = data.draw(st.lists(mutated_entries(name), min_size=1, max_size=3))
+        payload = json.dumps(entries if isinstance(json.loads(demo_payload(name)), list) else entries[0]).encode()
+        _lenient(provider.parse, payload)

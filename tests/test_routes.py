@@ -1,0 +1,216 @@
+"""Every read endpoint, its parameter bounds and its errors, over HTTP/1.1 and h2c
+against a real `python -m draco serve` and a real fake upstream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import PROVIDERS, demo_payload
+
+from draco.providers import REGISTRY
+
+FIELDS = ["provider", "country", "country_code", "identifier", "public_key", "load", "latency", "city", "ipv4"]
+
+
+def expected(provider: str):
+    servers, _ = REGISTRY[provider].parse(demo_payload(provider))
+    return servers
+
+
+def test_speaks_the_protocol_asked_for(service, client):
+    response = client.get(service.url("/health"))
+    assert response.http_version == client.expected_version
+
+
+def test_health_reports_status_and_version(service, client):
+    body = client.get(service.url("/health")).json()
+    assert body["status"] == "healthy"
+    assert body["version"] == "0.1.0"
+    assert set(body["providers"]) >= set(PROVIDERS)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_servers_lists_the_first_page_in_the_original_schema(service, client, provider):
+    response = client.get(service.url(f"/api/{provider}/servers"))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    servers = response.json()
+    assert [list(s) for s in servers] == [FIELDS] * len(servers)
+    assert [s["identifier"] for s in servers] == [s.identifier for s in expected(provider)][:100]
+
+
+def test_nordvpn_is_sorted_by_load_and_surfshark_keeps_upstream_order(service, client):
+    loads = [s["load"] for s in client.get(service.url("/api/nordvpn/servers")).json()]
+    assert loads == sorted(loads)
+    upstream = [c["connectionName"] for c in json.loads(demo_payload("surfshark"))]
+    assert [s["identifier"] for s in client.get(service.url("/api/surfshark/servers")).json()] == upstream
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_page_and_page_size_select_a_slice(service, client, provider):
+    everything = [s.identifier for s in expected(provider)]
+    got = client.get(service.url(f"/api/{provider}/servers"), params={"page": 2, "page_size": 7}).json()
+    assert [s["identifier"] for s in got] == everything[7:14]
+    past = client.get(service.url(f"/api/{provider}/servers"), params={"page": 999, "page_size": 10})
+    assert past.status_code == 200 and past.json() == []
+
+
+@pytest.mark.parametrize(
+    "params, loc, kind",
+    [
+        ({"page": "0"}, "page", "greater_than_equal"),
+        ({"page": "x"}, "page", "int_parsing"),
+        ({"page": "1.5"}, "page", "int_parsing"),
+        ({"page_size": "0"}, "page_size", "greater_than_equal"),
+        ({"page_size": "1001"}, "page_size", "less_than_equal"),
+        ({"page_size": "99999999999999999999"}, "page_size", "int_parsing"),
+    ],
+)
+def test_bad_paging_parameters_are_422_with_details(service, client, params, loc, kind):
+    response = client.get(service.url("/api/nordvpn/servers"), params=params)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "Unprocessable Entity"
+    assert body["details"] == [{"loc": ["query", loc], "msg": body["details"][0]["msg"], "type": kind}]
+
+
+def test_every_bad_parameter_is_reported_at_once(service, client):
+    response = client.get(service.url("/api/nordvpn/servers"), params={"page": "-1", "page_size": "abc"})
+    assert [d["loc"] for d in response.json()["details"]] == [["query", "page"], ["query", "page_size"]]
+
+
+def test_page_size_bounds_are_inclusive(service, client):
+    assert client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1}).status_code == 200
+    assert client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1000}).status_code == 200
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_paginated_has_the_envelope(service, client, provider):
+    total = len(expected(provider))
+    body = client.get(service.url(f"/api/{provider}/servers/paginated"), params={"page_size": 10}).json()
+    assert list(body) == ["total", "page", "page_size", "total_pages", "data"]
+    assert (body["total"], body["page"], body["page_size"]) == (total, 1, 10)
+    assert body["total_pages"] == -(-total // 10)
+    assert len(body["data"]) == 10
+
+
+def test_paginated_past_the_last_page_is_404(service, client):
+    last = client.get(service.url("/api/surfshark/servers/paginated"), params={"page_size": 10}).json()["total_pages"]
+    assert client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last, "page_size": 10}).status_code == 200  # noqa: E501
+    past = client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last + 1, "page_size": 10})
+    assert past.status_code == 404
+    assert past.json()["error"] == "Not Found"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_country_lists_only_that_country(service, client, provider):
+    want = [s.identifier for s in expected(provider) if s.country_code == "DE"]
+    got = client.get(service.url(f"/api/{provider}/servers/DE")).json()
+    assert [s["identifier"] for s in got] == want
+    assert want
+
+
+@pytest.mark.parametrize("code", ["de", "DEU", "D1", "%C3%84%C3%84"])
+def test_country_code_must_be_two_upper_case_letters(service, client, code):
+    response = client.get(service.url(f"/api/nordvpn/servers/{code}"))
+    assert response.status_code == 422
+    assert response.json()["details"][0]["loc"] == ["path", "country_code"]
+
+
+def test_country_without_servers_is_404(service, client):
+    response = client.get(service.url("/api/nordvpn/servers/ZZ"))
+    assert response.status_code == 404
+    assert response.json()["message"] == "No servers in country ZZ."
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_top_leaves_out_servers_with_load_3_or_less_and_ranks_by_load(service, client, provider):
+    top = client.get(service.url(f"/api/{provider}/servers/top"), params={"limit": 50}).json()
+    operational = sorted((s for s in expected(provider) if s.load > 3), key=lambda s: s.load)
+    assert [s["load"] for s in top] == [s.load for s in operational[:50]]
+    assert all(s["load"] > 3 for s in top)
+
+
+def test_top_filters_by_country_and_limits(service, client):
+    top = client.get(service.url("/api/nordvpn/servers/top"), params={"limit": 2, "country_code": "FR"}).json()
+    assert len(top) == 2 and {s["country_code"] for s in top} == {"FR"}
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 51}, {"country_code": "fr"}])
+def test_top_parameters_are_checked(service, client, params):
+    assert client.get(service.url("/api/nordvpn/servers/top"), params=params).status_code == 422
+
+
+def test_top_with_nothing_operational_is_404(service, client):
+    assert client.get(service.url("/api/nordvpn/servers/top"), params={"country_code": "ZZ"}).status_code == 404
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_countries_are_sorted_by_code_with_display(service, client, provider):
+    countries = client.get(service.url(f"/api/{provider}/countries")).json()
+    assert [c["code"] for c in countries] == sorted({s.country_code for s in expected(provider)})
+    assert all(c["display"] == f"{c['code']} - {c['name']}" and list(c) == ["code", "name", "display"] for c in countries)
+
+
+def test_unknown_provider_is_404_in_the_envelope(service, client):
+    response = client.get(service.url("/api/expressvpn/servers"))
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not Found", "message": "Unknown provider."}
+
+
+def test_unknown_path_is_404_in_the_envelope(service, client):
+    response = client.get(service.url("/nothing/here"))
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not Found", "message": "The requested resource was not found."}
+
+
+@pytest.mark.parametrize("path", ["/health", "/api/nordvpn/servers", "/api/nordvpn/servers/DE", "/api/nordvpn/countries"])
+def test_head_answers_like_get_without_a_body(service, client, path):
+    head, get = client.head(service.url(path)), client.get(service.url(path))
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405(service, client, method):
+    response = client.request(method, service.url("/api/nordvpn/servers"))
+    assert response.status_code == 405
+    assert response.json()["error"] == "Method Not Allowed"
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_large_responses_are_gzipped_when_asked(service, client):
+    plain = client.get(service.url("/api/nordvpn/servers"), headers={"Accept-Encoding": "identity"})
+    zipped = client.get(service.url("/api/nordvpn/servers"), headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert int(zipped.headers["content-length"]) < len(plain.content)
+    assert zipped.json() == plain.json()
+    assert "Accept-Encoding" in zipped.headers["vary"]
+
+
+def test_small_responses_are_not_compressed(service, client):
+    response = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1}, headers={"Accept-Encoding": "gzip"})  # noqa: E501
+    assert "content-encoding" not in response.headers
+
+
+def test_no_server_header_on_any_response(service, client):
+    for path in ("/health", "/api/nordvpn/servers", "/nope", "/api/nordvpn/servers?page=0"):
+        assert "server" not in client.get(service.url(path)).headers
+
+
+def test_catalog_answers_carry_an_etag_and_304_when_current(service, client):
+    first = client.get(service.url("/api/nordvpn/servers"), headers={"Accept-Encoding": "identity"})
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    again = client.get(service.url("/api/nordvpn/servers"), headers={"If-None-Match": etag, "Accept-Encoding": "identity"})  # noqa: E501
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag
+
+
+def test_etag_differs_by_query_and_by_encoding(service, client):
+    one = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "identity"})  # noqa: E501
+    two = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 11}, headers={"Accept-Encoding": "identity"})  # noqa: E501
+    zipped = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "gzip"})  # noqa: E501
+    assert len({one.headers["etag"], two.headers["etag"], zipped.headers["etag"]}) == 3

@@ -1,0 +1,146 @@
+"""Settings: defaults, ranges, lists, the env file, and one error naming every problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import KEY, ROOT
+
+from draco.settings import ConfigError, Settings, load
+
+SECRET = "s3cr3t-" + "x" * 30
+
+
+def test_defaults_match_the_original():
+    s = load({})
+    assert (s.cache_ttl, s.http_timeout, s.http_max_connections, s.http_max_keepalive_connections) == (300, 30, 100, 20)
+    assert (s.nordvpn_server_limit, s.default_page_size, s.max_page_size) == (0, 100, 1000)
+    assert (s.rate_limit_requests, s.rate_limit_period, s.rate_limit_enabled) == (100, 60, True)
+    assert (s.enable_api_key_auth, s.enable_security_headers, s.debug) == (False, True, False)
+    assert (s.log_level, s.log_format, s.cors_origins, s.trusted_hosts) == ("INFO", "text", (), ())
+    assert s.upstream_max_bytes == 64 << 20
+    assert s.nordvpn_api_url.startswith("https://") and s.surfshark_api_url.startswith("https://")
+
+
+RANGES = {
+    "CACHE_TTL": (60, 3600),
+    "HTTP_TIMEOUT": (5, 120),
+    "HTTP_MAX_CONNECTIONS": (10, 500),
+    "HTTP_MAX_KEEPALIVE_CONNECTIONS": (5, 100),
+    "NORDVPN_SERVER_LIMIT": (0, 10000),
+    "DEFAULT_PAGE_SIZE": (10, 500),
+    "MAX_PAGE_SIZE": (100, 2000),
+    "RATE_LIMIT_REQUESTS": (10, 10000),
+    "RATE_LIMIT_PERIOD": (10, 3600),
+}
+
+
+@pytest.mark.parametrize("name", RANGES)
+def test_integer_ranges_are_inclusive_and_enforced(name):
+    lo, hi = RANGES[name]
+    extra = {"MAX_PAGE_SIZE": "2000"} if name == "DEFAULT_PAGE_SIZE" else {}
+    assert getattr(load({name: str(lo), **extra}), name.lower()) == lo
+    assert getattr(load({name: str(hi), **extra}), name.lower()) == hi
+    for bad in (str(lo - 1), str(hi + 1), "ten", "", "1e3"):
+        with pytest.raises(ConfigError) as caught:
+            load({name: bad})
+        assert caught.value.problems == [f"{name}: must be {'a number' if name == 'HTTP_TIMEOUT' else 'an integer'} from {lo} to {hi}"]  # noqa: E501
+
+
+def test_lists_are_json_arrays_as_documented():
+    s = load({"API_KEYS": f'["{KEY}", "{KEY[::-1]}"]', "TRUSTED_HOSTS": '["10.0.0.1", "192.168.0.0/16"]'})
+    assert s.api_keys == (KEY, KEY[::-1])
+    assert s.trusted_hosts == ("10.0.0.1", "192.168.0.0/16")
+
+
+def test_booleans_accept_the_usual_spellings():
+    assert load({"DEBUG": "TRUE"}).debug and load({"DEBUG": "1"}).debug and not load({"DEBUG": "off"}).debug
+    with pytest.raises(ConfigError, match="DEBUG: must be true or false"):
+        load({"DEBUG": "maybe"})
+
+
+@pytest.mark.parametrize("value", ['["*"]', '["null"]', '["https://*.example.com"]', '["example.com"]', '["https://a.example/path"]', "[1]", "[not json"])  # noqa: E501
+def test_cors_origins_refuse_wildcards_null_patterns_and_non_origins(value):
+    with pytest.raises(ConfigError, match="CORS_ORIGINS"):
+        load({"CORS_ORIGINS": value})
+
+
+def test_keys_must_be_at_least_32_characters_and_are_never_echoed():
+    with pytest.raises(ConfigError) as caught:
+        load({"API_KEYS": '["short-secret-value"]', "ENABLE_API_KEY_AUTH": "true"})
+    assert caught.value.problems == ["API_KEYS: every key must be at least 32 printable ASCII characters without spaces"]
+    assert "short-secret-value" not in str(caught.value)
+
+
+def test_auth_enabled_without_keys_is_an_error():
+    with pytest.raises(ConfigError, match="ENABLE_API_KEY_AUTH"):
+        load({"ENABLE_API_KEY_AUTH": "true"})
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com/x", "ftp://127.0.0.1/", "https://", "not a url"])
+def test_upstream_urls_must_be_https(url):
+    with pytest.raises(ConfigError, match="NORDVPN_API_URL: must be an https URL"):
+        load({"NORDVPN_API_URL": url})
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://[::1]:9/x", "http://localhost/x", "https://a.example/x"])
+def test_plain_http_is_allowed_to_loopback_only(url):
+    assert load({"SURFSHARK_API_URL": url}).surfshark_api_url == url
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as caught:
+        load({"CACHE_TTL": "1", "LOG_FORMAT": "xml", "TRUSTED_HOSTS": '["not-an-ip"]', "LOG_LEVEL": "LOUD"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["LOG_LEVEL", "LOG_FORMAT", "CACHE_TTL", "TRUSTED_HOSTS"]
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path):
+    env_file = tmp_path / "draco.env"
+    env_file.write_text('# comment\nexport CACHE_TTL=120\nAPP_NAME="from file"\nRATE_LIMIT_PERIOD=30\n')
+    s = load({"RATE_LIMIT_PERIOD": "45"}, env_file)
+    assert (s.cache_ttl, s.app_name, s.rate_limit_period) == (120, "from file", 45)
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        load({}).debug = True  # type: ignore[misc]
+
+
+def test_repr_never_shows_keys():
+    assert KEY not in repr(load({"API_KEYS": f'["{KEY}"]'}))
+    assert "api_keys=" not in repr(Settings())
+
+
+INVALID = [
+    ("CACHE_TTL", "59"), ("HTTP_TIMEOUT", "121"), ("HTTP_MAX_CONNECTIONS", "9"),
+    ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "101"), ("NORDVPN_SERVER_LIMIT", "-1"), ("DEFAULT_PAGE_SIZE", "9"),
+    ("MAX_PAGE_SIZE", "2001"), ("CORS_ORIGINS", '["*"]'), ("CORS_ALLOW_CREDENTIALS", "perhaps"),
+    ("ENABLE_API_KEY_AUTH", "yes please"), ("API_KEYS", f'["{SECRET[:20]}"]'), ("RATE_LIMIT_ENABLED", "2"),
+    ("RATE_LIMIT_REQUESTS", "9"), ("RATE_LIMIT_PERIOD", "3601"), ("ENABLE_SECURITY_HEADERS", "x"),
+    ("LOG_LEVEL", "VERBOSE"), ("LOG_FORMAT", "yaml"), ("DEBUG", "sometimes"), ("TRUSTED_HOSTS", '["10.0.0.0/33"]'),
+    ("NORDVPN_API_URL", "http://example.com/"), ("SURFSHARK_API_URL", "file:///etc/passwd"),
+    ("UPSTREAM_MAX_BYTES", "10"), ("API_KEYS_FILE", "/nonexistent/keys"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, value", INVALID)
+def test_serve_exits_2_naming_the_variable_before_binding(name, value):
+    result = subprocess.run(
+        [sys.executable, "-m", "draco", "serve", "--bind", "127.0.0.1:1"],
+        env={"PATH": "/usr/bin:/bin", name: value}, capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{name}:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert SECRET[:20] not in result.stderr
+
+
+def test_serve_reports_a_bad_bind_and_a_missing_certificate_together():
+    result = subprocess.run(
+        [sys.executable, "-m", "draco", "serve", "--bind", "nowhere", "--certfile", "/nonexistent"],
+        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, cwd=ROOT, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--bind:" in result.stderr and "--certfile:" in result.stderr and "--keyfile" in result.stderr
