@@ -12,12 +12,17 @@ import time
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.gzip import GZipMiddleware
 
-from draco import __version__, errors, routes
+from draco import __version__, errors, openapi, routes
 from draco.auth import KeyRing
 from draco.catalog import Catalog
-from draco.middleware import ApiKeyMiddleware, CORSMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
+from draco.middleware import (
+    ApiKeyMiddleware,
+    CORSMiddleware,
+    GZipMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from draco.ratelimit import Limiter, MemoryStore, TrustedHosts
 from draco.settings import Settings
 
@@ -35,10 +40,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         Middleware(CORSMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials),
     ]
     if settings.rate_limit_enabled:
-        middleware.append(Middleware(RateLimitMiddleware, limiter=limiter, trusted=trusted))
+        exempt = ("/health", "/docs", "/redoc", "/openapi.json") if settings.debug else ("/health",)
+        middleware.append(Middleware(RateLimitMiddleware, limiter=limiter, trusted=trusted, exempt=exempt))
     if settings.enable_api_key_auth:
         middleware.append(Middleware(ApiKeyMiddleware, ring=ring, trusted=trusted))
-    middleware.append(Middleware(GZipMiddleware, minimum_size=500, compresslevel=6))
+    middleware.append(Middleware(GZipMiddleware, minimum=500))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -66,7 +72,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     app = Starlette(
         debug=False,  # never Starlette's traceback pages, whatever DEBUG says
-        routes=routes.ROUTES,
+        # /docs, /redoc and /openapi.json exist only in debug mode: otherwise they are
+        # 404 like any unknown path.
+        routes=routes.ROUTES + (openapi.routes(settings) if settings.debug else []),
         middleware=middleware,
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,

@@ -49,8 +49,7 @@ def configure_logging(settings: Settings) -> None:
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
-    # The access log exists only in debug mode, as the original documented.
-    logging.getLogger("hypercorn.access").setLevel(logging.INFO if settings.debug else logging.CRITICAL + 1)
+    logging.getLogger("hypercorn.access").setLevel(logging.INFO)
 
 
 def _settings(args) -> Settings:
@@ -84,7 +83,9 @@ def hypercorn_config(args, settings: Settings):
     config = Config.from_toml(args.config) if args.config else Config()
     config.bind = [args.bind]
     config.include_server_header = False
-    config.accesslog = logging.getLogger("hypercorn.access")
+    # The access log exists only in debug mode, as the original documented; None also
+    # spares hypercorn building its log record (it copies the environment) per request.
+    config.accesslog = logging.getLogger("hypercorn.access") if settings.debug else None
     config.errorlog = logging.getLogger("hypercorn.error")
     if args.certfile:
         config.certfile, config.keyfile = args.certfile, args.keyfile

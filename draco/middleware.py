@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: security headers, CORS, rate limit, API key.
+"""Pure ASGI middleware: security headers, CORS, rate limit, API key, gzip.
 
 Each is a plain class: `__init__(app, ...)` and `async __call__(scope, receive,
 send)`. app.py composes them, outermost first, so the cheapest gate rejects first.
@@ -6,11 +6,12 @@ send)`. app.py composes them, outermost first, so the cheapest gate rejects firs
 
 from __future__ import annotations
 
+import gzip
 import logging
 
 from starlette.responses import Response
 
-from draco.auth import KeyRing
+from draco.auth import KeyRing, fingerprint
 from draco.errors import error_response
 from draco.ratelimit import Limiter, TrustedHosts, client_key, scope_client
 
@@ -63,7 +64,7 @@ class SecurityHeadersMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in self.names]
+                kept = [header for header in message.get("headers", ()) if header[0] not in self.names]
                 message["headers"] = kept + self.headers
             await send(message)
 
@@ -169,6 +170,41 @@ class ApiKeyMiddleware:
             response = error_response(401, "An API key is required in the X-API-Key header.")
             response.headers["WWW-Authenticate"] = 'APIKey header="X-API-Key"'
         else:
-            log.warning("invalid API key from %s on %s", client, scope["path"])
+            log.warning("invalid API key %s from %s on %s", fingerprint(presented[0]), client, scope["path"])
             response = error_response(403, "The API key is not valid.")
         await response(scope, receive, send)
+
+
+class GZipMiddleware:
+    """Compresses a single-message body of at least `minimum` bytes for clients that
+    accept gzip. Bodies already encoded (catalog pages, compressed once per list
+    version) and streamed bodies pass through; so does every request without gzip."""
+
+    def __init__(self, app, *, minimum: int = 500, level: int = 6):
+        self.app, self.minimum, self.level = app, minimum, level
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or b"gzip" not in (_header(scope, b"accept-encoding") or b""):
+            return await self.app(scope, receive, send)
+        held = None
+
+        async def compressing(message):
+            nonlocal held
+            if message["type"] == "http.response.start":
+                held = message  # until the body shows whether to compress
+                return
+            if held is not None and message["type"] == "http.response.body":
+                held, start = None, held
+                body, names = message.get("body", b""), {name for name, _ in start["headers"]}
+                if len(body) >= self.minimum and not message.get("more_body") and b"content-encoding" not in names:
+                    body = gzip.compress(body, self.level, mtime=0)
+                    headers = [h for h in start["headers"] if h[0] != b"content-length"]
+                    headers += [(b"content-encoding", b"gzip"), (b"content-length", b"%d" % len(body))]
+                    start["headers"] = headers + [(b"vary", b"Accept-Encoding")]
+                    message["body"] = body
+                await send(start)
+            await send(message)
+
+        await self.app(scope, receive, compressing)
+        if held is not None:  # a response that never sent a body
+            await send(held)

@@ -10,78 +10,83 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import ipaddress
 import math
+import socket
 import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
-import attrs
 
 MICROS = 1_000_000
 
 
-@attrs.frozen
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     limit: int
     remaining: int
-    reset: int  # whole seconds until the oldest counted request leaves the window
+    reset: int  # whole seconds (at least 1) until the oldest counted request leaves the window
 
 
 def decide(window: array, now: int, limit: int, period: int, cost: int) -> tuple[bool, int]:
     """The algorithm, on one client's sorted admission times (microseconds), in place.
 
     Returns (admitted, microseconds until enough counted requests have left the
-    window to admit this cost, or until the oldest leaves when admitted)."""
-    del window[: bisect.bisect_right(window, now - period)]
-    allowed = len(window) + cost <= limit
-    if allowed:
-        window.extend([now] * cost)
+    window to admit this cost, or until the oldest leaves when admitted). Needs
+    cost <= limit."""
+    expired = bisect.bisect_right(window, now - period)
+    if expired:
+        del window[:expired]
+    if len(window) + cost <= limit:
+        if cost == 1:
+            window.append(now)
+        else:
+            window.extend([now] * cost)
         return True, window[0] + period - now
     return False, window[len(window) + cost - limit - 1] + period - now
-
-
-def _whole_seconds(micros: int) -> int:
-    return max(1, math.ceil(micros / MICROS))
 
 
 class MemoryStore:
     """Per-client admission times in an OrderedDict kept in least-recently-seen order.
 
-    Memory is bounded: a client with nothing left in its window is dropped (a few
-    at a time on each request, and by `sweep`), and beyond `max_clients` the least
-    recently seen client is evicted.
+    Memory is bounded: clients with nothing left in their window are dropped from
+    the front (a few every 16 requests, and all of them by `sweep`), and beyond
+    `max_clients` the least recently seen client is evicted.
     """
 
     def __init__(self, max_clients: int = 100_000):
         self.max_clients = max_clients
         self.windows: OrderedDict[str, array] = OrderedDict()
+        self._count = 0
 
     async def hit(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
         return self.hit_now(key, now, limit, period, cost)
 
     def hit_now(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
-        now_us, period_us = int(now * MICROS), period * MICROS
+        now_us, period_us = round(now * MICROS), period * MICROS
         windows = self.windows
         window = windows.get(key)
         if window is None:
             window = windows[key] = array("q")
+            if len(windows) > self.max_clients:
+                windows.popitem(last=False)
         else:
             windows.move_to_end(key)
             if window and window[-1] > now_us:
                 now_us = window[-1]  # a clock that stepped back must not reorder the window
         allowed, wait = decide(window, now_us, limit, period_us, cost)
-        self._expire(now_us - period_us, 2)
-        if len(windows) > self.max_clients:
-            windows.popitem(last=False)
-        return Decision(allowed, limit, limit - len(window), _whole_seconds(wait))
+        self._count += 1
+        if not self._count & 15:
+            self._expire(now_us - period_us, 32)
+        return Decision(allowed, limit, limit - len(window), (wait + MICROS - 1) // MICROS)
 
     def _expire(self, horizon: int, at_most: int) -> int:
         """Drop up to `at_most` least recently seen clients whose window is empty."""
         dropped = 0
-        for key, window in self.windows.items():
+        for window in self.windows.values():
             if dropped == at_most or (window and window[-1] > horizon):
                 break
             dropped += 1
@@ -91,7 +96,7 @@ class MemoryStore:
 
     async def sweep(self, now: float, period: int) -> None:
         """Drop every idle client at the front, yielding to the loop between batches."""
-        while self._expire(int(now * MICROS) - period * MICROS, 1000) == 1000:
+        while self._expire(round(now * MICROS) - period * MICROS, 1000) == 1000:
             await asyncio.sleep(0)
 
     def tracked(self) -> int:
@@ -125,27 +130,39 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class TrustedHosts:
     def __init__(self, entries: Iterable[str]):
-        self.networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
+        networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
+        self.networks = networks
+
+        @functools.lru_cache(maxsize=4096)  # the same proxies come again and again
+        def contains(address: Address) -> bool:
+            return any(address in network for network in networks)
+
+        self._contains = contains
 
     def __contains__(self, address: Address) -> bool:
-        return any(address in network for network in self.networks)
+        return self._contains(address)
 
 
+@functools.lru_cache(maxsize=4096)  # the same peers and chains come again and again
 def parse_address(text: str) -> Address | None:
-    """An address as proxies write it: brackets, a port or an IPv6 zone may surround it."""
+    """An address as proxies write it: brackets, a port or an IPv6 zone may surround it.
+    IPv4-mapped IPv6 is unmapped; the unspecified address (0.0.0.0, ::) is no client."""
     text = text.strip()
     if text.startswith("["):
         text = text[1 : text.find("]")] if "]" in text else ""
     elif text.count(":") == 1:
         text = text.partition(":")[0]  # IPv4 with a port
     text = text.partition("%")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
+    try:  # inet_pton: the C parser, as strict as ipaddress (no leading zeros, no short forms)
+        address = ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        try:
+            address = ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        except (OSError, ValueError):
+            return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
+        address = address.ipv4_mapped
+    return None if address.is_unspecified else address
 
 
 def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedHosts) -> Address | None:

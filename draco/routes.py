@@ -6,7 +6,9 @@ carry a strong ETag, Age and X-Data-Status.
 
 from __future__ import annotations
 
+import functools
 import re
+from urllib.parse import parse_qsl
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,15 +26,16 @@ _INTEGER = re.compile(r"-?[0-9]{1,9}")
 class Query:
     """Reads and checks request parameters, collecting every problem into one 422."""
 
-    def __init__(self, request: Request):
-        self.request = request
+    def __init__(self, query_string: bytes, path: dict | None = None):
+        self.params = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        self.path = path or {}
         self.details: list[dict] = []
 
     def _fail(self, where: str, name: str, msg: str, kind: str) -> None:
         self.details.append({"loc": [where, name], "msg": msg, "type": kind})
 
     def integer(self, name: str, default: int, lo: int, hi: int) -> int:
-        raw = self.request.query_params.get(name)
+        raw = self.params.get(name)
         if raw is None:
             return default
         if not _INTEGER.fullmatch(raw):
@@ -46,15 +49,14 @@ class Query:
         return default
 
     def country(self, name: str = "country_code", where: str = "query") -> str | None:
-        source = self.request.path_params if where == "path" else self.request.query_params
-        raw = source.get(name)
+        raw = (self.path if where == "path" else self.params).get(name)
         if raw is not None and not _COUNTRY.fullmatch(raw):
             self._fail(where, name, "String should match pattern '^[A-Z]{2}$'", "string_pattern_mismatch")
             return None
         return raw
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
-        raw = self.request.query_params.get(name, choices[0])
+        raw = self.params.get(name, choices[0])
         if raw not in choices:
             self._fail("query", name, f"Input should be {', '.join(choices)}", "enum")
             return choices[0]
@@ -63,6 +65,15 @@ class Query:
     def check(self) -> None:
         if self.details:
             raise RequestValidationError(self.details)
+
+
+@functools.lru_cache(maxsize=1024)  # the same few query strings come again and again
+def page_params(query_string: bytes, default_size: int, max_size: int) -> tuple[int, int]:
+    query = Query(query_string)
+    page = query.integer("page", 1, 1, 1_000_000)
+    page_size = query.integer("page_size", default_size, 1, max_size)
+    query.check()
+    return page, page_size
 
 
 def _catalog(request: Request) -> Catalog:
@@ -85,29 +96,34 @@ def _matches(header: str, etags: tuple[str, ...]) -> bool:
 def respond(request: Request, data: Dataset, rendered: Rendered) -> Response:
     """200 with the encoded body (gzip when asked), or 304 when the client's copy is current."""
     catalog = _catalog(request)
-    use_gzip = rendered.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "")
+    accept, if_none_match = b"", None
+    for name, value in request.scope["headers"]:
+        if name == b"accept-encoding":
+            accept = value
+        elif name == b"if-none-match":
+            if_none_match = value.decode("latin-1")
+    use_gzip = rendered.gzipped is not None and b"gzip" in accept
     etag = rendered.etag[:-1] + '-gzip"' if use_gzip else rendered.etag
-    headers = {
-        "ETag": etag,
-        "Age": str(max(0, int(catalog.clock() - data.fetched_at))),
-        "X-Data-Status": "stale" if catalog.is_stale(data) else "fresh",
-        "Cache-Control": "private, no-cache",
-        "Vary": "Accept-Encoding",
-    }
-    if_none_match = request.headers.get("if-none-match")
+    headers = [
+        (b"etag", etag.encode()),
+        (b"age", b"%d" % max(0, catalog.clock() - data.fetched_at)),
+        (b"x-data-status", b"stale" if catalog.is_stale(data) else b"fresh"),
+        (b"cache-control", b"private, no-cache"),
+        (b"vary", b"Accept-Encoding"),
+    ]
     if if_none_match and _matches(if_none_match, (rendered.etag, etag)):
-        return Response(status_code=304, headers=headers)
-    if use_gzip:
-        headers["Content-Encoding"] = "gzip"
-    return Response(rendered.gzipped if use_gzip else rendered.body, headers=headers, media_type="application/json")
+        response = Response(status_code=304)
+    else:
+        response = Response(rendered.gzipped if use_gzip else rendered.body, media_type="application/json")
+        if use_gzip:
+            headers.append((b"content-encoding", b"gzip"))
+    response.raw_headers += headers
+    return response
 
 
-def _page_params(request: Request) -> tuple[Query, int, int]:
+def _page_params(request: Request) -> tuple[int, int]:
     settings = request.app.state.settings
-    query = Query(request)
-    page = query.integer("page", 1, 1, 1_000_000)
-    page_size = query.integer("page_size", settings.default_page_size, 1, settings.max_page_size)
-    return query, page, page_size
+    return page_params(request.scope["query_string"], settings.default_page_size, settings.max_page_size)
 
 
 async def health(request: Request) -> Response:
@@ -120,16 +136,14 @@ async def health(request: Request) -> Response:
 
 
 async def servers(request: Request) -> Response:
-    query, page, page_size = _page_params(request)
-    query.check()
+    page, page_size = _page_params(request)
     data = await dataset(request)
     rendered = render(data, ("servers", page, page_size), lambda: paginate(data.servers, page, page_size).data)
     return respond(request, data, rendered)
 
 
 async def servers_paginated(request: Request) -> Response:
-    query, page, page_size = _page_params(request)
-    query.check()
+    page, page_size = _page_params(request)
     data = await dataset(request)
     result = paginate(data.servers, page, page_size)
     if page > max(result.total_pages, 1):
@@ -138,7 +152,7 @@ async def servers_paginated(request: Request) -> Response:
 
 
 async def servers_by_country(request: Request) -> Response:
-    query = Query(request)
+    query = Query(b"", request.path_params)
     code = query.country(where="path")
     query.check()
     data = await dataset(request)
@@ -157,7 +171,7 @@ def top_servers(data: Dataset, code: str | None, limit: int, latencies: dict[str
 
 
 async def servers_top(request: Request) -> Response:
-    query = Query(request)
+    query = Query(request.scope["query_string"])
     limit = query.integer("limit", 10, 1, 50)
     code = query.country()
     query.check()

@@ -1,0 +1,202 @@
+"""The OpenAPI 3.1 document, and the /docs and /redoc pages (DEBUG=true only).
+
+tests/test_openapi.py keeps it true: its paths equal the route table, its bounds
+are the ones the routes enforce, and real responses validate against its schemas.
+"""
+
+from __future__ import annotations
+
+import html
+
+import openapi_ui_bundles
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from draco.providers import REGISTRY
+from draco.settings import Settings
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+SCHEMAS = {
+    "Server": {
+        "type": "object",
+        "required": ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"],
+        "properties": {
+            "provider": {"type": "string"},
+            "country": {"type": "string"},
+            "country_code": {"type": "string", "pattern": "^[A-Z]{2}$"},
+            "identifier": {"type": "string", "description": "the server's hostname"},
+            "public_key": {"type": "string", "description": "WireGuard public key, 32 bytes in base64"},
+            "load": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+            "latency": {"type": ["number", "null"], "description": "milliseconds, when measured"},
+            "city": _NULLABLE_STR,
+            "ipv4": _NULLABLE_STR,
+        },
+    },
+    "Page": {
+        "type": "object",
+        "required": ["total", "page", "page_size", "total_pages", "data"],
+        "properties": {
+            "total": {"type": "integer"},
+            "page": {"type": "integer"},
+            "page_size": {"type": "integer"},
+            "total_pages": {"type": "integer"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Server"}},
+        },
+    },
+    "Country": {
+        "type": "object",
+        "required": ["code", "name", "display"],
+        "properties": {"code": {"type": "string"}, "name": {"type": "string"}, "display": {"type": "string"}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "version", "providers"],
+        "properties": {
+            "status": {"enum": ["healthy", "unhealthy"]},
+            "version": {"type": "string"},
+            "providers": {"type": "object", "additionalProperties": {"type": "object"}},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "details": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["loc", "msg", "type"],
+                    "properties": {
+                        "loc": {"type": "array", "items": {"type": "string"}},
+                        "msg": {"type": "string"},
+                        "type": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+
+_ERRORS = {
+    "401": "No X-API-Key header",
+    "403": "The X-API-Key is not valid",
+    "404": "Not found",
+    "422": "Invalid parameters (with details)",
+    "429": "Rate limit exceeded; see Retry-After",
+    "500": "Internal error",
+    "503": "The provider's list is unavailable",
+}
+
+
+def _integer(name: str, default: int, lo: int, hi: int, doc: str) -> dict:
+    schema = {"type": "integer", "minimum": lo, "maximum": hi, "default": default}
+    return {"name": name, "in": "query", "required": False, "description": doc, "schema": schema}
+
+
+def _country(where: str) -> dict:
+    return {
+        "name": "country_code",
+        "in": where,
+        "required": where == "path",
+        "description": "ISO 3166-1 alpha-2, upper case",
+        "schema": {"type": "string", "pattern": "^[A-Z]{2}$"},
+    }
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list(name: str) -> dict:
+    return {"type": "array", "items": _ref(name)}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(summary: str, schema: dict, parameters: list, *, catalog: bool = True) -> dict:
+    responses = {"200": {"description": "OK", "content": _json(schema)}}
+    if catalog:
+        responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
+        responses["200"]["headers"] = {
+            "ETag": {"schema": {"type": "string"}},
+            "Age": {"schema": {"type": "integer"}, "description": "seconds since the list was fetched"},
+            "X-Data-Status": {"schema": {"enum": ["fresh", "stale"]}},
+        }
+    responses |= {code: {"description": text, "content": _json(_ref("Error"))} for code, text in _ERRORS.items()}
+    return {"get": {"summary": summary, "parameters": parameters, "responses": responses}}
+
+
+def document(settings: Settings, providers=tuple(REGISTRY)) -> dict:
+    provider = {
+        "name": "provider", "in": "path", "required": True, "schema": {"enum": list(providers)},
+    }  # fmt: skip
+    page = _integer("page", 1, 1, 1_000_000, "page number, from 1")
+    page_size = _integer("page_size", settings.default_page_size, 1, settings.max_page_size, "servers per page")
+    base = "/api/{provider}"
+    paths = {
+        "/health": _operation("Service health", _ref("Health"), [], catalog=False),
+        f"{base}/servers": _operation("A page of servers", _list("Server"), [provider, page, page_size]),
+        f"{base}/servers/paginated": _operation("A page with totals", _ref("Page"), [provider, page, page_size]),
+        f"{base}/servers/top": _operation(
+            "Operational servers (load above 3) ranked by latency, then load",
+            _list("Server"),
+            [provider, _integer("limit", 10, 1, 50, "how many"), _country("query")],
+        ),
+        f"{base}/servers/{{country_code}}": _operation(
+            "The servers of one country", _list("Server"), [provider, _country("path")]
+        ),
+        f"{base}/countries": _operation("Countries with servers, by code", _list("Country"), [provider]),
+    }
+    security = [{"ApiKey": []}] if settings.enable_api_key_auth else []
+    for path, item in paths.items():
+        if path.startswith("/api/"):
+            item["get"]["security"] = security
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": settings.app_name, "version": settings.app_version},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}</head>
+<body>{body}</body></html>"""
+
+
+def routes(settings: Settings) -> list:
+    spec = document(settings)
+    title = html.escape(settings.app_name)
+
+    async def openapi_json(_request: Request) -> JSONResponse:
+        return JSONResponse(spec)
+
+    async def swagger(_request: Request) -> HTMLResponse:
+        return HTMLResponse(_PAGE.format(
+            title=title,
+            head='<link rel="stylesheet" href="/docs/assets/swagger-ui.css">',
+            body='<div id="ui"></div><script src="/docs/assets/swagger-ui-bundle.js"></script>'
+            '<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"})</script>',
+        ))  # fmt: skip
+
+    async def redoc(_request: Request) -> HTMLResponse:
+        return HTMLResponse(_PAGE.format(
+            title=title, head="",
+            body='<redoc spec-url="/openapi.json"></redoc><script src="/redoc/assets/redoc.standalone.js"></script>',
+        ))  # fmt: skip
+
+    return [
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", swagger, methods=["GET"]),
+        Route("/redoc", redoc, methods=["GET"]),
+        Mount("/docs/assets", StaticFiles(directory=openapi_ui_bundles.swagger_ui.static_path)),
+        Mount("/redoc/assets", StaticFiles(directory=openapi_ui_bundles.redoc.static_path)),
+    ]

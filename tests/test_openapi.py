@@ -1,0 +1,110 @@
+"""Debug gating, and an OpenAPI document kept true by comparing it with what runs."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import jsonschema
+import pytest
+from conftest import upstream_env
+from openapi_spec_validator import validate
+
+from draco import routes
+
+DOC_PATHS = ["/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui.css", "/redoc/assets/redoc.standalone.js"]
+
+
+@pytest.fixture(scope="module")
+def debug_service(module_upstreams):
+    from conftest import Draco
+
+    process = Draco({**upstream_env(module_upstreams), "DEBUG": "true", "RATE_LIMIT_REQUESTS": "10000"})
+    yield process
+    process.close()
+
+
+@pytest.fixture(scope="module")
+def spec(debug_service):
+    return httpx.get(debug_service.url("/openapi.json")).json()
+
+
+def test_without_debug_the_doc_paths_are_404_like_any_unknown_path(service):
+    unknown = httpx.get(service.url("/no-such-page"))
+    for path in DOC_PATHS:
+        answer = httpx.get(service.url(path))
+        assert (answer.status_code, answer.content) == (404, unknown.content)
+        assert sorted(answer.headers.keys()) == sorted(unknown.headers.keys())
+
+
+def test_with_debug_the_docs_and_their_assets_are_served_offline(debug_service):
+    for path in DOC_PATHS:
+        assert httpx.get(debug_service.url(path)).status_code == 200, path
+    page = httpx.get(debug_service.url("/docs")).text
+    assert all(httpx.get(debug_service.url(src)).status_code == 200 for src in re.findall(r'(?:src|href)="([^"]+)"', page))  # noqa: E501
+
+
+def test_the_document_is_valid_openapi_3_1(spec):
+    assert spec["openapi"] == "3.1.0"
+    validate(spec)
+
+
+def test_the_document_describes_exactly_the_route_table(spec):
+    table = {route.path for route in routes.ROUTES}
+    assert set(spec["paths"]) == table
+    for path, item in spec["paths"].items():
+        assert list(item) == ["get"]
+        declared = {p["name"] for p in item["get"]["parameters"] if p["in"] == "path"}
+        assert declared == set(re.findall(r"{(\w+)}", path))
+
+
+def _concrete(path: str) -> str:
+    return path.replace("{provider}", "nordvpn").replace("{country_code}", "DE")
+
+
+def test_every_documented_bound_is_the_one_enforced(spec, debug_service):
+    checked = 0
+    for path, item in spec["paths"].items():
+        for parameter in item["get"]["parameters"]:
+            schema = parameter["schema"]
+            if parameter["in"] != "query" or schema.get("type") != "integer":
+                continue
+            url = debug_service.url(_concrete(path))
+            for value, ok in ((schema["minimum"], True), (schema["maximum"], True), (schema["minimum"] - 1, False), (schema["maximum"] + 1, False)):  # noqa: E501
+                status = httpx.get(url, params={parameter["name"]: value}).status_code
+                assert (status != 422) == ok, (path, parameter["name"], value, status)
+            checked += 1
+    assert checked == 5
+
+
+def _validator(spec, schema) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator({**schema, "components": spec["components"]})
+
+
+@pytest.mark.parametrize(
+    "template, provider, params, status",
+    [
+        ("/health", "", {}, 200),
+        ("/api/{provider}/servers", "nordvpn", {"page_size": 5}, 200),
+        ("/api/{provider}/servers/paginated", "surfshark", {"page_size": 5}, 200),
+        ("/api/{provider}/servers/top", "nordvpn", {"limit": 3}, 200),
+        ("/api/{provider}/servers/{country_code}", "surfshark", {}, 200),
+        ("/api/{provider}/countries", "nordvpn", {}, 200),
+        ("/api/{provider}/servers", "nordvpn", {"page": 0}, 422),
+        ("/api/{provider}/servers/paginated", "nordvpn", {"page": 999}, 404),
+        ("/api/{provider}/servers", "unknown", {}, 404),
+    ],
+)
+def test_real_answers_validate_against_the_documented_schemas(spec, debug_service, template, provider, params, status):
+    path = template.replace("{provider}", provider).replace("{country_code}", "DE")
+    answer = httpx.get(debug_service.url(path), params=params)
+    assert answer.status_code == status
+    documented = spec["paths"][template]["get"]["responses"][str(status)]
+    _validator(spec, documented["content"]["application/json"]["schema"]).validate(answer.json())
+
+
+def test_the_access_log_is_written_in_debug_mode_only(debug_service, service):
+    httpx.get(debug_service.url("/access-log-probe"))
+    httpx.get(service.url("/access-log-probe"))
+    assert "access-log-probe" in debug_service.logs()
+    assert "access-log-probe" not in service.logs()
