@@ -29,6 +29,21 @@ from draco.settings import Settings
 SWEEP_EVERY = 300  # seconds between sweeps of idle rate-limit entries
 
 
+def upstream_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The one client for every upstream: HTTP/2, TLS verification always on."""
+    return httpx.AsyncClient(
+        http2=True,
+        verify=True,  # never configurable
+        timeout=settings.http_timeout,
+        limits=httpx.Limits(
+            max_connections=settings.http_max_connections,
+            max_keepalive_connections=settings.http_max_keepalive_connections,
+        ),
+        headers={"User-Agent": f"draco/{__version__}"},
+        transport=transport,
+    )
+
+
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, clock=time.time) -> Starlette:
     trusted = TrustedHosts(settings.trusted_hosts)
     ring = KeyRing(settings.api_keys)
@@ -48,17 +63,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        client = httpx.AsyncClient(
-            http2=True,
-            verify=True,  # never configurable
-            timeout=settings.http_timeout,
-            limits=httpx.Limits(
-                max_connections=settings.http_max_connections,
-                max_keepalive_connections=settings.http_max_keepalive_connections,
-            ),
-            headers={"User-Agent": f"draco/{__version__}"},
-            transport=transport,
-        )
+        client = upstream_client(settings, transport)
         catalog = Catalog(settings, client, clock=clock)
         catalog.restore()
         app.state.catalog = catalog

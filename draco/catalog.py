@@ -236,6 +236,11 @@ class Catalog:
             status.task = asyncio.get_running_loop().create_task(self._refresh(name))
         return status.task
 
+    async def refresh(self, name: str) -> bool:
+        """Fetch now, whatever the age of the list; True when a new list was accepted."""
+        await self._refresh_task(name)
+        return self.status[name].failures == 0
+
     async def _refresh(self, name: str) -> None:
         status = self.status[name]
         try:

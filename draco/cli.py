@@ -107,6 +107,33 @@ def serve(args) -> int:
     return 0
 
 
+def snapshot(args) -> int:
+    """Fetch every provider once and write its last-known-good snapshot to SNAPSHOT_DIR."""
+    from draco import demo
+    from draco.app import upstream_client
+    from draco.catalog import Catalog
+
+    settings = _settings(args)
+    if not settings.snapshot_dir:
+        print("draco: configuration error: SNAPSHOT_DIR: must be set for `draco snapshot`", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+
+    async def run() -> bool:
+        async with upstream_client(settings, demo.transport(settings) if args.demo else None) as client:
+            catalog = Catalog(settings, client)
+            catalog.restore()
+            ok = True
+            for name, status in catalog.status.items():
+                accepted = await catalog.refresh(name)
+                ok &= accepted
+                outcome = f"{len(status.data.servers)} servers" if accepted else f"failed ({status.last_failure})"
+                print(f"{name}: {outcome}")
+            return ok
+
+    return 0 if asyncio.run(run()) else 1
+
+
 def keygen(args) -> int:
     for _ in range(args.n):
         print(secrets.token_hex(32))
@@ -126,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keyfile", help="TLS private key")
     p.add_argument("--config", help="a hypercorn TOML file (see conf/hypercorn.toml)")
     p.set_defaults(run=serve)
+
+    p = commands.add_parser("snapshot", help="fetch every provider once and write SNAPSHOT_DIR")
+    p.add_argument("--env-file", help="read settings from this file; the environment wins")
+    p.add_argument("--demo", action="store_true", help="snapshot the bundled sample data")
+    p.set_defaults(run=snapshot)
 
     p = commands.add_parser("keygen", help="print new API keys (64 hex characters each)")
     p.add_argument("-n", type=int, default=1, choices=range(1, 101), metavar="N", help="how many (1-100)")

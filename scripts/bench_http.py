@@ -9,7 +9,7 @@ different cores. HTTP/1.1 load comes from wrk; h2c load from a small h2 client
 below (h2load cannot vary a header per request). Also measured: the same request
 revalidated with If-None-Match (a 304).
 
-    python scripts/bench_http.py [--seconds 10] [--connections 32] [--rounds 3]
+    python scripts/bench_http.py [--seconds 10] [--connections 32] [--rounds 3] [--page-size 100]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from bench_refresh import nordvpn_payload  # noqa: E402
 from fake_upstream import FakeUpstream, free_port, wait_for_port  # noqa: E402
 
 KEY = "bench-" + "k" * 58
-PATH = "/api/nordvpn/servers?page_size=100"
+PATH = "/api/nordvpn/servers?page_size=100"  # --page-size changes it
 
 
 def bare_app():
@@ -148,7 +148,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--page-size", type=int, default=100)
     args = parser.parse_args()
+    global PATH
+    PATH = f"/api/nordvpn/servers?page_size={args.page_size}"
     if not shutil.which("wrk"):
         sys.exit("needs wrk (apt-get install wrk)")
 

@@ -2,7 +2,9 @@
 
 One instance plays one provider. Its behaviour can be switched while it runs:
 
-    ok         the configured body (200), honouring If-None-Match with 304
+    ok         the configured body (200), honouring If-None-Match and
+               If-Modified-Since (when a Last-Modified header is set) with 304
+    delay      the same, after `delay` seconds
     status     an error status, optionally with Retry-After
     html       a 200 HTML maintenance page
     hang       accept the request and never answer (until stopped)
@@ -51,12 +53,15 @@ class FakeUpstream:
         elif mode != "refused" and self._server is None:
             self._server = self._listen(self.port)
 
-    def _configure(self, mode: str, *, body: bytes | None = None, status: int = 503, headers=None, size: int = 0):
+    def _configure(
+        self, mode: str, *, body: bytes | None = None, status: int = 503, headers=None, size: int = 0, delay: float = 0
+    ):
         with self.lock:
             if body is not None:
                 self.body = body
                 self.etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
             self.mode, self.status, self.headers, self.size = mode, status, dict(headers or {}), size
+            self.delay = delay
 
     def _listen(self, port: int) -> _Server:
         server = _Server((self.host, port), self._handler())
@@ -93,7 +98,10 @@ class FakeUpstream:
                     upstream.hits += 1
                     upstream.requests.append((self.path, dict(self.headers)))
                     mode, body, etag, status = upstream.mode, upstream.body, upstream.etag, upstream.status
-                    extra, size = upstream.headers, upstream.size
+                    extra, size, delay = upstream.headers, upstream.size, upstream.delay
+                if mode == "delay":
+                    upstream.stopping.wait(delay)
+                    mode = "ok"
                 getattr(self, f"_{mode}")(body=body, etag=etag, status=status, extra=extra, size=size)
 
             def _send(self, status: int, body: bytes, headers: dict, length: int | None = None):
@@ -106,9 +114,11 @@ class FakeUpstream:
 
             def _ok(self, body, etag, extra, **_):
                 headers = {"Content-Type": "application/json", "ETag": etag, **extra}
-                if self.headers.get("If-None-Match") == etag:
+                modified = extra.get("Last-Modified")
+                if self.headers.get("If-None-Match") == etag or (modified and self.headers.get("If-Modified-Since") == modified):  # noqa: E501
                     self.send_response(304)
                     self.send_header("ETag", etag)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 self._send(200, body, headers)

@@ -1,0 +1,260 @@
+"""Never lose the catalog: serve-stale, backoff, the sanity guard, snapshots and
+conditional refreshes, driven with an injected clock against a real fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import attrs
+import httpx
+import pytest
+from conftest import demo_payload
+from fake_upstream import FakeUpstream
+
+from draco.catalog import Catalog, read_snapshot, write_snapshot
+from draco.errors import VPNAPIError
+from draco.providers import REGISTRY
+from draco.settings import load
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def upstream():
+    fake = FakeUpstream(demo_payload("surfshark"))
+    yield fake
+    fake.stop()
+
+
+def run(coroutine_fn, upstream, snapshot_dir=None, clock=None, provider=REGISTRY["surfshark"], **env):
+    """Run `coroutine_fn(catalog, clock)` against a catalog of the surfshark provider."""
+    clock = clock or Clock()
+    values = {"SURFSHARK_API_URL": upstream.url, "HTTP_TIMEOUT": "5", **env}
+    if snapshot_dir is not None:
+        values["SNAPSHOT_DIR"] = str(snapshot_dir)
+    settings = load(values)
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            catalog = Catalog(settings, client, {"surfshark": provider}, clock=clock)
+            catalog.restore()
+            try:
+                return await coroutine_fn(catalog, clock)
+            finally:
+                await catalog.close()
+
+    return asyncio.run(go())
+
+
+async def settle(catalog: Catalog) -> None:
+    """Wait for a background refresh, if one runs."""
+    task = catalog.status["surfshark"].task
+    if task is not None:
+        await task
+
+
+def test_an_expired_list_is_served_at_once_while_one_background_refresh_runs(upstream):
+    async def scenario(catalog, clock):
+        first = await catalog.get("surfshark")
+        clock.now += 301
+        upstream.set("delay", delay=1.0)
+        served = await asyncio.wait_for(asyncio.gather(*(catalog.get("surfshark") for _ in range(20))), 0.5)
+        assert all(d is first for d in served) and catalog.is_stale(first)
+        await settle(catalog)
+        assert upstream.hits == 2  # one cold fetch, one refresh for twenty stale requests
+        fresh = await catalog.get("surfshark")
+        assert fresh.fetched_at == clock.now and not catalog.is_stale(fresh)
+
+    run(scenario, upstream)
+
+
+def test_a_failed_refresh_keeps_the_list_until_cache_max_stale(upstream):
+    async def scenario(catalog, clock):
+        good = await catalog.get("surfshark")
+        upstream.set("status", status=500)
+        clock.now += 3600
+        assert await catalog.get("surfshark") is good
+        await settle(catalog)
+        assert await catalog.get("surfshark") is good
+        clock.now = good.fetched_at + 86400 + 1
+        with pytest.raises(VPNAPIError):
+            await catalog.get("surfshark")
+
+    run(scenario, upstream)
+
+
+def test_a_down_upstream_is_asked_once_per_backoff_step(upstream):
+    async def scenario(catalog, clock):
+        await catalog.get("surfshark")
+        upstream.set("status", status=503)
+        clock.now += 301
+        asked = []
+        for _ in range(40):  # forty client requests, 0.5 s apart on the clock
+            await catalog.get("surfshark")
+            await settle(catalog)
+            asked.append(upstream.hits - 1)
+            clock.now += 0.5
+        status = catalog.status["surfshark"]
+        # Delays double from 1 s (times a jitter of 0.5-1): 20 s of requests allow about 5 attempts.
+        assert 3 <= asked[-1] <= 7 and status.failures == asked[-1]
+        assert status.last_failure == "http_503"
+
+    run(scenario, upstream)
+
+
+def test_backoff_is_capped(upstream):
+    async def scenario(catalog, clock):
+        await catalog.get("surfshark")
+        upstream.set("refused")
+        for _ in range(12):
+            clock.now += 400
+            await catalog.get("surfshark")
+            await settle(catalog)
+        status = catalog.status["surfshark"]
+        assert status.retry_at - clock.now <= 30 and status.last_failure == "connection"
+
+    run(scenario, upstream, REFRESH_BACKOFF_MAX="30")
+
+
+def test_retry_after_from_the_upstream_is_honoured(upstream):
+    async def scenario(catalog, clock):
+        await catalog.get("surfshark")
+        upstream.set("status", status=429, headers={"Retry-After": "120"})
+        clock.now += 301
+        await catalog.get("surfshark")
+        await settle(catalog)
+        assert catalog.status["surfshark"].retry_at - clock.now >= 120
+
+    run(scenario, upstream)
+
+
+@pytest.mark.parametrize("keep, accepted", [(10, False), (17, False), (18, True), (36, True)])
+def test_a_list_shrunk_by_more_than_half_is_a_fault(upstream, keep, accepted):
+    clusters = json.loads(demo_payload("surfshark"))  # 36 servers
+
+    async def scenario(catalog, clock):
+        before = await catalog.get("surfshark")
+        upstream.set("ok", body=json.dumps(clusters[:keep]).encode())
+        clock.now += 301
+        await catalog.get("surfshark")
+        await settle(catalog)
+        after = await catalog.get("surfshark")
+        assert (len(after.servers) == keep) if accepted else (after is before)
+        if not accepted:
+            assert catalog.status["surfshark"].last_failure == "shrunk"
+
+    run(scenario, upstream)
+
+
+def test_a_shrunk_list_is_accepted_once_the_old_one_may_no_longer_be_served(upstream):
+    clusters = json.loads(demo_payload("surfshark"))
+
+    async def scenario(catalog, clock):
+        await catalog.get("surfshark")
+        upstream.set("ok", body=json.dumps(clusters[:3]).encode())
+        clock.now += 86400 + 1
+        with pytest.raises(VPNAPIError):
+            await catalog.get("surfshark")  # too old to serve: refresh in the background
+        await settle(catalog)
+        assert len((await catalog.get("surfshark")).servers) == 3
+
+    run(scenario, upstream)
+
+
+def test_snapshots_are_written_and_restored_as_stale(upstream, tmp_path):
+    async def first_life(catalog, clock):
+        return await catalog.get("surfshark")
+
+    good = run(first_life, upstream, tmp_path)
+    assert (tmp_path / "surfshark.json").exists()
+    upstream.set("refused")
+
+    async def second_life(catalog, clock):
+        data = await catalog.get("surfshark")
+        assert data.servers == good.servers and data.fetched_at == good.fetched_at
+        assert catalog.is_stale(data)  # restored: stale until the upstream confirms it
+        await settle(catalog)
+        assert catalog.status["surfshark"].last_failure == "connection"
+
+    run(second_life, upstream, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b"not json at all", b'{"format":"draco-snapshot-1","provider":"nordvpn","fetched_at":1,"servers":[]}',
+     b'{"format":"other","provider":"surfshark","fetched_at":1,"servers":[]}', b"\x00\xff" * 100],
+)  # fmt: skip
+def test_a_corrupt_truncated_or_foreign_snapshot_is_ignored_with_a_warning(upstream, tmp_path, caplog, content):
+    (tmp_path / "surfshark.json").write_bytes(content)
+
+    async def scenario(catalog, clock):
+        return await catalog.get("surfshark")
+
+    with caplog.at_level(logging.WARNING, "draco.catalog"):
+        data = run(scenario, upstream, tmp_path)
+    assert len(data.servers) == 36 and upstream.hits == 1
+    assert "ignoring snapshot" in caplog.text
+
+
+def test_a_truncated_copy_of_a_real_snapshot_is_ignored(upstream, tmp_path):
+    async def scenario(catalog, clock):
+        return await catalog.get("surfshark")
+
+    run(scenario, upstream, tmp_path)
+    whole = (tmp_path / "surfshark.json").read_bytes()
+    (tmp_path / "surfshark.json").write_bytes(whole[: len(whole) // 2])
+    assert read_snapshot(tmp_path, "surfshark") is None
+
+
+def test_a_snapshot_holding_another_providers_servers_is_refused(upstream, tmp_path):
+    async def scenario(catalog, clock):
+        return await catalog.get("surfshark")
+
+    data = run(scenario, upstream, tmp_path)
+    (tmp_path / "nordvpn.json").write_bytes((tmp_path / "surfshark.json").read_bytes().replace(b'"provider":"surfshark","fetched', b'"provider":"nordvpn","fetched'))  # noqa: E501
+    assert read_snapshot(tmp_path, "nordvpn") is None
+    write_snapshot(tmp_path, data)  # atomic: no temporary file is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nordvpn.json", "surfshark.json"]
+
+
+def test_conditional_refreshes_renew_the_age_without_reparsing(upstream):
+    parses = []
+
+    def counting_parse(body):
+        parses.append(len(body))
+        return REGISTRY["surfshark"].parse(body)
+
+    async def scenario(catalog, clock):
+        first = await catalog.get("surfshark")
+        clock.now += 400
+        await catalog.get("surfshark")
+        await settle(catalog)
+        renewed = await catalog.get("surfshark")
+        assert renewed.servers is first.servers and renewed.fetched_at == clock.now and len(parses) == 1
+        assert renewed.rendered is first.rendered  # the encoded pages stay valid too
+
+    upstream.set("ok", headers={"Last-Modified": "Sat, 28 Nov 2026 10:00:00 GMT"})
+    run(scenario, upstream, provider=attrs.evolve(REGISTRY["surfshark"], parse=counting_parse))
+    _, headers = upstream.requests[-1]
+    assert headers["If-None-Match"] == upstream.etag
+    assert headers["If-Modified-Since"] == "Sat, 28 Nov 2026 10:00:00 GMT"
+
+
+def test_a_cold_provider_in_backoff_fails_fast_without_asking_again(upstream):
+    upstream.set("status", status=500)
+
+    async def scenario(catalog, clock):
+        for _ in range(10):
+            with pytest.raises(VPNAPIError):
+                await catalog.get("surfshark")
+        assert upstream.hits == 1
+
+    run(scenario, upstream)
