@@ -54,7 +54,9 @@ class Dataset:
     version: str
     etag: str | None = None  # the upstream's validators, for conditional refreshes
     last_modified: str | None = None
-    restored: bool = False  # read from a snapshot and not yet confirmed by the upstream
+    # Read from a snapshot and not yet confirmed by the upstream, or a union missing
+    # a provider: served as stale either way.
+    provisional: bool = False
     by_country: dict[str, tuple[Server, ...]] = attrs.field(factory=dict)
     countries: tuple[Country, ...] = ()
     rendered: dict[Any, Rendered] = attrs.field(factory=dict)
@@ -147,7 +149,7 @@ def read_snapshot(directory: Path, provider: str) -> Dataset | None:
         log.warning("ignoring snapshot %s: %s", path, exc)
         return None
     return make_dataset(
-        provider, snap.servers, snap.fetched_at, etag=snap.etag, last_modified=snap.last_modified, restored=True
+        provider, snap.servers, snap.fetched_at, etag=snap.etag, last_modified=snap.last_modified, provisional=True
     )
 
 
@@ -194,6 +196,8 @@ class Catalog:
         self.providers = providers
         self.clock = clock
         self.status = {name: Status() for name in providers}
+        self._union: Dataset | None = None
+        self._union_key: tuple = ()
         self.snapshot_dir = Path(settings.snapshot_dir) if settings.snapshot_dir else None
 
     def restore(self) -> None:
@@ -213,7 +217,7 @@ class Catalog:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def is_stale(self, data: Dataset) -> bool:
-        return data.restored or self.clock() - data.fetched_at >= self.settings.cache_ttl
+        return data.provisional or self.clock() - data.fetched_at >= self.settings.cache_ttl
 
     async def get(self, name: str) -> Dataset:
         status = self.status[name]
@@ -229,6 +233,21 @@ class Catalog:
         if now - data.fetched_at > self.settings.cache_max_stale:
             raise VPNAPIError("too_stale")
         return data
+
+    async def union(self) -> Dataset:
+        """Every provider's list in one dataset (`provider=all`). A provider that cannot
+        be served is left out, and the union is then marked provisional (stale)."""
+        parts = await asyncio.gather(*(self.get(name) for name in self.providers), return_exceptions=True)
+        served = [p for p in parts if isinstance(p, Dataset)]
+        if not served:
+            raise next(p for p in parts if isinstance(p, BaseException))
+        key = tuple((p.provider, p.version, p.fetched_at, p.provisional) for p in served)
+        if self._union is None or self._union_key != key:
+            self._union_key, self._union = key, make_dataset(
+                "all", (s for p in served for s in p.servers), min(p.fetched_at for p in served),
+                provisional=len(served) < len(parts) or any(p.provisional for p in served),
+            )  # fmt: skip
+        return self._union
 
     def _refresh_task(self, name: str) -> asyncio.Task:
         status = self.status[name]
@@ -298,7 +317,7 @@ class Catalog:
             request = self.client.stream("GET", url, params=provider.params(self.settings), headers=headers)
             async with request as response:
                 if response.status_code == 304 and current:
-                    return attrs.evolve(current, fetched_at=self.clock(), restored=False)
+                    return attrs.evolve(current, fetched_at=self.clock(), provisional=False)
                 if response.status_code != 200:
                     raise VPNAPIError(
                         f"http_{response.status_code}", _retry_after(response.headers.get("retry-after"))

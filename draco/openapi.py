@@ -50,6 +50,20 @@ SCHEMAS = {
         "required": ["code", "name", "display"],
         "properties": {"code": {"type": "string"}, "name": {"type": "string"}, "display": {"type": "string"}},
     },
+    "Provider": {
+        "type": "object",
+        "required": ["name", "servers", "countries", "reports_load", "reports_status", "ordering", "data_age", "status"],
+        "properties": {
+            "name": {"type": "string"},
+            "servers": {"type": "integer"},
+            "countries": {"type": "integer"},
+            "reports_load": {"type": "boolean"},
+            "reports_status": {"type": "boolean", "description": "whether the upstream says which servers are online"},
+            "ordering": {"enum": ["load", "upstream", "weight"]},
+            "data_age": {"type": ["integer", "null"], "description": "seconds since the list was fetched"},
+            "status": {"enum": ["fresh", "stale", "none"]},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "version", "providers"],
@@ -132,15 +146,17 @@ def _operation(summary: str, schema: dict, parameters: list, *, catalog: bool = 
     return {"get": {"summary": summary, "parameters": parameters, "responses": responses}}
 
 
-def document(settings: Settings, providers=tuple(REGISTRY)) -> dict:
+def document(settings: Settings) -> dict:
     provider = {
-        "name": "provider", "in": "path", "required": True, "schema": {"enum": list(providers)},
+        "name": "provider", "in": "path", "required": True, "schema": {"enum": [*REGISTRY, "all"]},
+        "description": "a provider, or `all` for every provider's servers in one list",
     }  # fmt: skip
     page = _integer("page", 1, 1, 1_000_000, "page number, from 1")
     page_size = _integer("page_size", settings.default_page_size, 1, settings.max_page_size, "servers per page")
     base = "/api/{provider}"
     paths = {
         "/health": _operation("Service health", _ref("Health"), [], catalog=False),
+        "/api/providers": _operation("The providers and the freshness of their lists", _list("Provider"), [], catalog=False),
         f"{base}/servers": _operation("A page of servers", _list("Server"), [provider, page, page_size]),
         f"{base}/servers/paginated": _operation("A page with totals", _ref("Page"), [provider, page, page_size]),
         f"{base}/servers/top": _operation(

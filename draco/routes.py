@@ -80,9 +80,14 @@ def _catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
+ALL = "all"  # every provider at once
+
+
 async def dataset(request: Request) -> Dataset:
     name = request.path_params["provider"]
     catalog = _catalog(request)
+    if name == ALL:
+        return await catalog.union()
     if name not in catalog.providers:
         raise HTTPException(404, "Unknown provider.")
     return await catalog.get(name)
@@ -133,6 +138,25 @@ async def health(request: Request) -> Response:
     down = all(p["servers"] == 0 and p["last_failure"] for p in providers.values())
     body = {"status": "unhealthy" if down else "healthy", "version": settings.app_version, "providers": providers}
     return Response(encode(body), 503 if down else 200, {"Cache-Control": "no-store"}, "application/json")
+
+
+async def providers(request: Request) -> Response:
+    """What each provider offers and how fresh its list is, without fetching anything."""
+    catalog = _catalog(request)
+    index = []
+    for name, provider in catalog.providers.items():
+        data = catalog.status[name].data
+        index.append({
+            "name": name,
+            "servers": len(data.servers) if data else 0,
+            "countries": len(data.countries) if data else 0,
+            "reports_load": provider.reports_load,
+            "reports_status": provider.reports_status,
+            "ordering": provider.ordering,
+            "data_age": max(0, int(catalog.clock() - data.fetched_at)) if data else None,
+            "status": "none" if data is None else "stale" if catalog.is_stale(data) else "fresh",
+        })  # fmt: skip
+    return Response(encode(index), headers={"Cache-Control": "no-store"}, media_type="application/json")
 
 
 async def servers(request: Request) -> Response:
@@ -189,6 +213,7 @@ async def countries(request: Request) -> Response:
 
 ROUTES = [
     Route("/health", health, methods=["GET"]),
+    Route("/api/providers", providers, methods=["GET"]),
     Route("/api/{provider}/servers", servers, methods=["GET"]),
     Route("/api/{provider}/servers/paginated", servers_paginated, methods=["GET"]),
     Route("/api/{provider}/servers/top", servers_top, methods=["GET"]),

@@ -62,8 +62,9 @@ class Service:
     def __init__(self, upstream: FakeUpstream, snapshots: Path, **env: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        nowhere = {f"{name.upper()}_API_URL": "http://127.0.0.1:9/nowhere" for name in REGISTRY}  # never the internet
         settings = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), f"{PROVIDER.upper()}_API_URL": upstream.url,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), **nowhere, f"{PROVIDER.upper()}_API_URL": upstream.url,
             "SNAPSHOT_DIR": str(snapshots), "HTTP_TIMEOUT": "5", "UPSTREAM_MAX_BYTES": str(8 * MiB),
             "RATE_LIMIT_REQUESTS": "10000", **env,
         }  # fmt: skip

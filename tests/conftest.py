@@ -18,11 +18,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from fake_upstream import FakeUpstream, free_port  # noqa: E402
 
+from draco.providers import REGISTRY  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "fixtures" / "upstream"
 DEMO = ROOT / "draco" / "demo_data"
 KEY = "k" * 40
 OTHER_KEY = "o" * 40
-PROVIDERS = ("nordvpn", "surfshark")
+PROVIDERS = tuple(REGISTRY)
+# Tests never reach a real provider: any upstream a test does not set is a closed loopback port.
+NOWHERE = {f"{name.upper()}_API_URL": "http://127.0.0.1:9/nowhere" for name in REGISTRY}
 
 
 def need(tool: str) -> str:
@@ -53,7 +57,7 @@ class Draco:
         self.host, self.port = host, free_port(host)
         self.log = tempfile.NamedTemporaryFile(prefix="draco-", suffix=".log", delete=False)
         base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV") if k in os.environ}
-        self.env = {**base, "PYTHONUNBUFFERED": "1", **env}
+        self.env = {**base, **NOWHERE, "PYTHONUNBUFFERED": "1", **env}
         bind = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "draco", "serve", "--bind", bind, *args],

@@ -14,6 +14,7 @@ import faults
 import httpx
 import pytest
 from conftest import ROOT
+from draco.providers import REGISTRY
 from fake_upstream import FakeUpstream
 
 
@@ -34,7 +35,7 @@ def test_kill_9_mid_refresh_then_a_restart_with_the_upstream_down_serves_the_las
 
         upstream.set("trickle")  # the next refresh will be in flight for seconds
         second = faults.Service(upstream, tmp_path)
-        assert second.get().headers["x-data-status"] == "stale"  # restored, refresh started
+        assert second.get().headers["x-data-status"] == "stale"  # provisional, refresh started
         time.sleep(0.5)
         assert upstream.hits == 2
         second.stop(signal.SIGKILL)
@@ -74,13 +75,13 @@ def test_draco_snapshot_writes_every_provider(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "nordvpn: 65 servers" in result.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nordvpn.json", "surfshark.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.json" for name in REGISTRY)
 
 
 def test_draco_snapshot_fails_when_a_provider_fails(tmp_path):
     with FakeUpstream(b"[]") as upstream:
         upstream.set("status", status=500)
-        env = {"PATH": "/usr/bin:/bin", "SNAPSHOT_DIR": str(tmp_path), "NORDVPN_API_URL": upstream.url,
-               "SURFSHARK_API_URL": upstream.url}  # fmt: skip
+        env = {"PATH": "/usr/bin:/bin", "SNAPSHOT_DIR": str(tmp_path)}
+        env |= {f"{name.upper()}_API_URL": upstream.url for name in REGISTRY}
         result = subprocess.run([sys.executable, "-m", "draco", "snapshot"], env=env, capture_output=True, text=True, cwd=ROOT)  # noqa: E501
     assert result.returncode == 1 and "nordvpn: failed (http_500)" in result.stdout

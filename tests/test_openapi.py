@@ -85,6 +85,9 @@ def _validator(spec, schema) -> jsonschema.Draft202012Validator:
     "template, provider, params, status",
     [
         ("/health", "", {}, 200),
+        ("/api/providers", "", {}, 200),
+        ("/api/{provider}/servers", "all", {"page_size": 5}, 200),
+        ("/api/{provider}/servers/{country_code}", "mullvad", {}, 200),
         ("/api/{provider}/servers", "nordvpn", {"page_size": 5}, 200),
         ("/api/{provider}/servers/paginated", "surfshark", {"page_size": 5}, 200),
         ("/api/{provider}/servers/top", "nordvpn", {"limit": 3}, 200),

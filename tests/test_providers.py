@@ -40,7 +40,18 @@ def surfshark_expected(entries: list) -> set[str]:
     return {e["connectionName"] for e in entries if e["type"] in ("wireguard", "generic") and valid_key(e.get("pubKey"))}
 
 
-@pytest.mark.parametrize("provider, expected", [("nordvpn", nordvpn_expected), ("surfshark", surfshark_expected)])
+def mullvad_expected(payload: dict) -> set[str]:
+    return {r["hostname"] for r in payload["wireguard"]["relays"] if r["active"] is True and valid_key(r["public_key"])}
+
+
+def ivpn_expected(payload: dict) -> set[str]:
+    return {h["hostname"] for loc in payload["wireguard"] for h in loc["hosts"] if valid_key(h["public_key"])}
+
+
+@pytest.mark.parametrize(
+    "provider, expected",
+    [("nordvpn", nordvpn_expected), ("surfshark", surfshark_expected), ("mullvad", mullvad_expected), ("ivpn", ivpn_expected)],  # noqa: E501
+)
 def test_every_real_payload_parses_to_the_independently_counted_servers(provider, expected):
     for path in shared_files(provider):
         payload = path.read_bytes()
@@ -63,6 +74,52 @@ def test_surfshark_2022_payload_without_keys_yields_nothing_and_counts_the_skips
     path = next(p for p in shared_files("surfshark") if "no-pubKey" in p.name)
     servers, skipped = surfshark.parse(path.read_bytes())
     assert servers == [] and skipped == 137  # the 12 `double` clusters are filtered, not bad
+
+
+def _shared(provider: str, fragment: str) -> bytes:
+    return next(p for p in shared_files(provider) if fragment in p.name).read_bytes()
+
+
+def test_mullvad_real_payload_counts_names_and_country_flags():
+    payload = _shared("mullvad", "563wg")
+    raw = json.loads(payload)
+    servers, skipped = REGISTRY["mullvad"].parse(payload)
+    assert (len(servers), skipped) == (545, 0)  # 563 WireGuard relays, 18 inactive
+    assert all(s.load is None for s in servers)
+    names = {s.country_code: s.country for s in servers}
+    assert names["GB"] == "United Kingdom" and names["US"] == "United States"
+    assert all(len(code) == 2 and code.isupper() for code in names)
+    left_out = {r["hostname"] for r in raw["wireguard"]["relays"] if r["active"] and not r["include_in_country"]}
+    assert {s.identifier for s in servers if not s._in_country} == left_out and len(left_out) == 17
+    weights = {r["hostname"]: r["weight"] for r in raw["wireguard"]["relays"]}
+    assert [weights[s.identifier] for s in servers] == sorted((weights[s.identifier] for s in servers), reverse=True)
+
+
+def test_mullvad_relays_left_out_of_their_country_stay_in_the_list_but_not_in_country_queries():
+    from draco.catalog import make_dataset
+
+    servers, _ = REGISTRY["mullvad"].parse(_shared("mullvad", "563wg"))
+    data = make_dataset("mullvad", servers, 0.0)
+    glasgow = next(s for s in servers if s.identifier.startswith("gb-glw"))
+    assert glasgow in data.servers and glasgow not in data.by_country["GB"]
+
+
+def test_ivpn_keeps_hosts_that_share_a_key_and_rounds_float_loads():
+    servers, _ = REGISTRY["ivpn"].parse(_shared("ivpn", "dup-pubkey"))
+    by_name = {s.identifier: s for s in servers}
+    assert by_name["fi1.wg.ivpn.net"].public_key == by_name["ua1.wg.ivpn.net"].public_key
+    raw = {h["hostname"]: h.get("load") for loc in json.loads(_shared("ivpn", "dup-pubkey"))["wireguard"] for h in loc["hosts"]}  # noqa: E501
+    assert all(s.load == round(raw[s.identifier]) for s in servers)
+
+
+def test_ivpn_files_without_load_give_null_load():
+    servers, skipped = REGISTRY["ivpn"].parse(_shared("ivpn", "no-load"))
+    assert (len(servers), skipped) == (77, 0) and {s.load for s in servers} == {None}
+
+
+def test_ivpn_latest_file_counts():
+    servers, _ = REGISTRY["ivpn"].parse(_shared("ivpn", "90wghosts"))
+    assert len(servers) == 90 and all(s.ipv4 and s.city for s in servers)
 
 
 def _nord_entry(**changes) -> dict:
@@ -115,8 +172,8 @@ def test_nordvpn_orders_by_load_with_unknown_last():
     assert [s.load for s in servers] == [3, 50, None, None]
 
 
-@pytest.mark.parametrize("payload", [b"{}", b'{"servers": []}', b"null", b"42", b"<html>", b"[1, 2", b""])
-@pytest.mark.parametrize("provider", ["nordvpn", "surfshark"])
+@pytest.mark.parametrize("payload", [b"{}", b'{"servers": []}', b"null", b"42", b"<html>", b"[1, 2", b"", b"[]"[:1]])
+@pytest.mark.parametrize("provider", list(REGISTRY))
 def test_a_payload_of_the_wrong_shape_is_a_data_error(provider, payload):
     with pytest.raises(VPNDataError):
         REGISTRY[provider].parse(payload)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import PROVIDERS, demo_payload
+import httpx
+from conftest import PROVIDERS, demo_payload, upstream_env
 
 from draco.providers import REGISTRY
 
 FIELDS = ["provider", "country", "country_code", "identifier", "public_key", "load", "latency", "city", "ipv4"]
+EVERY = (*PROVIDERS, "all")  # each endpoint is tested for every provider and for their union
 
 
 def expected(provider: str):
+    if provider == "all":
+        return [s for name in PROVIDERS for s in expected(name)]
     servers, _ = REGISTRY[provider].parse(demo_payload(provider))
     return servers
 
@@ -30,7 +34,7 @@ def test_health_reports_status_and_version(service, client):
     assert set(body["providers"]) >= set(PROVIDERS)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", EVERY)
 def test_servers_lists_the_first_page_in_the_original_schema(service, client, provider):
     response = client.get(service.url(f"/api/{provider}/servers"))
     assert response.status_code == 200
@@ -40,14 +44,22 @@ def test_servers_lists_the_first_page_in_the_original_schema(service, client, pr
     assert [s["identifier"] for s in servers] == [s.identifier for s in expected(provider)][:100]
 
 
-def test_nordvpn_is_sorted_by_load_and_surfshark_keeps_upstream_order(service, client):
+def test_each_provider_has_its_default_order(service, client):
+    def identifiers(provider):
+        return [s["identifier"] for s in client.get(service.url(f"/api/{provider}/servers"), params={"page_size": 1000}).json()]  # noqa: E501
+
     loads = [s["load"] for s in client.get(service.url("/api/nordvpn/servers")).json()]
-    assert loads == sorted(loads)
-    upstream = [c["connectionName"] for c in json.loads(demo_payload("surfshark"))]
-    assert [s["identifier"] for s in client.get(service.url("/api/surfshark/servers")).json()] == upstream
+    assert loads == sorted(loads)  # NordVPN: least loaded first
+    assert identifiers("surfshark") == [c["connectionName"] for c in json.loads(demo_payload("surfshark"))]
+    relays = json.loads(demo_payload("mullvad"))["wireguard"]["relays"]
+    by_weight = sorted((r for r in relays if r["active"]), key=lambda r: -r["weight"])
+    assert identifiers("mullvad") == [r["hostname"] for r in by_weight]  # Mullvad: heaviest first
+    hosts = [h["hostname"] for loc in json.loads(demo_payload("ivpn"))["wireguard"] for h in loc["hosts"]]
+    assert identifiers("ivpn") == hosts  # IVPN: upstream order
+    assert identifiers("all") == [s.identifier for s in expected("all")]  # the union, provider by provider
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", EVERY)
 def test_page_and_page_size_select_a_slice(service, client, provider):
     everything = [s.identifier for s in expected(provider)]
     got = client.get(service.url(f"/api/{provider}/servers"), params={"page": 2, "page_size": 7}).json()
@@ -85,7 +97,7 @@ def test_page_size_bounds_are_inclusive(service, client):
     assert client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1000}).status_code == 200
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", EVERY)
 def test_paginated_has_the_envelope(service, client, provider):
     total = len(expected(provider))
     body = client.get(service.url(f"/api/{provider}/servers/paginated"), params={"page_size": 10}).json()
@@ -103,9 +115,9 @@ def test_paginated_past_the_last_page_is_404(service, client):
     assert past.json()["error"] == "Not Found"
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", EVERY)
 def test_country_lists_only_that_country(service, client, provider):
-    want = [s.identifier for s in expected(provider) if s.country_code == "DE"]
+    want = [s.identifier for s in expected(provider) if s.country_code == "DE" and s._in_country]
     got = client.get(service.url(f"/api/{provider}/servers/DE")).json()
     assert [s["identifier"] for s in got] == want
     assert want
@@ -124,12 +136,13 @@ def test_country_without_servers_is_404(service, client):
     assert response.json()["message"] == "No servers in country ZZ."
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", EVERY)
 def test_top_leaves_out_servers_with_load_3_or_less_and_ranks_by_load(service, client, provider):
     top = client.get(service.url(f"/api/{provider}/servers/top"), params={"limit": 50}).json()
-    operational = sorted((s for s in expected(provider) if s.load > 3), key=lambda s: s.load)
-    assert [s["load"] for s in top] == [s.load for s in operational[:50]]
-    assert all(s["load"] > 3 for s in top)
+    operational = [s for s in expected(provider) if s.load is None or s.load > 3]
+    operational.sort(key=lambda s: (s.load is None, s.load or 0))  # no latency measured: by load, unknown last
+    assert [s["identifier"] for s in top] == [s.identifier for s in operational[:50]]
+    assert all(s["load"] is None or s["load"] > 3 for s in top)
 
 
 def test_top_filters_by_country_and_limits(service, client):
@@ -146,11 +159,28 @@ def test_top_with_nothing_operational_is_404(service, client):
     assert client.get(service.url("/api/nordvpn/servers/top"), params={"country_code": "ZZ"}).status_code == 404
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", EVERY)
 def test_countries_are_sorted_by_code_with_display(service, client, provider):
     countries = client.get(service.url(f"/api/{provider}/countries")).json()
     assert [c["code"] for c in countries] == sorted({s.country_code for s in expected(provider)})
     assert all(c["display"] == f"{c['code']} - {c['name']}" and list(c) == ["code", "name", "display"] for c in countries)
+
+
+def test_the_provider_index_tells_what_each_provider_offers(service, client):
+    client.get(service.url("/api/ivpn/servers"))
+    index = {p["name"]: p for p in client.get(service.url("/api/providers")).json()}
+    assert list(index) == list(PROVIDERS)
+    ivpn = index["ivpn"]
+    assert (ivpn["servers"], ivpn["countries"]) == (len(expected("ivpn")), len({s.country_code for s in expected("ivpn")}))
+    assert ivpn["status"] == "fresh" and 0 <= ivpn["data_age"] < 60
+    assert index["mullvad"]["reports_load"] is False and index["nordvpn"]["reports_load"] is True
+    assert (index["surfshark"]["reports_status"], index["nordvpn"]["ordering"]) == (False, "load")
+
+
+def test_the_index_reports_none_for_a_list_never_fetched(start_draco, upstreams):
+    draco = start_draco(upstream_env(upstreams))
+    index = httpx.get(draco.url("/api/providers")).json()
+    assert {p["status"] for p in index} == {"none"} and {p["data_age"] for p in index} == {None}
 
 
 def test_unknown_provider_is_404_in_the_envelope(service, client):

@@ -121,6 +121,7 @@ INVALID = [
     ("RATE_LIMIT_REQUESTS", "9"), ("RATE_LIMIT_PERIOD", "3601"), ("ENABLE_SECURITY_HEADERS", "x"),
     ("LOG_LEVEL", "VERBOSE"), ("LOG_FORMAT", "yaml"), ("DEBUG", "sometimes"), ("TRUSTED_HOSTS", '["10.0.0.0/33"]'),
     ("NORDVPN_API_URL", "http://example.com/"), ("SURFSHARK_API_URL", "file:///etc/passwd"),
+    ("MULLVAD_API_URL", "http://10.0.0.1/relays"), ("IVPN_API_URL", "https://"),
     ("UPSTREAM_MAX_BYTES", "10"), ("API_KEYS_FILE", "/nonexistent/keys"),
 ]  # fmt: skip
 

@@ -3,7 +3,8 @@
 A parser is pure: bytes in, `(servers, skipped)` out. A payload of the wrong
 overall shape raises VPNDataError; one bad entry is skipped and counted. Entries
 are first split as raw JSON and then decoded one at a time into typed structs
-that hold only the fields a provider needs, so memory stays near the body size.
+that hold only the fields a provider needs, so memory stays near the body size
+and one malformed entry cannot spoil the others.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Provider:
     parse: Callable[[bytes], tuple[list[Server], int]]
     reports_load: bool
     reports_status: bool  # whether the upstream says which servers are online
+    ordering: str  # the default order of its list, as told by /api/providers
     params: Callable[[Any], dict] = lambda _settings: {}
 
 
@@ -40,14 +42,13 @@ def decode(payload: bytes, shape: type) -> Any:
         raise VPNDataError("invalid_data", f"payload is not {shape}") from None
 
 
-def collect(raws: Iterable[msgspec.Raw], shape: type, convert: Callable[[Any], Server | None]):
-    """Decode each entry into `shape` and convert it; None means filtered out (offline,
-    not WireGuard), an exception a bad entry. Repeated identifiers keep the first."""
-    decoder = msgspec.json.Decoder(shape)
+def collect(entries: Iterable, convert: Callable[[Any], Server | None]) -> tuple[list[Server], int]:
+    """Convert each entry; None means filtered out (offline, not WireGuard), an
+    exception a bad entry. Repeated identifiers keep the first."""
     servers, seen, skipped = [], set(), 0
-    for raw in raws:
+    for entry in entries:
         try:
-            server = convert(decoder.decode(raw))
+            server = convert(entry)
         except (ValueError, LookupError, TypeError, AttributeError):  # one bad entry never fails the list
             skipped += 1
             continue

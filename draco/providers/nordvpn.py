@@ -60,7 +60,9 @@ def _server(entry: _Entry) -> Server | None:
 
 
 def parse(payload: bytes) -> tuple[list[Server], int]:
-    servers, skipped = base.collect(base.decode(payload, list[msgspec.Raw]), _Entry, _server)
+    decoder = msgspec.json.Decoder(_Entry)
+    entries = base.decode(payload, list[msgspec.Raw])
+    servers, skipped = base.collect(entries, lambda raw: _server(decoder.decode(raw)))
     servers.sort(key=lambda s: (s.load is None, s.load or 0))  # least loaded first, unknown last
     return servers, skipped
 
@@ -70,4 +72,6 @@ def _params(settings) -> dict:
     return {"filters[servers_technologies][identifier]": "wireguard_udp", "limit": settings.nordvpn_server_limit}
 
 
-PROVIDER = base.Provider("nordvpn", "nordvpn_api_url", parse, reports_load=True, reports_status=True, params=_params)
+PROVIDER = base.Provider(
+    "nordvpn", "nordvpn_api_url", parse, reports_load=True, reports_status=True, ordering="load", params=_params
+)

@@ -36,7 +36,10 @@ def _server(cluster: _Cluster) -> Server | None:
 
 
 def parse(payload: bytes) -> tuple[list[Server], int]:
-    return base.collect(base.decode(payload, list[msgspec.Raw]), _Cluster, _server)
+    decoder = msgspec.json.Decoder(_Cluster)
+    return base.collect(base.decode(payload, list[msgspec.Raw]), lambda raw: _server(decoder.decode(raw)))
 
 
-PROVIDER = base.Provider("surfshark", "surfshark_api_url", parse, reports_load=True, reports_status=False)
+PROVIDER = base.Provider(
+    "surfshark", "surfshark_api_url", parse, reports_load=True, reports_status=False, ordering="upstream"
+)
