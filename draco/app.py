@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from draco import __version__, errors, openapi, routes
 from draco.auth import KeyRing
 from draco.catalog import Catalog
+from draco.latency import Latencies
 from draco.middleware import (
     ApiKeyMiddleware,
     CORSMiddleware,
@@ -56,7 +57,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     ]
     if settings.rate_limit_enabled:
         exempt = ("/health", "/docs", "/redoc", "/openapi.json") if settings.debug else ("/health",)
-        middleware.append(Middleware(RateLimitMiddleware, limiter=limiter, trusted=trusted, exempt=exempt))
+        costs = dict.fromkeys(("/servers/latency", "/servers/fastest"), settings.latency_weight)  # they probe hosts
+        middleware.append(Middleware(RateLimitMiddleware, limiter=limiter, trusted=trusted, exempt=exempt, costs=costs))
     if settings.enable_api_key_auth:
         middleware.append(Middleware(ApiKeyMiddleware, ring=ring, trusted=trusted))
     middleware.append(Middleware(GZipMiddleware, minimum=500))
@@ -87,6 +89,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.settings = settings
     app.state.limiter = limiter
     app.state.keyring = ring
+    app.state.latencies = Latencies(settings)
     return app
 
 

@@ -71,10 +71,14 @@ def make_dataset(provider: str, servers, fetched_at: float, **extra) -> Dataset:
     flags = bytes(s._in_country for s in servers)
     version = hashlib.blake2b(encode(servers) + flags, digest_size=12).hexdigest()
     return Dataset(
-        provider, servers, fetched_at, version,
+        provider,
+        servers,
+        fetched_at,
+        version,
         by_country={code: tuple(group) for code, group in by_country.items()},
-        countries=tuple(countries(servers)), **extra,
-    )  # fmt: skip
+        countries=tuple(countries(servers)),
+        **extra,
+    )
 
 
 def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
@@ -117,10 +121,13 @@ _SNAPSHOT_FORMAT = "draco-snapshot-1"
 def write_snapshot(directory: Path, data: Dataset) -> None:
     """Temp file, fsync, rename, fsync the directory: a crash leaves the old file or the new one."""
     snapshot = {
-        "format": _SNAPSHOT_FORMAT, "provider": data.provider, "fetched_at": data.fetched_at,
-        "etag": data.etag, "last_modified": data.last_modified,
+        "format": _SNAPSHOT_FORMAT,
+        "provider": data.provider,
+        "fetched_at": data.fetched_at,
+        "etag": data.etag,
+        "last_modified": data.last_modified,
         "servers": [attrs.asdict(s) for s in data.servers],
-    }  # fmt: skip
+    }
     path = directory / f"{data.provider}.json"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -243,10 +250,15 @@ class Catalog:
             raise next(p for p in parts if isinstance(p, BaseException))
         key = tuple((p.provider, p.version, p.fetched_at, p.provisional) for p in served)
         if self._union is None or self._union_key != key:
-            self._union_key, self._union = key, make_dataset(
-                "all", (s for p in served for s in p.servers), min(p.fetched_at for p in served),
-                provisional=len(served) < len(parts) or any(p.provisional for p in served),
-            )  # fmt: skip
+            self._union_key, self._union = (
+                key,
+                make_dataset(
+                    "all",
+                    (s for p in served for s in p.servers),
+                    min(p.fetched_at for p in served),
+                    provisional=len(served) < len(parts) or any(p.provisional for p in served),
+                ),
+            )
         return self._union
 
     def _refresh_task(self, name: str) -> asyncio.Task:
@@ -289,9 +301,13 @@ class Catalog:
         status.retry_at = self.clock() + delay
         log.warning(
             "refresh of %s failed (%s: %s), attempt %d, next in %.1fs",
-            name, status.last_failure, getattr(exc, "detail", "") or exc, status.failures, delay,
+            name,
+            status.last_failure,
+            getattr(exc, "detail", "") or exc,
+            status.failures,
+            delay,
             exc_info=status.last_failure == "error",
-        )  # fmt: skip
+        )
 
     def _check(self, old: Dataset | None, new: Dataset) -> None:
         """The sanity guard: an empty or sharply shrunk list is an upstream fault while
@@ -319,9 +335,7 @@ class Catalog:
                 if response.status_code == 304 and current:
                     return attrs.evolve(current, fetched_at=self.clock(), provisional=False)
                 if response.status_code != 200:
-                    raise VPNAPIError(
-                        f"http_{response.status_code}", _retry_after(response.headers.get("retry-after"))
-                    )
+                    raise VPNAPIError(f"http_{response.status_code}", _retry_after(response.headers.get("retry-after")))
                 body = await read_capped(response, self.settings.upstream_max_bytes)
                 validators = {
                     "etag": response.headers.get("etag"),

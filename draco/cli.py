@@ -100,9 +100,10 @@ def serve(args) -> int:
 
     settings = _settings(args)
     configure_logging(settings)
-    app = create_app(settings, transport=demo.transport(settings) if args.demo else None)
     if args.demo:
+        settings = demo.settings(settings)
         logging.getLogger("draco").warning("demo mode: serving bundled SAMPLE data, not real servers")
+    app = create_app(settings, transport=demo.transport() if args.demo else None)
     asyncio.run(hypercorn_serve(app, hypercorn_config(args, settings)))
     return 0
 
@@ -118,9 +119,11 @@ def snapshot(args) -> int:
         print("draco: configuration error: SNAPSHOT_DIR: must be set for `draco snapshot`", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if args.demo:
+        settings = demo.settings(settings)
 
     async def run() -> bool:
-        async with upstream_client(settings, demo.transport(settings) if args.demo else None) as client:
+        async with upstream_client(settings, demo.transport() if args.demo else None) as client:
             catalog = Catalog(settings, client)
             catalog.restore()
             ok = True

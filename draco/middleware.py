@@ -84,7 +84,10 @@ class CORSMiddleware:
 
     METHODS = ("GET", "HEAD", "OPTIONS")
     HEADERS = ("x-api-key", "content-type", "accept")
-    EXPOSE = b"ETag, Age, X-Data-Status, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit, RateLimit-Policy"  # noqa: E501
+    EXPOSE = (
+        b"ETag, Age, X-Data-Status, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
+        b"RateLimit, RateLimit-Policy"
+    )
 
     def __init__(self, app, *, origins: tuple[str, ...], allow_credentials: bool = False):
         self.app = app

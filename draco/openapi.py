@@ -52,7 +52,16 @@ SCHEMAS = {
     },
     "Provider": {
         "type": "object",
-        "required": ["name", "servers", "countries", "reports_load", "reports_status", "ordering", "data_age", "status"],
+        "required": [
+            "name",
+            "servers",
+            "countries",
+            "reports_load",
+            "reports_status",
+            "ordering",
+            "data_age",
+            "status",
+        ],
         "properties": {
             "name": {"type": "string"},
             "servers": {"type": "integer"},
@@ -62,6 +71,18 @@ SCHEMAS = {
             "ordering": {"enum": ["load", "upstream", "weight"]},
             "data_age": {"type": ["integer", "null"], "description": "seconds since the list was fetched"},
             "status": {"enum": ["fresh", "stale", "none"]},
+        },
+    },
+    "LatencyRun": {
+        "type": "object",
+        "required": ["total_servers", "measured", "successful", "failed", "method", "servers"],
+        "properties": {
+            "total_servers": {"type": "integer"},
+            "measured": {"type": "integer"},
+            "successful": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "method": {"enum": ["icmp", "fping", "tcp"]},
+            "servers": {"type": "array", "items": {"$ref": "#/components/schemas/Server"}},
         },
     },
     "Health": {
@@ -148,21 +169,58 @@ def _operation(summary: str, schema: dict, parameters: list, *, catalog: bool = 
 
 def document(settings: Settings) -> dict:
     provider = {
-        "name": "provider", "in": "path", "required": True, "schema": {"enum": [*REGISTRY, "all"]},
+        "name": "provider",
+        "in": "path",
+        "required": True,
+        "schema": {"enum": [*REGISTRY, "all"]},
         "description": "a provider, or `all` for every provider's servers in one list",
-    }  # fmt: skip
+    }
     page = _integer("page", 1, 1, 1_000_000, "page number, from 1")
+    method = {
+        "name": "method",
+        "in": "query",
+        "required": False,
+        "description": "auto picks the best available (icmp, then fping, then tcp)",
+        "schema": {"enum": ["auto", "icmp", "tcp", "fping"], "default": "auto"},
+    }
     page_size = _integer("page_size", settings.default_page_size, 1, settings.max_page_size, "servers per page")
     base = "/api/{provider}"
     paths = {
         "/health": _operation("Service health", _ref("Health"), [], catalog=False),
-        "/api/providers": _operation("The providers and the freshness of their lists", _list("Provider"), [], catalog=False),
+        "/api/providers": _operation(
+            "The providers and the freshness of their lists", _list("Provider"), [], catalog=False
+        ),
         f"{base}/servers": _operation("A page of servers", _list("Server"), [provider, page, page_size]),
         f"{base}/servers/paginated": _operation("A page with totals", _ref("Page"), [provider, page, page_size]),
         f"{base}/servers/top": _operation(
             "Operational servers (load above 3) ranked by latency, then load",
             _list("Server"),
             [provider, _integer("limit", 10, 1, 50, "how many"), _country("query")],
+        ),
+        f"{base}/servers/latency": _operation(
+            "Measure latency (costs LATENCY_WEIGHT requests); fastest first, unreachable last",
+            _ref("LatencyRun"),
+            [provider, _country("query"), _integer("limit", 100, 0, 5000, "how many to measure; 0 for all"), method],
+            catalog=False,
+        ),
+        f"{base}/servers/fastest": _operation(
+            "The fastest operational servers that answered (costs LATENCY_WEIGHT requests)",
+            _list("Server"),
+            [
+                provider,
+                _integer("limit", 10, 1, 50, "how many"),
+                _country("query"),
+                _integer("measure_count", 100, 0, 5000, "how many to measure, least loaded first; 0 for all"),
+                {
+                    "name": "exclude",
+                    "in": "query",
+                    "required": False,
+                    "description": "country codes to leave out, like BR-US",
+                    "schema": {"type": "string", "pattern": "^([A-Z]{2}([-,][A-Z]{2})*)?$"},
+                },
+                method,
+            ],
+            catalog=False,
         ),
         f"{base}/servers/{{country_code}}": _operation(
             "The servers of one country", _list("Server"), [provider, _country("path")]
@@ -196,18 +254,24 @@ def routes(settings: Settings) -> list:
         return JSONResponse(spec)
 
     async def swagger(_request: Request) -> HTMLResponse:
-        return HTMLResponse(_PAGE.format(
-            title=title,
-            head='<link rel="stylesheet" href="/docs/assets/swagger-ui.css">',
-            body='<div id="ui"></div><script src="/docs/assets/swagger-ui-bundle.js"></script>'
-            '<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"})</script>',
-        ))  # fmt: skip
+        return HTMLResponse(
+            _PAGE.format(
+                title=title,
+                head='<link rel="stylesheet" href="/docs/assets/swagger-ui.css">',
+                body='<div id="ui"></div><script src="/docs/assets/swagger-ui-bundle.js"></script>'
+                '<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"})</script>',
+            )
+        )
 
     async def redoc(_request: Request) -> HTMLResponse:
-        return HTMLResponse(_PAGE.format(
-            title=title, head="",
-            body='<redoc spec-url="/openapi.json"></redoc><script src="/redoc/assets/redoc.standalone.js"></script>',
-        ))  # fmt: skip
+        return HTMLResponse(
+            _PAGE.format(
+                title=title,
+                head="",
+                body='<redoc spec-url="/openapi.json"></redoc>'
+                '<script src="/redoc/assets/redoc.standalone.js"></script>',
+            )
+        )
 
     return [
         Route("/openapi.json", openapi_json, methods=["GET"]),

@@ -20,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-
 MICROS = 1_000_000
 
 

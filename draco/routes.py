@@ -10,14 +10,16 @@ import functools
 import re
 from urllib.parse import parse_qsl
 
+import attrs
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from draco import latency
 from draco.catalog import Catalog, Dataset, Rendered, render
 from draco.errors import RequestValidationError
-from draco.models import encode, paginate
+from draco.models import Server, encode, paginate
 
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _INTEGER = re.compile(r"-?[0-9]{1,9}")
@@ -54,6 +56,15 @@ class Query:
             self._fail(where, name, "String should match pattern '^[A-Z]{2}$'", "string_pattern_mismatch")
             return None
         return raw
+
+    def countries(self, name: str) -> frozenset[str]:
+        """A list of country codes separated by '-' or ',' (exclude=BR-US)."""
+        raw = self.params.get(name, "")
+        codes = frozenset(code for code in re.split(r"[-,]", raw) if code)
+        if not all(_COUNTRY.fullmatch(code) for code in codes):
+            self._fail("query", name, "Input should be country codes like BR-US", "string_pattern_mismatch")
+            return frozenset()
+        return codes
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
         raw = self.params.get(name, choices[0])
@@ -146,16 +157,18 @@ async def providers(request: Request) -> Response:
     index = []
     for name, provider in catalog.providers.items():
         data = catalog.status[name].data
-        index.append({
-            "name": name,
-            "servers": len(data.servers) if data else 0,
-            "countries": len(data.countries) if data else 0,
-            "reports_load": provider.reports_load,
-            "reports_status": provider.reports_status,
-            "ordering": provider.ordering,
-            "data_age": max(0, int(catalog.clock() - data.fetched_at)) if data else None,
-            "status": "none" if data is None else "stale" if catalog.is_stale(data) else "fresh",
-        })  # fmt: skip
+        index.append(
+            {
+                "name": name,
+                "servers": len(data.servers) if data else 0,
+                "countries": len(data.countries) if data else 0,
+                "reports_load": provider.reports_load,
+                "reports_status": provider.reports_status,
+                "ordering": provider.ordering,
+                "data_age": max(0, int(catalog.clock() - data.fetched_at)) if data else None,
+                "status": "none" if data is None else "stale" if catalog.is_stale(data) else "fresh",
+            }
+        )
     return Response(encode(index), headers={"Cache-Control": "no-store"}, media_type="application/json")
 
 
@@ -185,13 +198,26 @@ async def servers_by_country(request: Request) -> Response:
     return respond(request, data, render(data, ("country", code), lambda: data.by_country[code]))
 
 
-def top_servers(data: Dataset, code: str | None, limit: int, latencies: dict[str, float]) -> list:
-    """Operational servers (load above 3, or unknown) ranked by latency, then load."""
+_UNKNOWN = float("inf")
+
+
+def operational(data: Dataset, code: str | None, exclude=frozenset()) -> list[Server]:
+    """Servers with load above 3 or unknown (3 or less means not in operation), by load."""
     pool = data.by_country.get(code, ()) if code else data.servers
-    pool = [s for s in pool if s.load is None or s.load > 3]
-    unknown = float("inf")
-    pool.sort(key=lambda s: (latencies.get(s.identifier, unknown), s.load if s.load is not None else unknown))
-    return pool[:limit]
+    pool = [s for s in pool if (s.load is None or s.load > 3) and s.country_code not in exclude]
+    pool.sort(key=lambda s: _UNKNOWN if s.load is None else s.load)
+    return pool
+
+
+def with_latency(servers, latencies: dict) -> list[Server]:
+    """The servers carrying their measured latency, fastest first, unreachable last."""
+    timed = [attrs.evolve(s, latency=_ms(latencies.get((s.provider, s.identifier)))) for s in servers]
+    timed.sort(key=lambda s: _UNKNOWN if s.latency is None else s.latency)
+    return timed
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 async def servers_top(request: Request) -> Response:
@@ -200,10 +226,71 @@ async def servers_top(request: Request) -> Response:
     code = query.country()
     query.check()
     data = await dataset(request)
-    rendered = render(data, ("top", code, limit), lambda: top_servers(data, code, limit, {}))
+    latencies = request.app.state.latencies
+    key = ("top", code, limit, latencies.runs_done)  # a new measurement may change the ranking
+    rendered = render(data, key, lambda: with_latency(operational(data, code), latencies.known())[:limit])
     if rendered.body == b"[]":
         raise HTTPException(404, "No operational servers match.")
     return respond(request, data, rendered)
+
+
+def _method(query: Query) -> str:
+    method = query.choice("method", ("auto", "icmp", "tcp", "fping"))
+    available = latency.methods_available()
+    if method == "auto":
+        return available[0]
+    if method not in available:
+        message = f"Input should be one of the methods available here: {', '.join(available)}"
+        query.details.append({"loc": ["query", "method"], "msg": message, "type": "enum"})
+    return method
+
+
+def _targets(servers) -> list[tuple[str, str, str | None, str]]:
+    return [(s.provider, s.identifier, s.ipv4, s.identifier) for s in servers]
+
+
+async def servers_latency(request: Request) -> Response:
+    query = Query(request.scope["query_string"])
+    code = query.country()
+    limit = query.integer("limit", 100, 0, 5000)
+    method = _method(query)
+    query.check()
+    data = await dataset(request)
+    pool = data.by_country.get(code, ()) if code else data.servers
+    if not pool:
+        raise HTTPException(404, f"No servers in country {code}.")
+    chosen = pool[:limit] if limit else pool
+    measured = with_latency(chosen, await request.app.state.latencies.run(data.provider, _targets(chosen), method))
+    answered = sum(s.latency is not None for s in measured)
+    body = {
+        "total_servers": len(pool),
+        "measured": len(chosen),
+        "successful": answered,
+        "failed": len(chosen) - answered,
+        "method": method,
+        "servers": measured,
+    }
+    return Response(encode(body), headers={"Cache-Control": "no-store"}, media_type="application/json")
+
+
+async def servers_fastest(request: Request) -> Response:
+    query = Query(request.scope["query_string"])
+    limit = query.integer("limit", 10, 1, 50)
+    code = query.country()
+    measure_count = query.integer("measure_count", 100, 0, 5000)
+    exclude = query.countries("exclude")
+    method = _method(query)
+    query.check()
+    data = await dataset(request)
+    pool = operational(data, code, exclude)  # lowest load first: measured first
+    if not pool:
+        raise HTTPException(404, "No operational servers match.")
+    chosen = pool[:measure_count] if measure_count else pool
+    measured = with_latency(chosen, await request.app.state.latencies.run(data.provider, _targets(chosen), method))
+    fastest = [s for s in measured if s.latency is not None][:limit]
+    if not fastest:
+        raise HTTPException(503, "No server answered the latency probe.")
+    return Response(encode(fastest), headers={"Cache-Control": "no-store"}, media_type="application/json")
 
 
 async def countries(request: Request) -> Response:
@@ -217,6 +304,8 @@ ROUTES = [
     Route("/api/{provider}/servers", servers, methods=["GET"]),
     Route("/api/{provider}/servers/paginated", servers_paginated, methods=["GET"]),
     Route("/api/{provider}/servers/top", servers_top, methods=["GET"]),
+    Route("/api/{provider}/servers/latency", servers_latency, methods=["GET"]),
+    Route("/api/{provider}/servers/fastest", servers_fastest, methods=["GET"]),
     Route("/api/{provider}/servers/{country_code}", servers_by_country, methods=["GET"]),
     Route("/api/{provider}/countries", countries, methods=["GET"]),
 ]

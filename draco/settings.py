@@ -131,9 +131,7 @@ class Settings:
     cors_allow_credentials: bool = False
 
     enable_api_key_auth: bool = False
-    api_keys: tuple[str, ...] = attrs.field(
-        default=(), repr=False, metadata={"rule": "must be a JSON array of keys"}
-    )
+    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False, metadata={"rule": "must be a JSON array of keys"})
     api_keys_file: str | None = None
 
     rate_limit_enabled: bool = True
@@ -161,12 +159,14 @@ class Settings:
     latency_ttl: int = _between(0, 86400, 300)
     latency_weight: int = _between(1, 1000, 10)
     latency_allow_private: bool = False
+    latency_tcp_port: int = _between(1, 65535, 443)
 
     metrics_enabled: bool = False
     metrics_public: bool = False
 
 
 attrs.resolve_types(Settings)
+
 
 def _problems(s: Settings) -> list[str]:
     """Rules that involve more than one variable, or that must never echo a value."""

@@ -68,15 +68,27 @@ end
 
 
 def wrk(port: int, seconds: int, connections: int, etag: str | None) -> float:
-    extra = f', ["If-None-Match"] = \'{etag}\'' if etag else ""
+    extra = f", [\"If-None-Match\"] = '{etag}'" if etag else ""
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT.replace("KEY", KEY).replace("EXTRA", extra))
         script.flush()
         out = subprocess.run(
-            ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name,
-             f"http://127.0.0.1:{port}{PATH}"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                "taskset",
+                "-c",
+                "1",
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "-s",
+                script.name,
+                f"http://127.0.0.1:{port}{PATH}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     if "Non-2xx or 3xx" in out:
         raise RuntimeError(out)
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -98,10 +110,9 @@ async def _h2c(port: int, seconds: float, connections: int, etag: str | None) ->
         writer.write(conn.data_to_send())
         while time.monotonic() < stop_at:
             n = next(counter)
-            headers = [
-                (b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"127.0.0.1"), (b":path", PATH.encode()),
-                (b"x-api-key", KEY.encode()), (b"x-forwarded-for", f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}".encode()),
-            ]  # fmt: skip
+            client = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}".encode()
+            headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"127.0.0.1")]
+            headers += [(b":path", PATH.encode()), (b"x-api-key", KEY.encode()), (b"x-forwarded-for", client)]
             if etag:
                 headers.append((b"if-none-match", etag.encode()))
             stream = conn.get_next_available_stream_id()
@@ -137,8 +148,13 @@ def h2c(port: int, seconds: int, connections: int, etag: str | None) -> float:
 
 
 def serve(argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, *argv], env=env, cwd=HERE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, *argv],
+        env=env,
+        cwd=HERE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_port("127.0.0.1", port)
     return proc
 
@@ -160,27 +176,50 @@ def main() -> None:
     base = {"PATH": os.environ["PATH"], "LOG_LEVEL": "WARNING"}
     full = serve(
         ["-m", "draco", "serve", "--bind", f"127.0.0.1:{full_port}"],
-        {**base, "NORDVPN_API_URL": upstream.url, "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]',
-         "RATE_LIMIT_ENABLED": "true", "ENABLE_SECURITY_HEADERS": "true", "TRUSTED_HOSTS": '["127.0.0.1"]'},
+        {
+            **base,
+            "NORDVPN_API_URL": upstream.url,
+            "ENABLE_API_KEY_AUTH": "true",
+            "API_KEYS": f'["{KEY}"]',
+            "RATE_LIMIT_ENABLED": "true",
+            "ENABLE_SECURITY_HEADERS": "true",
+            "TRUSTED_HOSTS": '["127.0.0.1"]',
+        },
         full_port,
-    )  # fmt: skip
-    first = httpx.get(f"http://127.0.0.1:{full_port}{PATH}", headers={"X-API-Key": KEY, "X-Forwarded-For": "10.255.0.1"})
+    )
+    first = httpx.get(
+        f"http://127.0.0.1:{full_port}{PATH}", headers={"X-API-Key": KEY, "X-Forwarded-For": "10.255.0.1"}
+    )
     first.raise_for_status()
     body = tempfile.NamedTemporaryFile(suffix=".json")
     body.write(first.content)
     body.flush()
-    bare = serve(["-m", "hypercorn", "--bind", f"127.0.0.1:{bare_port}", "bench_http:bare_app()"],
-                 {**base, "BARE_BODY": body.name}, bare_port)  # fmt: skip
-    own = "\n".join(f"{k}: {v}" for k, v in first.headers.items() if k not in ("content-length", "content-type", "date"))
+    bare = serve(
+        ["-m", "hypercorn", "--bind", f"127.0.0.1:{bare_port}", "bench_http:bare_app()"],
+        {**base, "BARE_BODY": body.name},
+        bare_port,
+    )
+    own = "\n".join(
+        f"{k}: {v}" for k, v in first.headers.items() if k not in ("content-length", "content-type", "date")
+    )
     headers_port = free_port()
-    bare_headers = serve(["-m", "hypercorn", "--bind", f"127.0.0.1:{headers_port}", "bench_http:bare_app()"],
-                         {**base, "BARE_BODY": body.name, "BARE_HEADERS": own}, headers_port)  # fmt: skip
+    bare_headers = serve(
+        ["-m", "hypercorn", "--bind", f"127.0.0.1:{headers_port}", "bench_http:bare_app()"],
+        {**base, "BARE_BODY": body.name, "BARE_HEADERS": own},
+        headers_port,
+    )
     etag = first.headers["etag"]
-    targets = {"bare": (bare_port, None), "bare + draco's headers": (headers_port, None),
-               "draco 200": (full_port, None), "draco 304": (full_port, etag)}  # fmt: skip
+    targets = {
+        "bare": (bare_port, None),
+        "bare + draco's headers": (headers_port, None),
+        "draco 200": (full_port, None),
+        "draco 304": (full_port, etag),
+    }
     try:
-        print(f"{len(first.content):,}-byte body, {len(own.splitlines())} extra response headers, "
-              f"{args.connections} connections, {args.seconds}s x {args.rounds} interleaved rounds, medians:")  # fmt: skip
+        print(
+            f"{len(first.content):,}-byte body, {len(own.splitlines())} extra response headers, "
+            f"{args.connections} connections, {args.seconds}s x {args.rounds} interleaved rounds, medians:"
+        )
         for protocol, load in (("HTTP/1.1", wrk), ("h2c", h2c)):
             runs: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
@@ -189,8 +228,10 @@ def main() -> None:
             rate = {name: statistics.median(values) for name, values in runs.items()}
             bare_rate, headers_rate = rate["bare"], rate["bare + draco's headers"]
             for name in targets:
-                print(f"  {protocol:<8} {name:<24} {rate[name]:>7,.0f} req/s  {rate[name] / bare_rate:.2f} of bare"
-                      f"  {rate[name] / headers_rate:.2f} of bare+headers")  # fmt: skip
+                print(
+                    f"  {protocol:<8} {name:<24} {rate[name]:>7,.0f} req/s  {rate[name] / bare_rate:.2f} of bare"
+                    f"  {rate[name] / headers_rate:.2f} of bare+headers"
+                )
     finally:
         for proc in (full, bare, bare_headers):
             proc.terminate()

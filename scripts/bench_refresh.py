@@ -82,7 +82,9 @@ def child_refresh(provider: str, url: str) -> None:
             start = time.perf_counter()
             data = await catalog.get(provider)
             elapsed = time.perf_counter() - start
-            print(json.dumps({"seconds": elapsed, "growth_kb": status_kb("VmHWM") - idle, "servers": len(data.servers)}))
+            print(
+                json.dumps({"seconds": elapsed, "growth_kb": status_kb("VmHWM") - idle, "servers": len(data.servers)})
+            )
 
     asyncio.run(run())
 
@@ -107,8 +109,11 @@ def idle_service_rss(fakes: dict[str, FakeUpstream]) -> int:
     env["PATH"] = "/usr/bin:/bin"
     proc = subprocess.Popen(
         [sys.executable, "-m", "draco", "serve", "--bind", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE.parent,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=HERE.parent,
+    )
     try:
         wait_for_port("127.0.0.1", port)
         for name in fakes:
@@ -140,15 +145,15 @@ def main() -> None:
             runs = [fresh("--child", name, fake.url) for _ in range(args.runs)]
             seconds = statistics.median(r["seconds"] for r in runs)
             growth = statistics.median(r["growth_kb"] for r in runs) / 1024
-            print(f"{name:<10} {len(bodies[name]) / 1e6:>7.1f}MB {runs[0]['servers']:>8} {seconds:>9.3f} {growth:>13.1f} MB")
+            size = len(bodies[name]) / 1e6
+            print(f"{name:<10} {size:>7.1f}MB {runs[0]['servers']:>8} {seconds:>9.3f} {growth:>13.1f} MB")
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             f.write(bodies["nordvpn"])
             f.flush()
             runs = [fresh("--child-json", f.name) for _ in range(args.runs)]
-        print(
-            f"{'(json.loads of the nordvpn payload, for scale)':<38} {statistics.median(r['seconds'] for r in runs):>9.3f}"
-            f" {statistics.median(r['growth_kb'] for r in runs) / 1024:>13.1f} MB"
-        )
+        seconds = statistics.median(r["seconds"] for r in runs)
+        growth = statistics.median(r["growth_kb"] for r in runs) / 1024
+        print(f"{'(json.loads of the nordvpn payload, for scale)':<38} {seconds:>9.3f} {growth:>13.1f} MB")
         print(f"idle `draco serve` with every provider cached: {idle_service_rss(fakes) / 1024:.1f} MB RSS")
     finally:
         for fake in fakes.values():

@@ -115,7 +115,9 @@ class FakeUpstream:
             def _ok(self, body, etag, extra, **_):
                 headers = {"Content-Type": "application/json", "ETag": etag, **extra}
                 modified = extra.get("Last-Modified")
-                if self.headers.get("If-None-Match") == etag or (modified and self.headers.get("If-Modified-Since") == modified):  # noqa: E501
+                if self.headers.get("If-None-Match") == etag or (
+                    modified and self.headers.get("If-Modified-Since") == modified
+                ):  # noqa: E501
                     self.send_response(304)
                     self.send_header("ETag", etag)
                     self.send_header("Content-Length", "0")

@@ -31,7 +31,9 @@ NOWHERE = {f"{name.upper()}_API_URL": "http://127.0.0.1:9/nowhere" for name in R
 
 def need(tool: str) -> str:
     """The path of a system tool; its test is skipped where it is missing, except in CI."""
-    path = shutil.which(tool) or next((p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.access(p, os.X_OK)), None)
+    path = shutil.which(tool) or next(
+        (p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.access(p, os.X_OK)), None
+    )
     if path is None:
         message = f"{tool} is not installed (see README, Testing)"
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
@@ -61,8 +63,11 @@ class Draco:
         bind = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "draco", "serve", "--bind", bind, *args],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         self.base = f"{'https' if '--certfile' in args else 'http'}://{bind}"
         if wait:
             self.wait_ready()

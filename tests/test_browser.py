@@ -51,11 +51,25 @@ def render(url: str) -> str:
     chromium = need("chromium")
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=60,
-        ).stdout  # fmt: skip
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
     found = re.search(r'data-result="([^"]*)"', dom)
     assert found, dom
     return found.group(1)
@@ -65,10 +79,15 @@ def render(url: str) -> str:
 def origins(start_draco, upstreams):
     """A page on an allowed origin, one on another origin, and draco allowing only the first."""
     allowed, other = PageServer("127.0.0.1"), PageServer("127.0.0.2")
-    draco = start_draco({
-        **upstream_env(upstreams), "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]',
-        "CORS_ORIGINS": f'["{allowed.origin}"]', "RATE_LIMIT_REQUESTS": "50",
-    })  # fmt: skip
+    draco = start_draco(
+        {
+            **upstream_env(upstreams),
+            "ENABLE_API_KEY_AUTH": "true",
+            "API_KEYS": f'["{KEY}"]',
+            "CORS_ORIGINS": f'["{allowed.origin}"]',
+            "RATE_LIMIT_REQUESTS": "50",
+        }
+    )
     allowed.html = other.html = PAGE.format(api=draco.base, key=KEY)
     yield allowed, other
     allowed.close()

@@ -14,7 +14,9 @@ from conftest import KEY, need, upstream_env
 
 def test_demo_mode_serves_sample_data_with_no_network(start_draco):
     # Upstream URLs point at a closed port: demo mode must never use them.
-    draco = start_draco({"NORDVPN_API_URL": "http://127.0.0.1:9/x", "SURFSHARK_API_URL": "http://127.0.0.1:9/y"}, args=["--demo"])  # noqa: E501
+    draco = start_draco(
+        {"NORDVPN_API_URL": "http://127.0.0.1:9/x", "SURFSHARK_API_URL": "http://127.0.0.1:9/y"}, args=["--demo"]
+    )  # noqa: E501
     for provider in ("nordvpn", "surfshark"):
         servers = httpx.get(draco.url(f"/api/{provider}/servers")).json()
         assert len(servers) > 10 and all(s["identifier"].endswith(".example") for s in servers)
@@ -26,10 +28,27 @@ def certificate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        [need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            need("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -65,7 +84,9 @@ def test_text_logs_escape_line_breaks_from_clients(start_draco, upstreams):
 
 
 def test_keygen_prints_n_keys_of_64_hex_characters():
-    result = subprocess.run([sys.executable, "-m", "draco", "keygen", "-n", "3"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "draco", "keygen", "-n", "3"], capture_output=True, text=True, check=True
+    )
     keys = result.stdout.split()
     assert len(keys) == 3 and len(set(keys)) == 3
     assert all(len(k) == 64 and int(k, 16) >= 0 for k in keys)

@@ -14,8 +14,9 @@ import faults
 import httpx
 import pytest
 from conftest import ROOT
-from draco.providers import REGISTRY
 from fake_upstream import FakeUpstream
+
+from draco.providers import REGISTRY
 
 
 @pytest.mark.parametrize("name", list(faults.FAULTS))
@@ -71,8 +72,11 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_the_snapshot_current(
 def test_draco_snapshot_writes_every_provider(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "draco", "snapshot", "--demo"],
-        env={"PATH": "/usr/bin:/bin", "SNAPSHOT_DIR": str(tmp_path)}, capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        env={"PATH": "/usr/bin:/bin", "SNAPSHOT_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert "nordvpn: 65 servers" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.json" for name in REGISTRY)
@@ -83,5 +87,7 @@ def test_draco_snapshot_fails_when_a_provider_fails(tmp_path):
         upstream.set("status", status=500)
         env = {"PATH": "/usr/bin:/bin", "SNAPSHOT_DIR": str(tmp_path)}
         env |= {f"{name.upper()}_API_URL": upstream.url for name in REGISTRY}
-        result = subprocess.run([sys.executable, "-m", "draco", "snapshot"], env=env, capture_output=True, text=True, cwd=ROOT)  # noqa: E501
+        result = subprocess.run(
+            [sys.executable, "-m", "draco", "snapshot"], env=env, capture_output=True, text=True, cwd=ROOT
+        )  # noqa: E501
     assert result.returncode == 1 and "nordvpn: failed (http_500)" in result.stdout

@@ -30,7 +30,12 @@ def test_a_server_serialises_in_the_original_field_order():
 
 
 def test_countries_are_sorted_by_code_and_take_the_most_common_name():
-    servers = [server(1, "KH", "Cambodia"), server(2, "KH", "Cambodia"), server(3, "KH", "Combodia"), server(4, "AT", "Austria")]
+    servers = [
+        server(1, "KH", "Cambodia"),
+        server(2, "KH", "Cambodia"),
+        server(3, "KH", "Combodia"),
+        server(4, "AT", "Austria"),
+    ]
     assert [(c.code, c.name, c.display) for c in countries(servers)] == [
         ("AT", "Austria", "AT - Austria"),
         ("KH", "Cambodia", "KH - Cambodia"),

@@ -37,7 +37,9 @@ def nordvpn_expected(entries: list) -> set[str]:
 
 
 def surfshark_expected(entries: list) -> set[str]:
-    return {e["connectionName"] for e in entries if e["type"] in ("wireguard", "generic") and valid_key(e.get("pubKey"))}
+    return {
+        e["connectionName"] for e in entries if e["type"] in ("wireguard", "generic") and valid_key(e.get("pubKey"))
+    }
 
 
 def mullvad_expected(payload: dict) -> set[str]:
@@ -50,7 +52,12 @@ def ivpn_expected(payload: dict) -> set[str]:
 
 @pytest.mark.parametrize(
     "provider, expected",
-    [("nordvpn", nordvpn_expected), ("surfshark", surfshark_expected), ("mullvad", mullvad_expected), ("ivpn", ivpn_expected)],  # noqa: E501
+    [
+        ("nordvpn", nordvpn_expected),
+        ("surfshark", surfshark_expected),
+        ("mullvad", mullvad_expected),
+        ("ivpn", ivpn_expected),
+    ],  # noqa: E501
 )
 def test_every_real_payload_parses_to_the_independently_counted_servers(provider, expected):
     for path in shared_files(provider):
@@ -66,7 +73,9 @@ def test_nordvpn_real_payload_counts():
     servers, skipped = nordvpn.parse(path.read_bytes())
     assert (len(servers), skipped) == (74, 0)  # 100 entries, 26 of them dedicated-IP only
     kept = nordvpn_expected(entries := json.loads(path.read_bytes()))
-    assert {s.country_code for s in servers} == {e["locations"][0]["country"]["code"] for e in entries if e["hostname"] in kept}  # noqa: E501
+    assert {s.country_code for s in servers} == {
+        e["locations"][0]["country"]["code"] for e in entries if e["hostname"] in kept
+    }  # noqa: E501
     assert all(s.ipv4 and s.city for s in servers)
 
 
@@ -108,7 +117,11 @@ def test_ivpn_keeps_hosts_that_share_a_key_and_rounds_float_loads():
     servers, _ = REGISTRY["ivpn"].parse(_shared("ivpn", "dup-pubkey"))
     by_name = {s.identifier: s for s in servers}
     assert by_name["fi1.wg.ivpn.net"].public_key == by_name["ua1.wg.ivpn.net"].public_key
-    raw = {h["hostname"]: h.get("load") for loc in json.loads(_shared("ivpn", "dup-pubkey"))["wireguard"] for h in loc["hosts"]}  # noqa: E501
+    raw = {
+        h["hostname"]: h.get("load")
+        for loc in json.loads(_shared("ivpn", "dup-pubkey"))["wireguard"]
+        for h in loc["hosts"]
+    }  # noqa: E501
     assert all(s.load == round(raw[s.identifier]) for s in servers)
 
 
@@ -136,7 +149,9 @@ def test_key_whitespace_is_trimmed():
     assert server.public_key == key
 
 
-@pytest.mark.parametrize("key", ["", "not base64!", base64.b64encode(b"x" * 31).decode(), base64.b64encode(b"x" * 33).decode(), 42, None])  # noqa: E501
+@pytest.mark.parametrize(
+    "key", ["", "not base64!", base64.b64encode(b"x" * 31).decode(), base64.b64encode(b"x" * 33).decode(), 42, None]
+)  # noqa: E501
 def test_an_entry_with_a_bad_key_is_skipped_and_counted(key):
     good, bad = _nord_entry(), _nord_entry(hostname="bad.example")
     bad["technologies"][0]["metadata"][0]["value"] = key

@@ -44,9 +44,12 @@ def model(trace, limit: int, period: int):
 def traces(draw, max_cost: int = 1):
     limit = draw(st.integers(1, 6))
     period = draw(st.integers(1, 5))
-    steps = draw(st.lists(
-        st.tuples(st.sampled_from("abc"), st.integers(0, 2500), st.integers(1, min(max_cost, limit))), max_size=80,
-    ))  # fmt: skip
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from("abc"), st.integers(0, 2500), st.integers(1, min(max_cost, limit))),
+            max_size=80,
+        )
+    )
     trace, t = [], 1_700_000_000.0
     for client, step_ms, cost in steps:
         t += step_ms / 1000
@@ -176,7 +179,12 @@ TABLE = [
     ("10.0.0.5", ["[fe80::1111%eth0]:4848"], ["10.0.0.0/8"], "fe80::/64"),  # zone
     ("10.0.0.5", ["::ffff:188.0.2.128"], ["10.0.0.0/8"], "188.0.2.128"),  # IPv4-mapped
     ("10.0.0.5", ["[::ffff:188.0.2.128]:48483"], ["10.0.0.0/8"], "188.0.2.128"),
-    ("10.0.0.5", ["203.0.113.195, 2001:db8:85a3:8d3:1319:8a2e:370:7348"], ["10.0.0.0/8", "2001:db8::/32"], "203.0.113.195"),  # noqa: E501
+    (
+        "10.0.0.5",
+        ["203.0.113.195, 2001:db8:85a3:8d3:1319:8a2e:370:7348"],
+        ["10.0.0.0/8", "2001:db8::/32"],
+        "203.0.113.195",
+    ),  # noqa: E501
     ("::ffff:10.0.0.5", ["5.5.5.5"], ["10.0.0.0/8"], "5.5.5.5"),  # a mapped peer is unmapped before the check
     (None, ["5.5.5.5, 10.0.0.9"], ["10.0.0.0/8"], "5.5.5.5"),  # unix socket: the local proxy
     (None, [], ["10.0.0.0/8"], "local"),

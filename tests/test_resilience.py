@@ -189,9 +189,15 @@ def test_snapshots_are_written_and_restored_as_stale(upstream, tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"{", b"not json at all", b'{"format":"draco-snapshot-1","provider":"nordvpn","fetched_at":1,"servers":[]}',
-     b'{"format":"other","provider":"surfshark","fetched_at":1,"servers":[]}', b"\x00\xff" * 100],
-)  # fmt: skip
+    [
+        b"",
+        b"{",
+        b"not json at all",
+        b'{"format":"draco-snapshot-1","provider":"nordvpn","fetched_at":1,"servers":[]}',
+        b'{"format":"other","provider":"surfshark","fetched_at":1,"servers":[]}',
+        b"\x00\xff" * 100,
+    ],
+)
 def test_a_corrupt_truncated_or_foreign_snapshot_is_ignored_with_a_warning(upstream, tmp_path, caplog, content):
     (tmp_path / "surfshark.json").write_bytes(content)
 
@@ -219,7 +225,11 @@ def test_a_snapshot_holding_another_providers_servers_is_refused(upstream, tmp_p
         return await catalog.get("surfshark")
 
     data = run(scenario, upstream, tmp_path)
-    (tmp_path / "nordvpn.json").write_bytes((tmp_path / "surfshark.json").read_bytes().replace(b'"provider":"surfshark","fetched', b'"provider":"nordvpn","fetched'))  # noqa: E501
+    (tmp_path / "nordvpn.json").write_bytes(
+        (tmp_path / "surfshark.json")
+        .read_bytes()
+        .replace(b'"provider":"surfshark","fetched', b'"provider":"nordvpn","fetched')
+    )  # noqa: E501
     assert read_snapshot(tmp_path, "nordvpn") is None
     write_snapshot(tmp_path, data)  # atomic: no temporary file is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nordvpn.json", "surfshark.json"]

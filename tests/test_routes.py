@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import httpx
+import pytest
 from conftest import PROVIDERS, demo_payload, upstream_env
 
 from draco.providers import REGISTRY
@@ -46,7 +46,10 @@ def test_servers_lists_the_first_page_in_the_original_schema(service, client, pr
 
 def test_each_provider_has_its_default_order(service, client):
     def identifiers(provider):
-        return [s["identifier"] for s in client.get(service.url(f"/api/{provider}/servers"), params={"page_size": 1000}).json()]  # noqa: E501
+        return [
+            s["identifier"]
+            for s in client.get(service.url(f"/api/{provider}/servers"), params={"page_size": 1000}).json()
+        ]  # noqa: E501
 
     loads = [s["load"] for s in client.get(service.url("/api/nordvpn/servers")).json()]
     assert loads == sorted(loads)  # NordVPN: least loaded first
@@ -109,7 +112,10 @@ def test_paginated_has_the_envelope(service, client, provider):
 
 def test_paginated_past_the_last_page_is_404(service, client):
     last = client.get(service.url("/api/surfshark/servers/paginated"), params={"page_size": 10}).json()["total_pages"]
-    assert client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last, "page_size": 10}).status_code == 200  # noqa: E501
+    assert (
+        client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last, "page_size": 10}).status_code
+        == 200
+    )  # noqa: E501
     past = client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last + 1, "page_size": 10})
     assert past.status_code == 404
     assert past.json()["error"] == "Not Found"
@@ -163,7 +169,9 @@ def test_top_with_nothing_operational_is_404(service, client):
 def test_countries_are_sorted_by_code_with_display(service, client, provider):
     countries = client.get(service.url(f"/api/{provider}/countries")).json()
     assert [c["code"] for c in countries] == sorted({s.country_code for s in expected(provider)})
-    assert all(c["display"] == f"{c['code']} - {c['name']}" and list(c) == ["code", "name", "display"] for c in countries)
+    assert all(
+        c["display"] == f"{c['code']} - {c['name']}" and list(c) == ["code", "name", "display"] for c in countries
+    )
 
 
 def test_the_provider_index_tells_what_each_provider_offers(service, client):
@@ -171,7 +179,10 @@ def test_the_provider_index_tells_what_each_provider_offers(service, client):
     index = {p["name"]: p for p in client.get(service.url("/api/providers")).json()}
     assert list(index) == list(PROVIDERS)
     ivpn = index["ivpn"]
-    assert (ivpn["servers"], ivpn["countries"]) == (len(expected("ivpn")), len({s.country_code for s in expected("ivpn")}))
+    assert (ivpn["servers"], ivpn["countries"]) == (
+        len(expected("ivpn")),
+        len({s.country_code for s in expected("ivpn")}),
+    )
     assert ivpn["status"] == "fresh" and 0 <= ivpn["data_age"] < 60
     assert index["mullvad"]["reports_load"] is False and index["nordvpn"]["reports_load"] is True
     assert (index["surfshark"]["reports_status"], index["nordvpn"]["ordering"]) == (False, "load")
@@ -195,7 +206,9 @@ def test_unknown_path_is_404_in_the_envelope(service, client):
     assert response.json() == {"error": "Not Found", "message": "The requested resource was not found."}
 
 
-@pytest.mark.parametrize("path", ["/health", "/api/nordvpn/servers", "/api/nordvpn/servers/DE", "/api/nordvpn/countries"])
+@pytest.mark.parametrize(
+    "path", ["/health", "/api/nordvpn/servers", "/api/nordvpn/servers/DE", "/api/nordvpn/countries"]
+)
 def test_head_answers_like_get_without_a_body(service, client, path):
     head, get = client.head(service.url(path)), client.get(service.url(path))
     assert head.status_code == 200 and head.content == b""
@@ -221,7 +234,9 @@ def test_large_responses_are_gzipped_when_asked(service, client):
 
 
 def test_small_responses_are_not_compressed(service, client):
-    response = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1}, headers={"Accept-Encoding": "gzip"})  # noqa: E501
+    response = client.get(
+        service.url("/api/nordvpn/servers"), params={"page_size": 1}, headers={"Accept-Encoding": "gzip"}
+    )  # noqa: E501
     assert "content-encoding" not in response.headers
 
 
@@ -234,13 +249,21 @@ def test_catalog_answers_carry_an_etag_and_304_when_current(service, client):
     first = client.get(service.url("/api/nordvpn/servers"), headers={"Accept-Encoding": "identity"})
     etag = first.headers["etag"]
     assert etag.startswith('"') and not etag.startswith("W/")
-    again = client.get(service.url("/api/nordvpn/servers"), headers={"If-None-Match": etag, "Accept-Encoding": "identity"})  # noqa: E501
+    again = client.get(
+        service.url("/api/nordvpn/servers"), headers={"If-None-Match": etag, "Accept-Encoding": "identity"}
+    )  # noqa: E501
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == etag
 
 
 def test_etag_differs_by_query_and_by_encoding(service, client):
-    one = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "identity"})  # noqa: E501
-    two = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 11}, headers={"Accept-Encoding": "identity"})  # noqa: E501
-    zipped = client.get(service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "gzip"})  # noqa: E501
+    one = client.get(
+        service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "identity"}
+    )  # noqa: E501
+    two = client.get(
+        service.url("/api/nordvpn/servers"), params={"page_size": 11}, headers={"Accept-Encoding": "identity"}
+    )  # noqa: E501
+    zipped = client.get(
+        service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "gzip"}
+    )  # noqa: E501
     assert len({one.headers["etag"], two.headers["etag"], zipped.headers["etag"]}) == 3

@@ -78,7 +78,10 @@ def test_a_key_with_a_nul_byte_is_refused_by_the_http_parser_not_a_500(secured):
 
 def test_the_key_is_never_read_from_the_query_string(secured):
     with from_address("127.0.0.4") as client:
-        assert client.get(secured.url("/api/nordvpn/servers"), params={"api_key": KEY, "X-API-Key": KEY}).status_code == 401  # noqa: E501
+        assert (
+            client.get(secured.url("/api/nordvpn/servers"), params={"api_key": KEY, "X-API-Key": KEY}).status_code
+            == 401
+        )  # noqa: E501
 
 
 def test_two_key_headers_are_refused(secured):
@@ -129,7 +132,9 @@ def test_unauthenticated_requests_count_against_the_limit(secured):
 def test_forwarded_for_from_an_untrusted_peer_is_ignored(secured):
     with from_address("127.0.0.10", headers={"X-API-Key": KEY}) as client:
         statuses = [
-            client.get(secured.url("/api/nordvpn/countries"), headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
+            client.get(
+                secured.url("/api/nordvpn/countries"), headers={"X-Forwarded-For": f"198.51.100.{i}"}
+            ).status_code
             for i in range(11)
         ]
     assert statuses == [200] * 10 + [429]  # one forged address per request resets nothing
@@ -205,7 +210,9 @@ def test_an_unhandled_error_is_a_bare_500_with_the_headers():
     async def send(message):
         sent.append(message)
 
-    asyncio.run(SecurityHeadersMiddleware(broken)({"type": "http", "method": "GET", "path": "/x", "headers": []}, None, send))  # noqa: E501
+    asyncio.run(
+        SecurityHeadersMiddleware(broken)({"type": "http", "method": "GET", "path": "/x", "headers": []}, None, send)
+    )  # noqa: E501
     start, body = sent
     headers = dict(start["headers"])
     assert start["status"] == 500 and headers[b"x-frame-options"] == b"DENY"
@@ -219,7 +226,11 @@ def test_a_preflight_from_an_allowed_origin_needs_no_key(secured):
     with from_address("127.0.0.13") as client:
         response = client.options(
             secured.url("/api/nordvpn/servers"),
-            headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "x-api-key"},
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "x-api-key",
+            },
         )
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == ORIGIN
@@ -230,13 +241,22 @@ def test_a_preflight_from_an_allowed_origin_needs_no_key(secured):
 
 @pytest.mark.parametrize(
     "origin, method, asked",
-    [("https://evil.example", "GET", "x-api-key"), ("null", "GET", ""), (ORIGIN, "DELETE", ""), (ORIGIN, "GET", "x-api-key, authorization")],  # noqa: E501
+    [
+        ("https://evil.example", "GET", "x-api-key"),
+        ("null", "GET", ""),
+        (ORIGIN, "DELETE", ""),
+        (ORIGIN, "GET", "x-api-key, authorization"),
+    ],  # noqa: E501
 )
 def test_a_preflight_that_is_not_allowed_is_400_without_allow_origin(secured, origin, method, asked):
     with from_address("127.0.0.14") as client:
         response = client.options(
             secured.url("/api/nordvpn/servers"),
-            headers={"Origin": origin, "Access-Control-Request-Method": method, "Access-Control-Request-Headers": asked},
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": asked,
+            },
         )
     assert response.status_code == 400
     assert "access-control-allow-origin" not in response.headers
@@ -256,6 +276,8 @@ def test_refusals_to_an_allowed_origin_carry_cors_headers_so_browsers_can_read_t
 
 
 def test_a_simple_request_from_another_origin_gets_no_allow_origin(secured):
-    response = httpx.get(secured.url("/api/nordvpn/countries"), headers={"Origin": "https://evil.example", "X-API-Key": KEY})
+    response = httpx.get(
+        secured.url("/api/nordvpn/countries"), headers={"Origin": "https://evil.example", "X-API-Key": KEY}
+    )
     assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
     assert response.headers["vary"].count("Origin") == 1

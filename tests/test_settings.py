@@ -46,7 +46,9 @@ def test_integer_ranges_are_inclusive_and_enforced(name):
     for bad in (str(lo - 1), str(hi + 1), "ten", "", "1e3"):
         with pytest.raises(ConfigError) as caught:
             load({name: bad})
-        assert caught.value.problems == [f"{name}: must be {'a number' if name == 'HTTP_TIMEOUT' else 'an integer'} from {lo} to {hi}"]  # noqa: E501
+        assert caught.value.problems == [
+            f"{name}: must be {'a number' if name == 'HTTP_TIMEOUT' else 'an integer'} from {lo} to {hi}"
+        ]  # noqa: E501
 
 
 def test_lists_are_json_arrays_as_documented():
@@ -61,7 +63,18 @@ def test_booleans_accept_the_usual_spellings():
         load({"DEBUG": "maybe"})
 
 
-@pytest.mark.parametrize("value", ['["*"]', '["null"]', '["https://*.example.com"]', '["example.com"]', '["https://a.example/path"]', "[1]", "[not json"])  # noqa: E501
+@pytest.mark.parametrize(
+    "value",
+    [
+        '["*"]',
+        '["null"]',
+        '["https://*.example.com"]',
+        '["example.com"]',
+        '["https://a.example/path"]',
+        "[1]",
+        "[not json",
+    ],
+)  # noqa: E501
 def test_cors_origins_refuse_wildcards_null_patterns_and_non_origins(value):
     with pytest.raises(ConfigError, match="CORS_ORIGINS"):
         load({"CORS_ORIGINS": value})
@@ -70,7 +83,9 @@ def test_cors_origins_refuse_wildcards_null_patterns_and_non_origins(value):
 def test_keys_must_be_at_least_32_characters_and_are_never_echoed():
     with pytest.raises(ConfigError) as caught:
         load({"API_KEYS": '["short-secret-value"]', "ENABLE_API_KEY_AUTH": "true"})
-    assert caught.value.problems == ["API_KEYS: every key must be at least 32 printable ASCII characters without spaces"]
+    assert caught.value.problems == [
+        "API_KEYS: every key must be at least 32 printable ASCII characters without spaces"
+    ]
     assert "short-secret-value" not in str(caught.value)
 
 
@@ -85,7 +100,9 @@ def test_upstream_urls_must_be_https(url):
         load({"NORDVPN_API_URL": url})
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://[::1]:9/x", "http://localhost/x", "https://a.example/x"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/x", "http://[::1]:9/x", "http://localhost/x", "https://a.example/x"]
+)
 def test_plain_http_is_allowed_to_loopback_only(url):
     assert load({"SURFSHARK_API_URL": url}).surfshark_api_url == url
 
@@ -114,24 +131,44 @@ def test_repr_never_shows_keys():
 
 
 INVALID = [
-    ("CACHE_TTL", "59"), ("HTTP_TIMEOUT", "121"), ("HTTP_MAX_CONNECTIONS", "9"),
-    ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "101"), ("NORDVPN_SERVER_LIMIT", "-1"), ("DEFAULT_PAGE_SIZE", "9"),
-    ("MAX_PAGE_SIZE", "2001"), ("CORS_ORIGINS", '["*"]'), ("CORS_ALLOW_CREDENTIALS", "perhaps"),
-    ("ENABLE_API_KEY_AUTH", "yes please"), ("API_KEYS", f'["{SECRET[:20]}"]'), ("RATE_LIMIT_ENABLED", "2"),
-    ("RATE_LIMIT_REQUESTS", "9"), ("RATE_LIMIT_PERIOD", "3601"), ("ENABLE_SECURITY_HEADERS", "x"),
-    ("LOG_LEVEL", "VERBOSE"), ("LOG_FORMAT", "yaml"), ("DEBUG", "sometimes"), ("TRUSTED_HOSTS", '["10.0.0.0/33"]'),
-    ("NORDVPN_API_URL", "http://example.com/"), ("SURFSHARK_API_URL", "file:///etc/passwd"),
-    ("MULLVAD_API_URL", "http://10.0.0.1/relays"), ("IVPN_API_URL", "https://"),
-    ("UPSTREAM_MAX_BYTES", "10"), ("API_KEYS_FILE", "/nonexistent/keys"),
-]  # fmt: skip
+    ("CACHE_TTL", "59"),
+    ("HTTP_TIMEOUT", "121"),
+    ("HTTP_MAX_CONNECTIONS", "9"),
+    ("HTTP_MAX_KEEPALIVE_CONNECTIONS", "101"),
+    ("NORDVPN_SERVER_LIMIT", "-1"),
+    ("DEFAULT_PAGE_SIZE", "9"),
+    ("MAX_PAGE_SIZE", "2001"),
+    ("CORS_ORIGINS", '["*"]'),
+    ("CORS_ALLOW_CREDENTIALS", "perhaps"),
+    ("ENABLE_API_KEY_AUTH", "yes please"),
+    ("API_KEYS", f'["{SECRET[:20]}"]'),
+    ("RATE_LIMIT_ENABLED", "2"),
+    ("RATE_LIMIT_REQUESTS", "9"),
+    ("RATE_LIMIT_PERIOD", "3601"),
+    ("ENABLE_SECURITY_HEADERS", "x"),
+    ("LOG_LEVEL", "VERBOSE"),
+    ("LOG_FORMAT", "yaml"),
+    ("DEBUG", "sometimes"),
+    ("TRUSTED_HOSTS", '["10.0.0.0/33"]'),
+    ("NORDVPN_API_URL", "http://example.com/"),
+    ("SURFSHARK_API_URL", "file:///etc/passwd"),
+    ("MULLVAD_API_URL", "http://10.0.0.1/relays"),
+    ("IVPN_API_URL", "https://"),
+    ("UPSTREAM_MAX_BYTES", "10"),
+    ("API_KEYS_FILE", "/nonexistent/keys"),
+]
 
 
 @pytest.mark.parametrize("name, value", INVALID)
 def test_serve_exits_2_naming_the_variable_before_binding(name, value):
     result = subprocess.run(
         [sys.executable, "-m", "draco", "serve", "--bind", "127.0.0.1:1"],
-        env={"PATH": "/usr/bin:/bin", name: value}, capture_output=True, text=True, cwd=ROOT, timeout=30,
-    )  # fmt: skip
+        env={"PATH": "/usr/bin:/bin", name: value},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert f"{name}:" in result.stderr
     assert "Traceback" not in result.stderr
@@ -141,7 +178,11 @@ def test_serve_exits_2_naming_the_variable_before_binding(name, value):
 def test_serve_reports_a_bad_bind_and_a_missing_certificate_together():
     result = subprocess.run(
         [sys.executable, "-m", "draco", "serve", "--bind", "nowhere", "--certfile", "/nonexistent"],
-        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, cwd=ROOT, timeout=30,
-    )  # fmt: skip
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "--bind:" in result.stderr and "--certfile:" in result.stderr and "--keyfile" in result.stderr

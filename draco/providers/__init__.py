@@ -3,4 +3,6 @@
 from draco.providers import ivpn, mullvad, nordvpn, surfshark
 from draco.providers.base import Provider
 
-REGISTRY: dict[str, Provider] = {p.name: p for p in (nordvpn.PROVIDER, surfshark.PROVIDER, mullvad.PROVIDER, ivpn.PROVIDER)}
+REGISTRY: dict[str, Provider] = {
+    p.name: p for p in (nordvpn.PROVIDER, surfshark.PROVIDER, mullvad.PROVIDER, ivpn.PROVIDER)
+}

@@ -50,9 +50,15 @@ def parse(payload: bytes) -> tuple[list[Server], int]:
         host = host_decoder.decode(raw)
         code, name = base.country(location.country_code, location.country)
         return Server(
-            "ivpn", name, code, base.identifier(host.hostname), base.wireguard_key(host.public_key),
-            base.load(host.load), city=base.text(location.city), ipv4=base.ipv4(host.host),
-        )  # fmt: skip
+            "ivpn",
+            name,
+            code,
+            base.identifier(host.hostname),
+            base.wireguard_key(host.public_key),
+            base.load(host.load),
+            city=base.text(location.city),
+            ipv4=base.ipv4(host.host),
+        )
 
     return base.collect(hosts, server)
 

@@ -41,10 +41,16 @@ def _server(relay: _Relay, locations: dict[str, Any]) -> Server | None:
     place = locations[relay.location]
     code, name = base.country(relay.location.partition("-")[0], place["country"])
     return Server(
-        "mullvad", name, code, base.identifier(relay.hostname), base.wireguard_key(relay.public_key), None,
-        city=base.text(place.get("city")), ipv4=base.ipv4(relay.ipv4_addr_in),
+        "mullvad",
+        name,
+        code,
+        base.identifier(relay.hostname),
+        base.wireguard_key(relay.public_key),
+        None,
+        city=base.text(place.get("city")),
+        ipv4=base.ipv4(relay.ipv4_addr_in),
         in_country=relay.include_in_country is not False,
-    )  # fmt: skip
+    )
 
 
 def _weight(relay: _Relay | None) -> float:

@@ -54,9 +54,15 @@ def _server(entry: _Entry) -> Server | None:
     code, name = base.country(where.code, where.name)
     city = base.text(where.city.get("name")) if isinstance(where.city, dict) else None
     return Server(
-        "nordvpn", name, code, base.identifier(entry.hostname), key,
-        base.load(entry.load), city=city, ipv4=base.ipv4(entry.station),
-    )  # fmt: skip
+        "nordvpn",
+        name,
+        code,
+        base.identifier(entry.hostname),
+        key,
+        base.load(entry.load),
+        city=city,
+        ipv4=base.ipv4(entry.station),
+    )
 
 
 def parse(payload: bytes) -> tuple[list[Server], int]:

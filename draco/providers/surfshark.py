@@ -30,9 +30,14 @@ def _server(cluster: _Cluster) -> Server | None:
         return None
     code, name = base.country(cluster.countryCode, cluster.country)
     return Server(
-        "surfshark", name, code, base.identifier(cluster.connectionName),
-        base.wireguard_key(cluster.pubKey), base.load(cluster.load), city=base.text(cluster.location),
-    )  # fmt: skip
+        "surfshark",
+        name,
+        code,
+        base.identifier(cluster.connectionName),
+        base.wireguard_key(cluster.pubKey),
+        base.load(cluster.load),
+        city=base.text(cluster.location),
+    )
 
 
 def parse(payload: bytes) -> tuple[list[Server], int]:
