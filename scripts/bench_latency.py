@@ -87,14 +87,11 @@ def main() -> None:
         growth = (vm("VmHWM") - idle) / 1024
 
         classified = sum(1 for key, ms in results.items() if (ms is None) == key.startswith("silent"))
-        bound = 1.5 * defaults.latency_timeout * math.ceil(len(targets) / defaults.latency_concurrency)
+        d = defaults
+        bound = 1.5 * d.latency_timeout * math.ceil(len(targets) / d.latency_concurrency)
         print(f"{len(targets):,} hosts ({LISTENING:,} listening, {REFUSED:,} refused, {SILENT:,} silent), TCP,")
-        print(
-            f"concurrency {defaults.latency_concurrency}, timeout {defaults.latency_timeout} s, deadline {defaults.latency_deadline} s:"
-        )  # noqa: E501
-        print(
-            f"  wall time            {wall:.2f} s   (honest bound {bound:.0f} s, deadline {defaults.latency_deadline} s)"
-        )  # noqa: E501
+        print(f"concurrency {d.latency_concurrency}, timeout {d.latency_timeout} s, deadline {d.latency_deadline} s:")
+        print(f"  wall time            {wall:.2f} s   (honest bound {bound:.0f} s)")
         print(f"  classified correctly {classified:,} of {len(targets):,}")
         print(f"  peak RSS growth      {growth:.1f} MB")
 
