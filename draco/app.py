@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import signal
 import time
 
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import Route
 
 from draco import __version__, errors, openapi, routes
-from draco.auth import KeyRing
+from draco.auth import KeyRing, fingerprint
 from draco.catalog import Catalog
 from draco.latency import Latencies
+from draco.metrics import Metrics, MetricsMiddleware
 from draco.middleware import (
     ApiKeyMiddleware,
     CORSMiddleware,
@@ -25,9 +30,12 @@ from draco.middleware import (
     SecurityHeadersMiddleware,
 )
 from draco.ratelimit import Limiter, MemoryStore, TrustedHosts
-from draco.settings import Settings
+from draco.settings import Settings, key_problems, read_key_file
 
 SWEEP_EVERY = 300  # seconds between sweeps of idle rate-limit entries
+KEY_FILE_POLL = 2  # seconds between checks of API_KEYS_FILE for changes
+
+log = logging.getLogger("draco.security")
 
 
 def upstream_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
@@ -51,8 +59,16 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     store = MemoryStore(settings.rate_limit_max_clients)
     limiter = Limiter(settings.rate_limit_requests, settings.rate_limit_period, store, clock)
 
+    # /docs, /redoc and /openapi.json exist only in debug mode: otherwise they are 404
+    # like any unknown path. /metrics exists only when METRICS_ENABLED.
+    table = routes.ROUTES + (openapi.routes(settings) if settings.debug else [])
+    metrics = Metrics() if settings.metrics_enabled else None
+    if metrics:
+        table.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
+
     middleware = [
         Middleware(SecurityHeadersMiddleware, enabled=settings.enable_security_headers, production=not settings.debug),
+        *([Middleware(MetricsMiddleware, metrics=metrics, routes=table)] if metrics else []),
         Middleware(CORSMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials),
     ]
     if settings.rate_limit_enabled:
@@ -60,7 +76,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         costs = dict.fromkeys(("/servers/latency", "/servers/fastest"), settings.latency_weight)  # they probe hosts
         middleware.append(Middleware(RateLimitMiddleware, limiter=limiter, trusted=trusted, exempt=exempt, costs=costs))
     if settings.enable_api_key_auth:
-        middleware.append(Middleware(ApiKeyMiddleware, ring=ring, trusted=trusted))
+        protected = ("/api/",) if settings.metrics_public else ("/api/", "/metrics")
+        middleware.append(Middleware(ApiKeyMiddleware, ring=ring, trusted=trusted, prefixes=protected))
     middleware.append(Middleware(GZipMiddleware, minimum=500))
 
     @contextlib.asynccontextmanager
@@ -69,19 +86,20 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         catalog = Catalog(settings, client, clock=clock)
         catalog.restore()
         app.state.catalog = catalog
-        sweeper = asyncio.create_task(_sweep(store, limiter))
+        background = [asyncio.create_task(_sweep(store, limiter))]
+        if settings.api_keys_file:
+            background.append(asyncio.create_task(_watch_keys(settings.api_keys_file, ring, settings)))
         try:
             yield
         finally:
-            sweeper.cancel()
+            for task in background:
+                task.cancel()
             await catalog.close()
             await client.aclose()
 
     app = Starlette(
         debug=False,  # never Starlette's traceback pages, whatever DEBUG says
-        # /docs, /redoc and /openapi.json exist only in debug mode: otherwise they are
-        # 404 like any unknown path.
-        routes=routes.ROUTES + (openapi.routes(settings) if settings.debug else []),
+        routes=table,
         middleware=middleware,
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
@@ -90,7 +108,47 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.limiter = limiter
     app.state.keyring = ring
     app.state.latencies = Latencies(settings)
+    if metrics:
+        metrics.state = app.state
     return app
+
+
+def reload_keys(path: str, ring: KeyRing, settings: Settings) -> bool:
+    """Swap in the keys of `path`; a file that fails the key rules keeps the old ring."""
+    try:
+        keys = read_key_file(path)
+        problems = key_problems(keys, settings.enable_api_key_auth)
+    except (OSError, UnicodeDecodeError) as exc:
+        problems = [f"cannot read it ({type(exc).__name__})"]
+    if problems:
+        log.error("API_KEYS_FILE rejected, keeping the %d keys in use: %s", len(ring), "; ".join(problems))
+        return False
+    ring.replace(keys)
+    log.warning("API keys reloaded: %s", ", ".join(fingerprint(key) for key in keys) or "none")
+    return True
+
+
+async def _watch_keys(path: str, ring: KeyRing, settings: Settings) -> None:
+    """Reload the key ring on SIGHUP, and when the file changes (checked every 2 s)."""
+    hangup = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # only in the main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.set)
+
+    def stamp():
+        with contextlib.suppress(OSError):
+            found = os.stat(path)
+            return found.st_mtime_ns, found.st_size, found.st_ino
+
+    seen = stamp()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KEY_FILE_POLL):
+                await hangup.wait()
+        current = stamp()
+        if hangup.is_set() or current != seen:
+            hangup.clear()
+            seen = current
+            reload_keys(path, ring, settings)
 
 
 async def _sweep(store: MemoryStore, limiter: Limiter) -> None:

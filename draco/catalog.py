@@ -14,6 +14,7 @@ Responses are encoded once per list version and query (see `render`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import gzip
 import hashlib
@@ -104,6 +105,7 @@ class Status:
     last_failure: str | None = None
     last_failure_at: float | None = None
     error_type: type[VPNServiceError] = VPNAPIError  # what a cold request raises after a failure
+    outcomes: collections.Counter = attrs.field(factory=collections.Counter)  # refreshes by outcome
 
 
 class _Snapshot(msgspec.Struct):
@@ -280,6 +282,7 @@ class Catalog:
         except Exception as exc:  # recorded, never raised: the previous list stays
             self._failed(name, exc)
             return
+        status.outcomes["not_modified" if status.data and data.servers is status.data.servers else "ok"] += 1
         status.data = data
         status.failures, status.retry_at, status.last_success = 0, 0.0, self.clock()
         log.info("refreshed %s: %d servers", name, len(data.servers))
@@ -293,6 +296,7 @@ class Catalog:
         status = self.status[name]
         status.failures += 1
         status.last_failure, status.last_failure_at = failure_class(exc), self.clock()
+        status.outcomes[status.last_failure] += 1
         status.error_type = VPNDataError if isinstance(exc, VPNDataError) else VPNAPIError
         delay = min(self.settings.refresh_backoff_max, 2.0 ** (status.failures - 1))
         delay = delay * random.uniform(0.5, 1.0)

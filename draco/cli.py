@@ -9,8 +9,10 @@ import logging
 import os
 import re
 import secrets
+import signal
 import sys
 import time
+import tomllib
 
 from draco import __version__
 from draco.settings import ConfigError, Settings, load
@@ -66,6 +68,13 @@ def _settings(args) -> Settings:
             problems.append(f"--{option}: must name a readable file")
     if bool(getattr(args, "certfile", None)) != bool(getattr(args, "keyfile", None)):
         problems.append("--certfile and --keyfile: must be given together")
+    if getattr(args, "quic_bind", None) and not (args.certfile and _valid_bind(args.quic_bind)):
+        problems.append("--quic-bind: must be HOST:PORT, and HTTP/3 needs --certfile and --keyfile")
+    if getattr(args, "config", None):
+        try:
+            _config_file(args.config)
+        except ValueError as exc:
+            problems.append(str(exc))
     if problems:
         for problem in problems:
             print(f"draco: configuration error: {problem}", file=sys.stderr)
@@ -77,11 +86,31 @@ def _valid_bind(bind: str) -> bool:
     return bool(_BIND.fullmatch(bind)) and (bind.startswith("unix:") or 0 < int(bind.rpartition(":")[2]) < 65536)
 
 
+# What draco sets itself: a config file may not.
+_OWN = {"bind", "insecure_bind", "certfile", "keyfile", "include_server_header", "accesslog", "errorlog"}
+
+
+def _config_file(path: str) -> dict:
+    from hypercorn.config import Config
+
+    try:
+        with open(path, "rb") as file:
+            values = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"--config: cannot read {path}: {exc}") from None
+    unknown = sorted(key for key in values if key in _OWN or not hasattr(Config, key))
+    if unknown:
+        raise ValueError(f"--config: not a hypercorn setting draco accepts: {', '.join(unknown)}")
+    return values
+
+
 def hypercorn_config(args, settings: Settings):
     from hypercorn.config import Config
 
-    config = Config.from_toml(args.config) if args.config else Config()
+    config = Config.from_mapping(_config_file(args.config) if args.config else {})
     config.bind = [args.bind]
+    if args.quic_bind:
+        config.quic_bind = [args.quic_bind]
     config.include_server_header = False
     # The access log exists only in debug mode, as the original documented; None also
     # spares hypercorn building its log record (it copies the environment) per request.
@@ -104,7 +133,18 @@ def serve(args) -> int:
         settings = demo.settings(settings)
         logging.getLogger("draco").warning("demo mode: serving bundled SAMPLE data, not real servers")
     app = create_app(settings, transport=demo.transport() if args.demo else None)
-    asyncio.run(hypercorn_serve(app, hypercorn_config(args, settings)))
+    config = hypercorn_config(args, settings)
+    stopping = asyncio.Event()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stopping.set)
+        await hypercorn_serve(app, config, shutdown_trigger=stopping.wait)
+
+    asyncio.run(run())
+    if not stopping.is_set():  # hypercorn stops by itself only after max_requests
+        logging.getLogger("draco").warning("served max_requests: exiting for the supervisor to restart draco")
     return 0
 
 
@@ -137,6 +177,17 @@ def snapshot(args) -> int:
     return 0 if asyncio.run(run()) else 1
 
 
+def check(args) -> int:
+    """The production checklist; exit 0 only when every item passes."""
+    from draco.checklist import evaluate
+
+    settings = _settings(args)
+    items = evaluate(settings, bind=args.bind, tls=bool(args.certfile), env_file=args.env_file)
+    for item in items:
+        print(f"PASS  {item.what}" if item.passed else f"FAIL  {item.what}\n      fix: {item.fix}")
+    return 0 if all(item.passed for item in items) else 1
+
+
 def keygen(args) -> int:
     for _ in range(args.n):
         print(secrets.token_hex(32))
@@ -155,7 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--certfile", help="TLS certificate (enables HTTP/2 over TLS with ALPN)")
     p.add_argument("--keyfile", help="TLS private key")
     p.add_argument("--config", help="a hypercorn TOML file (see conf/hypercorn.toml)")
+    p.add_argument("--quic-bind", help="HOST:PORT for HTTP/3 over QUIC (needs the h3 extra and a certificate)")
     p.set_defaults(run=serve)
+
+    p = commands.add_parser("check", help="evaluate the production checklist against this configuration")
+    p.add_argument("--env-file", help="read settings from this file; the environment wins")
+    p.add_argument("--bind", default="127.0.0.1:8000", help="the address `draco serve` will bind")
+    p.add_argument("--certfile", help="the TLS certificate `draco serve` will use, if any")
+    p.add_argument("--keyfile", help="its private key")
+    p.set_defaults(run=check)
 
     p = commands.add_parser("snapshot", help="fetch every provider once and write SNAPSHOT_DIR")
     p.add_argument("--env-file", help="read settings from this file; the environment wins")

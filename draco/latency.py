@@ -11,6 +11,7 @@ unreachable (None).
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import ipaddress
 import itertools
@@ -273,6 +274,7 @@ class Latencies:
         self.resolver = Resolver(settings.latency_ttl)
         self.cache: dict[tuple[str, str], tuple[float, float | None]] = {}  # (provider, identifier): (at, ms)
         self.runs_done = 0  # part of the keys of cached /top answers
+        self.runs_by_method: collections.Counter = collections.Counter()
         self.locks: dict[str, asyncio.Lock] = {}
         self.runs: dict[tuple, asyncio.Task] = {}
 
@@ -313,6 +315,7 @@ class Latencies:
             now = time.monotonic()
             self.cache.update({k: (now, ms) for k, ms in results.items()})
             self.runs_done += 1
+            self.runs_by_method[method] += 1
             return fresh | results
 
     async def _addresses(self, targets, deadline: float) -> dict[tuple[str, str], str | None]:

@@ -168,13 +168,19 @@ class Settings:
 attrs.resolve_types(Settings)
 
 
+def key_problems(keys: tuple[str, ...], required: bool) -> list[str]:
+    """The rules for API keys, at start-up and when a key file is reloaded."""
+    problems = []
+    if not all(len(key) >= 32 and key.isascii() and key.isprintable() and " " not in key for key in keys):
+        problems.append("API_KEYS: every key must be at least 32 printable ASCII characters without spaces")
+    if required and not keys:
+        problems.append("ENABLE_API_KEY_AUTH: is true but no key is configured (API_KEYS or API_KEYS_FILE)")
+    return problems
+
+
 def _problems(s: Settings) -> list[str]:
     """Rules that involve more than one variable, or that must never echo a value."""
-    problems = []
-    if not all(len(key) >= 32 and key.isascii() and key.isprintable() and " " not in key for key in s.api_keys):
-        problems.append("API_KEYS: every key must be at least 32 printable ASCII characters without spaces")
-    if s.enable_api_key_auth and not s.api_keys:
-        problems.append("ENABLE_API_KEY_AUTH: is true but no key is configured (API_KEYS or API_KEYS_FILE)")
+    problems = key_problems(s.api_keys, s.enable_api_key_auth)
     if s.default_page_size > s.max_page_size:
         problems.append("DEFAULT_PAGE_SIZE: must not exceed MAX_PAGE_SIZE")
     if s.latency_weight > s.rate_limit_requests:
