@@ -29,8 +29,9 @@ from draco.middleware import (
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
 )
-from draco.ratelimit import Limiter, MemoryStore, TrustedHosts
+from draco.ratelimit import Limiter, MemoryStore, RedisStore, TrustedHosts
 from draco.settings import Settings, key_problems, read_key_file
+from draco.shared import SharedCatalog
 
 SWEEP_EVERY = 300  # seconds between sweeps of idle rate-limit entries
 KEY_FILE_POLL = 2  # seconds between checks of API_KEYS_FILE for changes
@@ -56,7 +57,13 @@ def upstream_client(settings: Settings, transport: httpx.AsyncBaseTransport | No
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, clock=time.time) -> Starlette:
     trusted = TrustedHosts(settings.trusted_hosts)
     ring = KeyRing(settings.api_keys)
-    store = MemoryStore(settings.rate_limit_max_clients)
+    if settings.rate_limit_storage == "memory":
+        store = MemoryStore(settings.rate_limit_max_clients)
+    else:  # one window per client across every instance, timed by the Redis server's clock
+        store = RedisStore(
+            settings.rate_limit_storage, settings.rate_limit_redis_failure, settings.rate_limit_max_clients
+        )
+        clock = None
     limiter = Limiter(settings.rate_limit_requests, settings.rate_limit_period, store, clock)
 
     # /docs, /redoc and /openapi.json exist only in debug mode: otherwise they are 404
@@ -83,7 +90,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         client = upstream_client(settings, transport)
-        catalog = Catalog(settings, client, clock=clock)
+        shared = None
+        if settings.catalog_storage != "memory":
+            # A refresh may take HTTP_TIMEOUT; the lease outlives it, then frees itself.
+            shared = SharedCatalog(settings.catalog_storage, lease_seconds=settings.http_timeout + 5)
+        catalog = Catalog(settings, client, clock=clock or time.time, shared=shared)
         catalog.restore()
         app.state.catalog = catalog
         background = [asyncio.create_task(_sweep(store, limiter))]
@@ -96,6 +107,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 task.cancel()
             await catalog.close()
             await client.aclose()
+            for redis_user in (shared, store):
+                if hasattr(redis_user, "client"):
+                    await redis_user.client.aclose()
 
     app = Starlette(
         debug=False,  # never Starlette's traceback pages, whatever DEBUG says
@@ -151,7 +165,7 @@ async def _watch_keys(path: str, ring: KeyRing, settings: Settings) -> None:
             reload_keys(path, ring, settings)
 
 
-async def _sweep(store: MemoryStore, limiter: Limiter) -> None:
+async def _sweep(store, limiter: Limiter) -> None:
     while True:
         await asyncio.sleep(SWEEP_EVERY)
-        await store.sweep(limiter.clock(), limiter.period)
+        await store.sweep(time.time(), limiter.period)

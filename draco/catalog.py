@@ -120,8 +120,9 @@ class _Snapshot(msgspec.Struct):
 _SNAPSHOT_FORMAT = "draco-snapshot-1"
 
 
-def write_snapshot(directory: Path, data: Dataset) -> None:
-    """Temp file, fsync, rename, fsync the directory: a crash leaves the old file or the new one."""
+def snapshot_bytes(data: Dataset) -> bytes:
+    """A list with its fetch time and upstream validators: the snapshot file, and the
+    value a shared catalog keeps in Redis."""
     snapshot = {
         "format": _SNAPSHOT_FORMAT,
         "provider": data.provider,
@@ -130,10 +131,32 @@ def write_snapshot(directory: Path, data: Dataset) -> None:
         "last_modified": data.last_modified,
         "servers": [attrs.asdict(s) for s in data.servers],
     }
-    path = directory / f"{data.provider}.json"
+    return encode(snapshot)
+
+
+def from_snapshot(content: bytes, provider: str, provisional: bool) -> Dataset:
+    """The dataset in `content`; ValueError for anything corrupt, truncated or foreign."""
+    snap = msgspec.json.decode(content, type=_Snapshot)
+    if snap.format != _SNAPSHOT_FORMAT or snap.provider != provider or not snap.servers:
+        raise ValueError("not a snapshot of this provider")
+    if any(s.provider != provider for s in snap.servers):
+        raise ValueError("holds another provider's servers")
+    return make_dataset(
+        provider,
+        snap.servers,
+        snap.fetched_at,
+        etag=snap.etag,
+        last_modified=snap.last_modified,
+        provisional=provisional,
+    )
+
+
+def write_snapshot(directory: Path, provider: str, content: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory: a crash leaves the old file or the new one."""
+    path = directory / f"{provider}.json"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(encode(snapshot))
+        f.write(content)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -147,19 +170,12 @@ def write_snapshot(directory: Path, data: Dataset) -> None:
 def read_snapshot(directory: Path, provider: str) -> Dataset | None:
     path = directory / f"{provider}.json"
     try:
-        snap = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
-        if snap.format != _SNAPSHOT_FORMAT or snap.provider != provider or not snap.servers:
-            raise ValueError("not a snapshot of this provider")
-        if any(s.provider != provider for s in snap.servers):
-            raise ValueError("holds another provider's servers")
+        return from_snapshot(path.read_bytes(), provider, provisional=True)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         log.warning("ignoring snapshot %s: %s", path, exc)
         return None
-    return make_dataset(
-        provider, snap.servers, snap.fetched_at, etag=snap.etag, last_modified=snap.last_modified, provisional=True
-    )
 
 
 def failure_class(exc: BaseException) -> str:
@@ -199,11 +215,13 @@ class Catalog:
         client: httpx.AsyncClient,
         providers: dict[str, Provider] = REGISTRY,
         clock: Callable[[], float] = time.time,
+        shared=None,
     ):
         self.settings = settings
         self.client = client
         self.providers = providers
         self.clock = clock
+        self.shared = shared  # a SharedCatalog, when several instances share one Redis
         self.status = {name: Status() for name in providers}
         self._union: Dataset | None = None
         self._union_key: tuple = ()
@@ -277,20 +295,81 @@ class Catalog:
     async def _refresh(self, name: str) -> None:
         status = self.status[name]
         try:
-            data = await self._fetch(self.providers[name], status.data)
-            self._check(status.data, data)
+            if self.shared and not await self._take_turn(name):
+                return  # another instance refreshed the list, or is refreshing it
+            try:
+                data = await self._fetch(self.providers[name], status.data)
+                self._check(status.data, data)
+            finally:
+                if self.shared:
+                    await self.shared.release(name)
         except Exception as exc:  # recorded, never raised: the previous list stays
             self._failed(name, exc)
             return
-        status.outcomes["not_modified" if status.data and data.servers is status.data.servers else "ok"] += 1
+        renewed = status.data is not None and data.servers is status.data.servers  # a 304
+        status.outcomes["not_modified" if renewed else "ok"] += 1
+        await self._accept(name, data, publish=True, renewed=renewed)
+        log.info("refreshed %s: %d servers", name, len(data.servers))
+
+    async def _accept(self, name: str, data: Dataset, publish: bool, renewed: bool = False) -> None:
+        """Serve `data` from now on, and keep it: snapshot file, and the shared catalog."""
+        status = self.status[name]
         status.data = data
         status.failures, status.retry_at, status.last_success = 0, 0.0, self.clock()
-        log.info("refreshed %s: %d servers", name, len(data.servers))
+        if renewed and publish and self.shared:
+            await self.shared.renew(name, data.fetched_at)
+        if renewed or (self.snapshot_dir is None and not (publish and self.shared)):
+            return
+        content = await asyncio.to_thread(snapshot_bytes, data)
+        if publish and self.shared:
+            await self.shared.save(name, content, data.version, data.fetched_at)
         if self.snapshot_dir is not None:
             try:
-                await asyncio.to_thread(write_snapshot, self.snapshot_dir, data)
+                await asyncio.to_thread(write_snapshot, self.snapshot_dir, name, content)
             except OSError as exc:
                 log.error("cannot write %s snapshot: %s", name, exc)
+
+    async def _take_turn(self, name: str) -> bool:
+        """With a shared catalog: True when this instance is the one to ask the upstream.
+        Adopts a newer shared list first; waits (while it has nothing to serve) for
+        another instance's refresh, up to one lease."""
+        status = self.status[name]
+        give_up = self.clock() + self.shared.lease_ms / 1000
+        while True:
+            if await self._adopt(name):
+                return False
+            if await self.shared.lease(name):
+                return True
+            if status.data is not None:
+                status.retry_at = self.clock() + 1  # look again in a second; serve this meanwhile
+                return False
+            if self.clock() > give_up:
+                raise VPNAPIError("shared_timeout")
+            await asyncio.sleep(0.25)
+
+    async def _adopt(self, name: str) -> bool:
+        """Take the shared list when it is newer than ours; True when we now hold a fresh one."""
+        status, shared = self.status[name], await self.shared.version(name)
+        current = status.data
+        if shared is not None:
+            version, fetched_at = shared
+            if current is not None and current.version == version:
+                if fetched_at > current.fetched_at:
+                    status.data = attrs.evolve(current, fetched_at=fetched_at, provisional=False)
+            elif current is None or fetched_at > current.fetched_at:
+                content = await self.shared.load(name)
+                try:
+                    adopted = content and await asyncio.to_thread(from_snapshot, content, name, False)
+                except ValueError as exc:
+                    log.warning("ignoring the shared %s list: %s", name, exc)
+                    adopted = None
+                if adopted:
+                    status.outcomes["shared"] += 1
+                    await self._accept(name, adopted, publish=False)
+        fresh = status.data is not None and not self.is_stale(status.data)
+        if fresh:
+            status.failures, status.retry_at = 0, 0.0
+        return fresh
 
     def _failed(self, name: str, exc: Exception) -> None:
         status = self.status[name]

@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import functools
 import ipaddress
+import logging
 import math
 import socket
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 MICROS = 1_000_000
+log = logging.getLogger("draco.security")
 
 
 class Decision(NamedTuple):
@@ -102,12 +104,108 @@ class MemoryStore:
         return len(self.windows)
 
 
+# `decide` run inside Redis, atomically: one script per decision, so instances sharing
+# the server cannot race. Without an injected time it takes the server's own clock, the
+# one clock every instance then agrees on. Times are integer microseconds, exact in
+# Lua's doubles. The key expires one period after its last admission.
+_REDIS_SCRIPT = """
+local now = tonumber(ARGV[4])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local limit, period, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = tonumber(redis.call('LINDEX', KEYS[1], -1))
+if last and last > now then now = last end
+local n = redis.call('LLEN', KEYS[1])
+while n > 0 and tonumber(redis.call('LINDEX', KEYS[1], 0)) <= now - period do
+  redis.call('LPOP', KEYS[1])
+  n = n - 1
+end
+if n + cost <= limit then
+  for _ = 1, cost do redis.call('RPUSH', KEYS[1], now) end
+  redis.call('PEXPIRE', KEYS[1], math.ceil(period / 1000))
+  return {1, n + cost, tonumber(redis.call('LINDEX', KEYS[1], 0)) + period - now}
+end
+return {0, n, tonumber(redis.call('LINDEX', KEYS[1], n + cost - limit - 1)) + period - now}
+"""
+
+
+class RedisStore:
+    """The same sliding window, kept in Redis for every instance behind one address.
+
+    Decisions asked for in the same turn of the event loop travel together in one
+    pipeline: one round trip for all of them. When Redis cannot be reached,
+    `failure` decides: "local" falls back to this instance's memory store, "open"
+    admits, "closed" refuses. Redis is tried again at most once a second, and each
+    change of state is logged once."""
+
+    def __init__(self, url: str, failure: str = "local", max_clients: int = 100_000, timeout: float = 0.25):
+        import redis.asyncio  # imported here: only deployments that use Redis load it
+
+        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.script = self.client.register_script(_REDIS_SCRIPT)
+        self.errors = (redis.RedisError, OSError, TimeoutError)
+        self.failure, self.fallback = failure, MemoryStore(max_clients)
+        self.down_until = 0.0
+        self.batch: list[tuple[str, list, asyncio.Future]] = []
+
+    async def hit(self, key: str, now: float | None, limit: int, period: int, cost: int = 1) -> Decision:
+        if time.monotonic() >= self.down_until:
+            args = [limit, period * MICROS, cost] + ([] if now is None else [round(now * MICROS)])
+            try:
+                allowed, count, wait = await self._decide(f"draco:rl:{key}", args)
+            except self.errors as exc:
+                if not self.down_until:
+                    log.error("rate limit store unreachable (%s); failing %s", type(exc).__name__, self.failure)
+                self.down_until = time.monotonic() + 1
+            else:
+                if self.down_until:
+                    log.warning("rate limit store reachable again")
+                    self.down_until = 0.0
+                return Decision(bool(allowed), limit, limit - count, (wait + MICROS - 1) // MICROS)
+        if self.failure == "local":
+            return self.fallback.hit_now(key, time.time() if now is None else now, limit, period, cost)
+        return Decision(self.failure == "open", limit, limit - cost if self.failure == "open" else 0, 1)
+
+    async def _decide(self, key: str, args: list):
+        waiter = asyncio.get_running_loop().create_future()
+        self.batch.append((key, args, waiter))
+        if len(self.batch) == 1:  # the first of this turn sends them all, at the next turn
+            asyncio.get_running_loop().create_task(self._send())
+        return await waiter
+
+    async def _send(self) -> None:
+        batch, self.batch = self.batch, []
+        try:
+            if len(batch) == 1:
+                answers = [await self.script(keys=[batch[0][0]], args=batch[0][1])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for key, args, _ in batch:
+                    await self.script(keys=[key], args=args, client=pipe)  # queued, not yet sent
+                answers = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # every waiter hears of it; none is left waiting
+            answers = [exc] * len(batch)
+        for (_, _, waiter), answer in zip(batch, answers, strict=True):
+            if not waiter.done():
+                waiter.set_exception(answer) if isinstance(answer, BaseException) else waiter.set_result(answer)
+
+    def tracked(self) -> int:
+        return self.fallback.tracked()
+
+    async def sweep(self, now: float, period: int) -> None:
+        await self.fallback.sweep(now, period)  # Redis expires its own keys
+
+
 class Limiter:
-    def __init__(self, limit: int, period: int, store, clock: Callable[[], float] = time.time):
+    """The algorithm's front: `clock=None` lets the store use its own (Redis: the server's)."""
+
+    def __init__(self, limit: int, period: int, store, clock: Callable[[], float] | None = time.time):
         self.limit, self.period, self.store, self.clock = limit, period, store, clock
 
     async def hit(self, key: str, cost: int = 1) -> Decision:
-        return await self.store.hit(key, self.clock(), self.limit, self.period, cost)
+        return await self.store.hit(key, self.clock() if self.clock else None, self.limit, self.period, cost)
 
     def headers(self, decision: Decision) -> list[tuple[bytes, bytes]]:
         """X-RateLimit-* and the IETF fields of draft-ietf-httpapi-ratelimit-headers-10."""

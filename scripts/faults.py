@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from fake_upstream import FakeUpstream, free_port, wait_for_port  # noqa: E402
 
-from draco.catalog import make_dataset, write_snapshot  # noqa: E402
+from draco.catalog import make_dataset, snapshot_bytes, write_snapshot  # noqa: E402
 from draco.providers import REGISTRY  # noqa: E402
 
 PROVIDER = "surfshark"
@@ -95,7 +95,7 @@ class Service:
 
 def seed_snapshot(directory: Path, age: float = SNAPSHOT_AGE) -> list:
     servers, _ = REGISTRY[PROVIDER].parse(HEALTHY)
-    write_snapshot(directory, make_dataset(PROVIDER, servers, time.time() - age))
+    write_snapshot(directory, PROVIDER, snapshot_bytes(make_dataset(PROVIDER, servers, time.time() - age)))
     return [s.identifier for s in servers]
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import demo_payload
 from fake_upstream import FakeUpstream
 
-from draco.catalog import Catalog, read_snapshot, write_snapshot
+from draco.catalog import Catalog, read_snapshot, snapshot_bytes, write_snapshot
 from draco.errors import VPNAPIError
 from draco.providers import REGISTRY
 from draco.settings import load
@@ -231,7 +231,7 @@ def test_a_snapshot_holding_another_providers_servers_is_refused(upstream, tmp_p
         .replace(b'"provider":"surfshark","fetched', b'"provider":"nordvpn","fetched')
     )  # noqa: E501
     assert read_snapshot(tmp_path, "nordvpn") is None
-    write_snapshot(tmp_path, data)  # atomic: no temporary file is left behind
+    write_snapshot(tmp_path, "surfshark", snapshot_bytes(data))  # atomic: no temporary file is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nordvpn.json", "surfshark.json"]
 
 

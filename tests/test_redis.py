@@ -1,0 +1,309 @@
+"""Several instances on one real Redis: one rate limit, one upstream fetch."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+import uuid
+
+import httpx
+import pytest
+import redis
+from conftest import KEY, ROOT, Draco, demo_payload, need, upstream_env
+from fake_upstream import free_port, wait_for_port
+from hypothesis import given, settings
+from test_ratelimit import model, traces
+
+from draco.ratelimit import Limiter, MemoryStore, RedisStore
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, no persistence."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [need("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+# --- the store itself ------------------------------------------------------------------------
+
+
+def run_on(make_store, trace, limit, period):
+    clock = [0.0]
+
+    async def go():
+        store = make_store()
+        limiter = Limiter(limit, period, store, lambda: clock[0])
+        prefix = uuid.uuid4().hex  # a fresh window for every example
+        out = []
+        for client, t, cost in trace:
+            clock[0] = t
+            d = await limiter.hit(f"{prefix}{client}", cost)
+            out.append((d.allowed, d.remaining, d.reset))
+        if hasattr(store, "client"):
+            await store.client.aclose()
+        return out
+
+    return asyncio.run(go())
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=traces(max_cost=3))
+def test_the_redis_store_decides_exactly_as_the_model_and_the_memory_store(redis_server, case):
+    limit, period, trace = case
+    on_redis = run_on(lambda: RedisStore(redis_server.url), trace, limit, period)
+    assert on_redis == model(trace, limit, period) == run_on(MemoryStore, trace, limit, period)
+
+
+def test_keys_expire_so_redis_never_fills_with_idle_clients(redis_server):
+    async def go():
+        store = RedisStore(redis_server.url)
+        await Limiter(10, 30, store, clock=None).hit("idle-client")
+        await store.client.aclose()
+
+    asyncio.run(go())
+    ttl = redis_server.client().pttl("draco:rl:idle-client")
+    assert 29_000 < ttl <= 30_000
+
+
+def test_the_server_clock_is_used_when_none_is_injected(redis_server):
+    async def go():
+        store = RedisStore(redis_server.url)
+        limiter = Limiter(10, 30, store, clock=None)
+        decisions = [await limiter.hit("timed") for _ in range(11)]
+        await store.client.aclose()
+        return decisions
+
+    decisions = asyncio.run(go())
+    assert [d.allowed for d in decisions] == [True] * 10 + [False]
+    server_now = redis_server.client().time()
+    oldest = int(redis_server.client().lindex("draco:rl:timed", 0))
+    assert abs(oldest / 1e6 - (server_now[0] + server_now[1] / 1e6)) < 5
+
+
+@pytest.mark.parametrize(
+    "failure, allowed", [("local", [True] * 10 + [False]), ("open", [True] * 11), ("closed", [False] * 11)]
+)  # noqa: E501
+def test_an_unreachable_redis_fails_as_configured(failure, allowed):
+    async def go():
+        store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", failure)  # nothing listens there
+        limiter = Limiter(10, 30, store, clock=None)
+        decisions = [await limiter.hit("c") for _ in range(11)]
+        await store.client.aclose()
+        return decisions
+
+    started = time.monotonic()
+    assert [d.allowed for d in asyncio.run(go())] == allowed
+    assert time.monotonic() - started < 2  # after one failure Redis is not asked again for a second
+
+
+# --- two instances, one limit ---------------------------------------------------------------------
+
+
+def start(env: dict, processes: list) -> Draco:
+    draco = Draco(env)
+    processes.append(draco)
+    return draco
+
+
+@pytest.fixture
+def pair(upstreams):
+    server = RedisServer()
+    env = {
+        **upstream_env(upstreams),
+        "RATE_LIMIT_STORAGE": server.url,
+        "RATE_LIMIT_REQUESTS": "10",
+        "RATE_LIMIT_PERIOD": "10",
+    }  # noqa: E501
+    processes: list[Draco] = []
+    a, b = start(env, processes), start(env, processes)
+    yield server, a, b
+    for draco in processes:
+        draco.close()
+    server.stop()
+
+
+def alternate(a: Draco, b: Draco, n: int, client: str = "127.0.0.2") -> list[int]:
+    transport = httpx.HTTPTransport(local_address=client)
+    with httpx.Client(transport=transport) as session:
+        return [session.get((a if i % 2 == 0 else b).url("/api/nordvpn/countries")).status_code for i in range(n)]
+
+
+def test_two_instances_admit_exactly_n_per_window_in_total(pair):
+    _, a, b = pair
+    statuses = alternate(a, b, 16)
+    assert statuses == [200] * 10 + [429] * 6
+
+
+def test_two_instances_hold_the_window_across_a_fixed_boundary(pair):
+    _, a, b = pair
+    while not 7.0 <= time.time() % 10 <= 7.6:
+        time.sleep(0.05)
+    first = alternate(a, b, 10, "127.0.0.3")
+    time.sleep(10.5 - time.time() % 10)
+    second = alternate(a, b, 10, "127.0.0.3")
+    assert first == [200] * 10 and second == [429] * 10
+
+
+def test_redis_killed_mid_run_means_no_5xx_then_recovery(pair):
+    server, a, b = pair
+    assert alternate(a, b, 4, "127.0.0.4") == [200] * 4
+    server.stop()
+    during = alternate(a, b, 24, "127.0.0.4")
+    assert max(during) < 500
+    # Each instance falls back to its own memory limiter: at most 10 each.
+    assert during.count(200) <= 20 and during.count(429) >= 4
+    assert "rate limit store unreachable" in a.logs() and a.logs().count("unreachable") == 1  # logged once
+    revived = RedisServer(server.port)  # back on the same address
+    try:
+        time.sleep(1.2)  # Redis is asked again at most once a second
+        after = alternate(a, b, 12, "127.0.0.5")
+        assert after == [200] * 10 + [429] * 2  # one shared window again
+        assert "rate limit store reachable again" in a.logs()
+    finally:
+        revived.stop()
+
+
+# --- one upstream fetch for many instances ---------------------------------------------------------
+
+
+@pytest.fixture
+def shared_env(upstreams):
+    server = RedisServer()
+    env = {
+        **upstream_env(upstreams),
+        "CATALOG_STORAGE": server.url,
+        "CACHE_TTL": "60",
+        "HTTP_TIMEOUT": "5",
+        "RATE_LIMIT_REQUESTS": "10000",
+    }
+    yield server, env
+    server.stop()
+
+
+def test_three_instances_under_load_make_one_upstream_fetch_per_ttl(shared_env, upstreams):
+    server, env = shared_env
+    processes: list[Draco] = []
+    try:
+        instances = [start(env, processes) for _ in range(3)]
+
+        async def load(seconds: float) -> list[int]:
+            statuses = []
+            async with httpx.AsyncClient(timeout=30) as client:
+                stop_at = time.monotonic() + seconds
+                while time.monotonic() < stop_at:
+                    answers = await asyncio.gather(*(client.get(d.url("/api/surfshark/servers")) for d in instances))
+                    statuses += [a.status_code for a in answers]
+                    await asyncio.sleep(0.2)
+            return statuses
+
+        statuses = asyncio.run(load(65))
+        assert set(statuses) == {200}
+        assert upstreams["surfshark"].hits == 2  # at the start, and once the list turned 60 s old
+    finally:
+        for draco in processes:
+            draco.close()
+
+
+def test_when_the_lease_holder_dies_mid_refresh_another_takes_over_after_the_lease(shared_env, upstreams):
+    server, env = shared_env
+    processes: list[Draco] = []
+    try:
+        a, b = start(env, processes), start(env, processes)
+        upstreams["ivpn"].set("hang")
+        slow = subprocess.Popen(["curl", "-s", "-m", "30", a.url("/api/ivpn/servers")], stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        assert server.client().get("draco:catalog:ivpn:lease") is not None  # a holds the lease
+        a.proc.send_signal(signal.SIGKILL)
+        upstreams["ivpn"].set("ok", body=demo_payload("ivpn"))
+        started = time.monotonic()
+        answer = httpx.get(b.url("/api/ivpn/servers"), timeout=30)
+        waited = time.monotonic() - started
+        assert answer.status_code == 200
+        assert 5 <= waited <= 12  # b waited for a's lease (HTTP_TIMEOUT + 5 = 10 s from a's start) to expire
+        assert upstreams["ivpn"].hits == 2
+        slow.kill()
+    finally:
+        for draco in processes:
+            draco.close()
+
+
+def test_with_redis_down_each_instance_serves_its_own_catalog(upstreams):
+    env = {**upstream_env(upstreams), "CATALOG_STORAGE": f"redis://127.0.0.1:{free_port()}/0"}
+    processes: list[Draco] = []
+    try:
+        a, b = start(env, processes), start(env, processes)
+        assert httpx.get(a.url("/api/nordvpn/servers")).status_code == 200
+        assert httpx.get(b.url("/api/nordvpn/servers")).status_code == 200
+        assert upstreams["nordvpn"].hits == 2
+        assert "shared catalog unreachable" in a.logs()
+    finally:
+        for draco in processes:
+            draco.close()
+
+
+# --- the README's multi-instance deployment, exactly ------------------------------------------------
+
+
+def test_the_multi_instance_deployment_of_the_readme(upstreams, tmp_path):
+    nginx = need("nginx")
+    server = RedisServer()
+    processes: list[Draco] = []
+    proxy = None
+    try:
+        env = {
+            **upstream_env(upstreams), "RATE_LIMIT_STORAGE": server.url, "CATALOG_STORAGE": server.url,
+            "TRUSTED_HOSTS": '["127.0.0.1"]', "RATE_LIMIT_REQUESTS": "10", "ENABLE_API_KEY_AUTH": "true",
+            "API_KEYS": f'["{KEY}"]',
+        }  # fmt: skip
+        a, b = start(env, processes), start(env, processes)
+        port = free_port()
+        conf = (ROOT / "conf" / "nginx-multi.conf").read_text()
+        for old, new in {
+            "listen 127.0.0.1:8080;": f"listen 127.0.0.1:{port};",
+            "server 127.0.0.1:8001;": f"server 127.0.0.1:{a.port};",
+            "server 127.0.0.1:8002;": f"server 127.0.0.1:{b.port};",
+            "/run/nginx-draco.pid": str(tmp_path / "nginx.pid"),
+            "/var/log/nginx/draco.error.log": str(tmp_path / "error.log"),
+            "/var/log/nginx/draco.access.log": str(tmp_path / "access.log"),
+        }.items():
+            assert old in conf, f"conf/nginx-multi.conf no longer has {old!r}"
+            conf = conf.replace(old, new)
+        (tmp_path / "nginx.conf").write_text(conf)
+        proxy = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"])
+        wait_for_port("127.0.0.1", port)
+        transport = httpx.HTTPTransport(local_address="127.0.0.6")
+        with httpx.Client(transport=transport, headers={"X-API-Key": KEY}) as client:
+            statuses = [client.get(f"http://127.0.0.1:{port}/api/nordvpn/countries").status_code for _ in range(14)]
+        assert statuses == [200] * 10 + [429] * 4  # one window, whichever instance answered
+        assert upstreams["nordvpn"].hits == 1  # one fetch, shared
+        served_by = (tmp_path / "access.log").read_text()
+        assert f"127.0.0.1:{a.port}" in served_by and f"127.0.0.1:{b.port}" in served_by  # both instances answered
+    finally:
+        if proxy:
+            proxy.terminate()
+            proxy.wait(10)
+        for draco in processes:
+            draco.close()
+        server.stop()
