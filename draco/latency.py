@@ -31,7 +31,7 @@ _EMBEDDING = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48"
 def probeable(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool = False) -> bool:
     """Only public unicast: never loopback, private, link-local, multicast, reserved,
     documentation or unspecified addresses (unless allow_private, for tests)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if address.is_multicast or address.is_unspecified:
         return False

@@ -257,7 +257,7 @@ def parse_address(text: str) -> Address | None:
             address = ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
         except (OSError, ValueError):
             return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return None if address.is_unspecified else address
 
