@@ -97,6 +97,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         catalog = Catalog(settings, client, clock=clock or time.time, shared=shared)
         catalog.restore()
         app.state.catalog = catalog
+        if settings.enable_api_key_auth:
+            log.info("API keys in use: %s", ", ".join(fingerprint(key) for key in settings.api_keys))
         background = [asyncio.create_task(_sweep(store, limiter))]
         if settings.api_keys_file:
             background.append(asyncio.create_task(_watch_keys(settings.api_keys_file, ring, settings)))

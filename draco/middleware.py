@@ -96,7 +96,7 @@ class CORSMiddleware:
 
     async def __call__(self, scope, receive, send):
         origin = _header(scope, b"origin") if scope["type"] == "http" else None
-        if origin is None or not self.origins:
+        if origin is None:
             return await self.app(scope, receive, send)
         allowed = origin in self.origins
         requested = _header(scope, b"access-control-request-method")

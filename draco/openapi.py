@@ -17,100 +17,68 @@ from starlette.staticfiles import StaticFiles
 from draco.providers import REGISTRY
 from draco.settings import Settings
 
-_NULLABLE_STR = {"type": ["string", "null"]}
+
+def _object(**properties) -> dict:
+    """An object schema whose listed properties are all present in every answer."""
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list(name: str) -> dict:
+    return {"type": "array", "items": _ref(name)}
+
+
+INT, STR, BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
+OPTIONAL_STR = {"type": ["string", "null"]}
 SCHEMAS = {
-    "Server": {
-        "type": "object",
-        "required": ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"],
-        "properties": {
-            "provider": {"type": "string"},
-            "country": {"type": "string"},
-            "country_code": {"type": "string", "pattern": "^[A-Z]{2}$"},
-            "identifier": {"type": "string", "description": "the server's hostname"},
-            "public_key": {"type": "string", "description": "WireGuard public key, 32 bytes in base64"},
-            "load": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
-            "latency": {"type": ["number", "null"], "description": "milliseconds, when measured"},
-            "city": _NULLABLE_STR,
-            "ipv4": _NULLABLE_STR,
-        },
-    },
-    "Page": {
-        "type": "object",
-        "required": ["total", "page", "page_size", "total_pages", "data"],
-        "properties": {
-            "total": {"type": "integer"},
-            "page": {"type": "integer"},
-            "page_size": {"type": "integer"},
-            "total_pages": {"type": "integer"},
-            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Server"}},
-        },
-    },
-    "Country": {
-        "type": "object",
-        "required": ["code", "name", "display"],
-        "properties": {"code": {"type": "string"}, "name": {"type": "string"}, "display": {"type": "string"}},
-    },
-    "Provider": {
-        "type": "object",
-        "required": [
-            "name",
-            "servers",
-            "countries",
-            "reports_load",
-            "reports_status",
-            "ordering",
-            "data_age",
-            "status",
-        ],
-        "properties": {
-            "name": {"type": "string"},
-            "servers": {"type": "integer"},
-            "countries": {"type": "integer"},
-            "reports_load": {"type": "boolean"},
-            "reports_status": {"type": "boolean", "description": "whether the upstream says which servers are online"},
-            "ordering": {"enum": ["load", "upstream", "weight"]},
-            "data_age": {"type": ["integer", "null"], "description": "seconds since the list was fetched"},
-            "status": {"enum": ["fresh", "stale", "none"]},
-        },
-    },
-    "LatencyRun": {
-        "type": "object",
-        "required": ["total_servers", "measured", "successful", "failed", "method", "servers"],
-        "properties": {
-            "total_servers": {"type": "integer"},
-            "measured": {"type": "integer"},
-            "successful": {"type": "integer"},
-            "failed": {"type": "integer"},
-            "method": {"enum": ["icmp", "fping", "tcp"]},
-            "servers": {"type": "array", "items": {"$ref": "#/components/schemas/Server"}},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "version", "providers"],
-        "properties": {
-            "status": {"enum": ["healthy", "unhealthy"]},
-            "version": {"type": "string"},
-            "providers": {"type": "object", "additionalProperties": {"type": "object"}},
-        },
-    },
+    "Server": _object(
+        provider=STR,
+        country=STR,
+        country_code={"type": "string", "pattern": "^[A-Z]{2}$"},
+        identifier={"type": "string", "description": "the server's hostname"},
+        public_key={"type": "string", "description": "WireGuard public key, 32 bytes in base64"},
+        load={"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+        latency={"type": ["number", "null"], "description": "milliseconds, when measured"},
+        city=OPTIONAL_STR,
+        ipv4=OPTIONAL_STR,
+    ),
+    "Page": _object(total=INT, page=INT, page_size=INT, total_pages=INT, data=_list("Server")),
+    "Country": _object(code=STR, name=STR, display=STR),
+    "Provider": _object(
+        name=STR,
+        servers=INT,
+        countries=INT,
+        reports_load=BOOL,
+        reports_status={"type": "boolean", "description": "whether the upstream says which servers are online"},
+        ordering={"enum": ["load", "upstream", "weight"]},
+        data_age={"type": ["integer", "null"], "description": "seconds since the list was fetched"},
+        status={"enum": ["fresh", "stale", "none"]},
+    ),
+    "LatencyRun": _object(
+        total_servers=INT,
+        measured=INT,
+        successful=INT,
+        failed=INT,
+        method={"enum": ["icmp", "fping", "tcp"]},
+        servers=_list("Server"),
+    ),
+    "Health": _object(
+        status={"enum": ["healthy", "unhealthy"]},
+        version=STR,
+        providers={"type": "object", "additionalProperties": {"type": "object"}},
+    ),
     "Error": {
         "type": "object",
         "required": ["error", "message"],
         "properties": {
-            "error": {"type": "string"},
-            "message": {"type": "string"},
+            "error": STR,
+            "message": STR,
             "details": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["loc", "msg", "type"],
-                    "properties": {
-                        "loc": {"type": "array", "items": {"type": "string"}},
-                        "msg": {"type": "string"},
-                        "type": {"type": "string"},
-                    },
-                },
+                "items": _object(loc={"type": "array", "items": STR}, msg=STR, type=STR),
             },
         },
     },
@@ -127,27 +95,16 @@ _ERRORS = {
 }
 
 
+def _param(name: str, schema: dict, doc: str, where: str = "query") -> dict:
+    return {"name": name, "in": where, "required": where == "path", "description": doc, "schema": schema}
+
+
 def _integer(name: str, default: int, lo: int, hi: int, doc: str) -> dict:
-    schema = {"type": "integer", "minimum": lo, "maximum": hi, "default": default}
-    return {"name": name, "in": "query", "required": False, "description": doc, "schema": schema}
+    return _param(name, {"type": "integer", "minimum": lo, "maximum": hi, "default": default}, doc)
 
 
 def _country(where: str) -> dict:
-    return {
-        "name": "country_code",
-        "in": where,
-        "required": where == "path",
-        "description": "ISO 3166-1 alpha-2, upper case",
-        "schema": {"type": "string", "pattern": "^[A-Z]{2}$"},
-    }
-
-
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _list(name: str) -> dict:
-    return {"type": "array", "items": _ref(name)}
+    return _param("country_code", {"type": "string", "pattern": "^[A-Z]{2}$"}, "ISO 3166-1 alpha-2, upper case", where)
 
 
 def _json(schema: dict) -> dict:
@@ -168,21 +125,18 @@ def _operation(summary: str, schema: dict, parameters: list, *, catalog: bool = 
 
 
 def document(settings: Settings) -> dict:
-    provider = {
-        "name": "provider",
-        "in": "path",
-        "required": True,
-        "schema": {"enum": [*REGISTRY, "all"]},
-        "description": "a provider, or `all` for every provider's servers in one list",
-    }
+    provider = _param("provider", {"enum": [*REGISTRY, "all"]}, "a provider, or `all` for all in one list", "path")
     page = _integer("page", 1, 1, 1_000_000, "page number, from 1")
-    method = {
-        "name": "method",
-        "in": "query",
-        "required": False,
-        "description": "auto picks the best available (icmp, then fping, then tcp)",
-        "schema": {"enum": ["auto", "icmp", "tcp", "fping"], "default": "auto"},
-    }
+    method = _param(
+        "method",
+        {"enum": ["auto", "icmp", "tcp", "fping"], "default": "auto"},
+        "auto picks the best available (icmp, then fping, then tcp)",
+    )
+    exclude = _param(
+        "exclude",
+        {"type": "string", "pattern": "^([A-Z]{2}([-,][A-Z]{2})*)?$"},
+        "country codes to leave out, like BR-US",
+    )
     page_size = _integer("page_size", settings.default_page_size, 1, settings.max_page_size, "servers per page")
     base = "/api/{provider}"
     paths = {
@@ -211,13 +165,7 @@ def document(settings: Settings) -> dict:
                 _integer("limit", 10, 1, 50, "how many"),
                 _country("query"),
                 _integer("measure_count", 100, 0, 5000, "how many to measure, least loaded first; 0 for all"),
-                {
-                    "name": "exclude",
-                    "in": "query",
-                    "required": False,
-                    "description": "country codes to leave out, like BR-US",
-                    "schema": {"type": "string", "pattern": "^([A-Z]{2}([-,][A-Z]{2})*)?$"},
-                },
+                exclude,
                 method,
             ],
             catalog=False,

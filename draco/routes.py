@@ -109,7 +109,20 @@ def _matches(header: str, etags: tuple[str, ...]) -> bool:
     return "*" in tags or not tags.isdisjoint(etags)
 
 
-def respond(request: Request, data: Dataset, rendered: Rendered) -> Response:
+class Encoded:
+    """An answer whose body and headers are ready: nothing left to do but send them."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def respond(request: Request, data: Dataset, rendered: Rendered) -> Encoded:
     """200 with the encoded body (gzip when asked), or 304 when the client's copy is current."""
     catalog = _catalog(request)
     accept, if_none_match = b"", None
@@ -128,13 +141,17 @@ def respond(request: Request, data: Dataset, rendered: Rendered) -> Response:
         (b"vary", b"Accept-Encoding"),
     ]
     if if_none_match and _matches(if_none_match, (rendered.etag, etag)):
-        response = Response(status_code=304)
-    else:
-        response = Response(rendered.gzipped if use_gzip else rendered.body, media_type="application/json")
-        if use_gzip:
-            headers.append((b"content-encoding", b"gzip"))
-    response.raw_headers += headers
-    return response
+        return Encoded(304, headers, b"")
+    body = rendered.gzipped if use_gzip else rendered.body
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if use_gzip:
+        headers.append((b"content-encoding", b"gzip"))
+    return Encoded(200, headers, body)
+
+
+def _json(body, status: int = 200) -> Response:
+    """An uncached JSON answer (health, the provider index, measurements)."""
+    return Response(encode(body), status, {"Cache-Control": "no-store"}, "application/json")
 
 
 def _page_params(request: Request) -> tuple[int, int]:
@@ -148,7 +165,7 @@ async def health(request: Request) -> Response:
     # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
     down = all(p["servers"] == 0 and p["last_failure"] for p in providers.values())
     body = {"status": "unhealthy" if down else "healthy", "version": settings.app_version, "providers": providers}
-    return Response(encode(body), 503 if down else 200, {"Cache-Control": "no-store"}, "application/json")
+    return _json(body, 503 if down else 200)
 
 
 async def providers(request: Request) -> Response:
@@ -169,7 +186,7 @@ async def providers(request: Request) -> Response:
                 "status": "none" if data is None else "stale" if catalog.is_stale(data) else "fresh",
             }
         )
-    return Response(encode(index), headers={"Cache-Control": "no-store"}, media_type="application/json")
+    return _json(index)
 
 
 async def servers(request: Request) -> Response:
@@ -270,7 +287,7 @@ async def servers_latency(request: Request) -> Response:
         "method": method,
         "servers": measured,
     }
-    return Response(encode(body), headers={"Cache-Control": "no-store"}, media_type="application/json")
+    return _json(body)
 
 
 async def servers_fastest(request: Request) -> Response:
@@ -290,7 +307,7 @@ async def servers_fastest(request: Request) -> Response:
     fastest = [s for s in measured if s.latency is not None][:limit]
     if not fastest:
         raise HTTPException(503, "No server answered the latency probe.")
-    return Response(encode(fastest), headers={"Cache-Control": "no-store"}, media_type="application/json")
+    return _json(fastest)
 
 
 async def countries(request: Request) -> Response:

@@ -80,6 +80,15 @@ def _redis_url(url: str) -> bool:
     return url == "memory" or urlsplit(url).scheme in ("redis", "rediss", "unix")
 
 
+def _upstream(default: str):
+    return _rule("must be an https URL (http only to a loopback host)", _upstream_url, default=default)
+
+
+def _storage():
+    # Not in repr: a Redis URL may carry a password.
+    return _rule("must be 'memory' or a redis://, rediss:// or unix:// URL", _redis_url, default="memory", repr=False)
+
+
 @attrs.frozen
 class Settings:
     app_name: str = "draco"
@@ -88,26 +97,10 @@ class Settings:
     log_level: str = _one_of("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL")
     log_format: str = _one_of("text", "json")
 
-    nordvpn_api_url: str = _rule(
-        "must be an https URL (http only to a loopback host)",
-        _upstream_url,
-        default="https://api.nordvpn.com/v1/servers",
-    )
-    surfshark_api_url: str = _rule(
-        "must be an https URL (http only to a loopback host)",
-        _upstream_url,
-        default="https://api.surfshark.com/v4/server/clusters/generic",
-    )
-    mullvad_api_url: str = _rule(
-        "must be an https URL (http only to a loopback host)",
-        _upstream_url,
-        default="https://api.mullvad.net/app/v1/relays",
-    )
-    ivpn_api_url: str = _rule(
-        "must be an https URL (http only to a loopback host)",
-        _upstream_url,
-        default="https://api.ivpn.net/v5/servers.json",
-    )
+    nordvpn_api_url: str = _upstream("https://api.nordvpn.com/v1/servers")
+    surfshark_api_url: str = _upstream("https://api.surfshark.com/v4/server/clusters/generic")
+    mullvad_api_url: str = _upstream("https://api.mullvad.net/app/v1/relays")
+    ivpn_api_url: str = _upstream("https://api.ivpn.net/v5/servers.json")
     nordvpn_server_limit: int = _between(0, 10_000, 0)
     http_timeout: float = _between(5, 120, 30.0, "a number")
     http_max_connections: int = _between(10, 500, 100)
@@ -138,13 +131,9 @@ class Settings:
     rate_limit_requests: int = _between(10, 10_000, 100)
     rate_limit_period: int = _between(10, 3600, 60)
     rate_limit_max_clients: int = _between(1000, 10_000_000, 100_000)
-    rate_limit_storage: str = _rule(
-        "must be 'memory' or a redis://, rediss:// or unix:// URL", _redis_url, default="memory", repr=False
-    )
+    rate_limit_storage: str = _storage()
     rate_limit_redis_failure: str = _one_of("local", "open", "closed")
-    catalog_storage: str = _rule(
-        "must be 'memory' or a redis://, rediss:// or unix:// URL", _redis_url, default="memory", repr=False
-    )
+    catalog_storage: str = _storage()
 
     enable_security_headers: bool = True
     trusted_hosts: tuple[str, ...] = _rule(

@@ -281,3 +281,11 @@ def test_a_simple_request_from_another_origin_gets_no_allow_origin(secured):
     )
     assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
     assert response.headers["vary"].count("Origin") == 1
+
+
+def test_a_preflight_is_refused_when_no_origin_is_allowed_at_all(service):
+    response = httpx.options(
+        service.url("/api/nordvpn/servers"),
+        headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "GET"},
+    )
+    assert response.status_code == 400 and "access-control-allow-origin" not in response.headers
