@@ -230,8 +230,7 @@ class Catalog:
     def restore(self) -> None:
         """Load each provider's last-known-good snapshot, served as stale until refreshed."""
         if self.snapshot_dir is None:
-            return
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            return  # settings.load has made sure the directory exists and is writable
         for name, status in self.status.items():
             status.data = read_snapshot(self.snapshot_dir, name)
             if status.data:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -206,6 +207,16 @@ _converter.register_structure_hook_func(lambda t: t == str | None, lambda text, 
 _converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
 
 
+def _writable_dir(path: Path) -> bool:
+    """Create the directory if needed, and prove a file can be written in it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
 def read_env_file(path: str | Path) -> dict[str, str]:
     """KEY=VALUE lines; `#` comments, `export ` prefixes and surrounding quotes allowed."""
     values = {}
@@ -259,6 +270,8 @@ def load(environ: Mapping[str, str], env_file: str | Path | None = None) -> Sett
             values["api_keys"] = read_key_file(values["api_keys_file"])
         except (OSError, UnicodeDecodeError):
             problems.append("API_KEYS_FILE: must name a readable UTF-8 file with one key per line")
+    if values.get("snapshot_dir") and not _writable_dir(Path(values["snapshot_dir"])):
+        problems.append("SNAPSHOT_DIR: must be a directory draco can create and write to")
     settings = Settings(**values)
     problems += _problems(settings)
     if problems:

@@ -156,6 +156,23 @@ INVALID = [
     ("IVPN_API_URL", "https://"),
     ("UPSTREAM_MAX_BYTES", "10"),
     ("API_KEYS_FILE", "/nonexistent/keys"),
+    ("CACHE_MAX_STALE", "59"),
+    ("CACHE_MAX_SHRINK", "1.5"),
+    ("REFRESH_BACKOFF_MAX", "0"),
+    ("SNAPSHOT_DIR", "/proc/draco"),
+    ("RATE_LIMIT_MAX_CLIENTS", "10"),
+    ("RATE_LIMIT_STORAGE", "http://127.0.0.1:6379"),
+    ("RATE_LIMIT_REDIS_FAILURE", "maybe"),
+    ("CATALOG_STORAGE", "memcached://x"),
+    ("LATENCY_CONCURRENCY", "0"),
+    ("LATENCY_TIMEOUT", "31"),
+    ("LATENCY_DEADLINE", "0.5"),
+    ("LATENCY_TTL", "-1"),
+    ("LATENCY_WEIGHT", "1001"),
+    ("LATENCY_TCP_PORT", "65536"),
+    ("LATENCY_ALLOW_PRIVATE", "sure"),
+    ("METRICS_ENABLED", "2"),
+    ("METRICS_PUBLIC", "public"),
 ]
 
 
