@@ -238,7 +238,7 @@ async def measure(
     targets = list(targets)
     results: dict = dict.fromkeys(key for key, _ in targets)
     addressed = [(key, address) for key, address in targets if address]
-    if method == "fping":
+    if method == "fping" and addressed:  # (fping given no address would read them from stdin)
         answers = await fping(sorted({a for _, a in addressed}), timeout, deadline)
         return results | {key: answers.get(address) for key, address in addressed}
     pinger = Pinger("dgram" if Pinger.available("dgram") else "raw") if method == "icmp" else None
