@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import demo_payload, need, upstream_env
+from fake_upstream import free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -344,14 +345,15 @@ def test_fastest_is_404_when_filters_leave_nothing(measured):
 
 
 def test_fastest_is_503_when_nothing_answers(start_draco, upstreams):
-    silent = Silent("127.0.3.1", 40999)
+    port = free_port("127.0.3.1")
+    silent = Silent("127.0.3.1", port)
     upstreams["nordvpn"].set("ok", body=nord_payload(["127.0.3.1"], [50]))
     env = {
         **upstream_env(upstreams),
         "LATENCY_ALLOW_PRIVATE": "true",
-        "LATENCY_TCP_PORT": "40999",
+        "LATENCY_TCP_PORT": str(port),
         "LATENCY_TIMEOUT": "0.2",
-    }  # noqa: E501
+    }
     try:
         response = httpx.get(start_draco(env).url("/api/nordvpn/servers/fastest"), params={"method": "tcp"}, timeout=30)
     finally:
