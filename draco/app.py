@@ -122,7 +122,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     )
     app.state.settings = settings
     app.state.limiter = limiter
-    app.state.keyring = ring
     app.state.latencies = Latencies(settings)
     if metrics:
         metrics.state = app.state

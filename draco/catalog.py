@@ -315,12 +315,15 @@ class Catalog:
         status = self.status[name]
         status.data = data
         status.failures, status.retry_at, status.last_success = 0, 0.0, self.clock()
-        if renewed and publish and self.shared:
-            await self.shared.renew(name, data.fetched_at)
-        if renewed or (self.snapshot_dir is None and not (publish and self.shared)):
+        publish = publish and self.shared is not None
+        if renewed:  # the same list: only its fetch time changed
+            if publish:
+                await self.shared.renew(name, data.fetched_at)
+            return
+        if not (publish or self.snapshot_dir):
             return
         content = await asyncio.to_thread(snapshot_bytes, data)
-        if publish and self.shared:
+        if publish:
             await self.shared.save(name, content, data.version, data.fetched_at)
         if self.snapshot_dir is not None:
             try:

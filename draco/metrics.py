@@ -51,6 +51,7 @@ class Metrics:
         yield from (fetches, age, size, stale, runs, tracked)
 
     def describe(self):
+        # Registering would otherwise call collect() now, before create_app sets the state.
         return []
 
     async def endpoint(self, _request: Request) -> Response:
