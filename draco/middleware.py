@@ -138,12 +138,15 @@ class RateLimitMiddleware:
         self.app, self.limiter, self.trusted = app, limiter, trusted
         self.exempt = frozenset(exempt)
         self.costs = costs or {}
+        self.costly = tuple(self.costs)  # str.endswith takes them all at once
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.exempt:
             return await self.app(scope, receive, send)
         path = scope["path"]
-        cost = next((c for suffix, c in self.costs.items() if path.endswith(suffix)), 1)
+        cost = 1
+        if path.endswith(self.costly):  # one C call settles the common case
+            cost = next(c for suffix, c in self.costs.items() if path.endswith(suffix))
         client = client_key(scope_client(scope, self.trusted))
         decision = await self.limiter.hit(client, cost)
         headers = self.limiter.headers(decision)

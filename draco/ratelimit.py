@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import functools
 import ipaddress
 import logging
 import math
@@ -203,6 +202,7 @@ class Limiter:
 
     def __init__(self, limit: int, period: int, store, clock: Callable[[], float] | None = time.time):
         self.limit, self.period, self.store, self.clock = limit, period, store, clock
+        self.policy = (b"ratelimit-policy", b'"default";q=%d;w=%d' % (limit, period))
 
     async def hit(self, key: str, cost: int = 1) -> Decision:
         return await self.store.hit(key, self.clock() if self.clock else None, self.limit, self.period, cost)
@@ -215,32 +215,34 @@ class Limiter:
             (b"x-ratelimit-limit", b"%d" % decision.limit),
             (b"x-ratelimit-remaining", b"%d" % remaining),
             (b"x-ratelimit-reset", b"%d" % reset_at),
-            (b"ratelimit-policy", b'"default";q=%d;w=%d' % (self.limit, self.period)),
+            self.policy,
             (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, decision.reset)),
         ]
 
 
 # --- the client address -------------------------------------------------------
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# An address is its packed form, as inet_pton gives it: 4 bytes (IPv4) or 16 (IPv6).
+# Bytes compare, hash and mask in C; no object is built per request.
+Address = bytes
+_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6
 
 
 class TrustedHosts:
+    """IP addresses and CIDR ranges, each kept as (packed length, network, mask) integers."""
+
     def __init__(self, entries: Iterable[str]):
         networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
-        self.networks = networks
-
-        @functools.lru_cache(maxsize=4096)  # the same proxies come again and again
-        def contains(address: Address) -> bool:
-            return any(address in network for network in networks)
-
-        self._contains = contains
+        self._ranges = [(len(n.network_address.packed), int(n.network_address), int(n.netmask)) for n in networks]
 
     def __contains__(self, address: Address) -> bool:
-        return self._contains(address)
+        size, value = len(address), int.from_bytes(address)
+        for length, network, mask in self._ranges:  # noqa: SIM110 (a loop: twice as fast as any() here)
+            if size == length and value & mask == network:
+                return True
+        return False
 
 
-@functools.lru_cache(maxsize=4096)  # the same peers and chains come again and again
 def parse_address(text: str) -> Address | None:
     """An address as proxies write it: brackets, a port or an IPv6 zone may surround it.
     IPv4-mapped IPv6 is unmapped; the unspecified address (0.0.0.0, ::) is no client."""
@@ -251,15 +253,15 @@ def parse_address(text: str) -> Address | None:
         text = text.partition(":")[0]  # IPv4 with a port
     text = text.partition("%")[0]
     try:  # inet_pton: the C parser, as strict as ipaddress (no leading zeros, no short forms)
-        address = ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+        address = socket.inet_pton(socket.AF_INET, text)
     except (OSError, ValueError):
         try:
-            address = ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+            address = socket.inet_pton(socket.AF_INET6, text)
         except (OSError, ValueError):
             return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return None if address.is_unspecified else address
+        if address.startswith(_MAPPED):
+            address = address[12:]
+    return None if address.count(0) == len(address) else address
 
 
 def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedHosts) -> Address | None:
@@ -288,9 +290,9 @@ def client_key(address: Address | None) -> str:
     """IPv4 clients by address; IPv6 clients by their /64, which one subscriber holds."""
     if address is None:
         return "local"
-    if address.version == 6:
-        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
-    return str(address)
+    if len(address) == 16:
+        return socket.inet_ntop(socket.AF_INET6, address[:8] + bytes(8)) + "/64"
+    return socket.inet_ntop(socket.AF_INET, address)
 
 
 def scope_client(scope: dict, trusted: TrustedHosts) -> Address | None:

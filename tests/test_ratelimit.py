@@ -253,7 +253,31 @@ def test_client_address_is_the_rightmost_untrusted_entry_or_the_peer(case):
         assert untrusted[-1] == max(i for i, a in enumerate(parsed) if a == result)
 
 
+@given(st.ip_addresses(), st.data())
+def test_parse_address_agrees_with_the_ipaddress_module(address, data):
+    mapped = address.ipv4_mapped if address.version == 6 else None
+    expected = None if address.is_unspecified or (mapped and mapped.is_unspecified) else (mapped or address).packed
+    assert parse_address(dress(data.draw, str(address))) == expected
+    if expected is not None:  # the key is the address, or the /64 network, as ipaddress writes it
+        plain = mapped or address
+        key = str(ipaddress.ip_network((int(plain) >> 64 << 64, 64))) if plain.version == 6 else str(plain)
+        assert client_key(expected) == key
+
+
+@given(
+    st.ip_addresses(),
+    st.lists(
+        st.ip_addresses().flatmap(
+            lambda a: st.integers(0, a.max_prefixlen).map(lambda n: ipaddress.ip_network((a, n), strict=False))
+        ),
+        max_size=4,
+    ),
+)
+def test_trusted_membership_agrees_with_the_ipaddress_module(address, networks):
+    assert (address.packed in TrustedHosts(map(str, networks))) == any(address in n for n in networks)
+
+
 @given(st.text(), st.lists(st.text()))
 def test_client_address_never_raises_on_any_text(peer, lines):
     result = client_address(peer, lines, TRUSTED)
-    assert result is None or isinstance(result, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    assert result is None or (type(result) is bytes and len(result) in (4, 16))
