@@ -316,10 +316,11 @@ class Catalog:
         status.data = data
         status.failures, status.retry_at, status.last_success = 0, 0.0, self.clock()
         publish = publish and self.shared is not None
-        if renewed:  # the same list: only its fetch time changed
-            if publish:
-                await self.shared.renew(name, data.fetched_at)
-            return
+        if renewed and publish:  # the same list: only its fetch time changed
+            await self.shared.renew(name, data.fetched_at)
+            publish = False
+        # The snapshot is rewritten even then: after a restart it must show the time the
+        # upstream last confirmed the list, or CACHE_MAX_STALE would count from too early.
         if not (publish or self.snapshot_dir):
             return
         content = await asyncio.to_thread(snapshot_bytes, data)
@@ -356,8 +357,9 @@ class Catalog:
         if shared is not None:
             version, fetched_at = shared
             if current is not None and current.version == version:
-                if fetched_at > current.fetched_at:
-                    status.data = attrs.evolve(current, fetched_at=fetched_at, provisional=False)
+                if fetched_at > current.fetched_at:  # another instance's conditional refresh
+                    renewal = attrs.evolve(current, fetched_at=fetched_at, provisional=False)
+                    await self._accept(name, renewal, publish=False, renewed=True)
             elif current is None or fetched_at > current.fetched_at:
                 content = await self.shared.load(name)
                 try:

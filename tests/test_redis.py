@@ -12,11 +12,16 @@ import httpx
 import pytest
 import redis
 from conftest import KEY, ROOT, Draco, demo_payload, need, upstream_env
-from fake_upstream import free_port, wait_for_port
+from fake_upstream import FakeUpstream, free_port, wait_for_port
 from hypothesis import given, settings
 from test_ratelimit import model, traces
+from test_resilience import Clock
 
+from draco.catalog import Catalog, read_snapshot
+from draco.providers import REGISTRY
 from draco.ratelimit import Limiter, MemoryStore, RedisStore
+from draco.settings import load
+from draco.shared import SharedCatalog
 
 
 class RedisServer:
@@ -307,3 +312,40 @@ def test_the_multi_instance_deployment_of_the_readme(upstreams, tmp_path):
         for draco in processes:
             draco.close()
         server.stop()
+
+
+def test_an_adopted_renewal_rewrites_this_instances_snapshot(redis_server, tmp_path):
+    """Instance a's conditional refresh (a 304) renews the shared list's time; instance b
+    adopts it without asking the upstream, and its own snapshot then carries that time."""
+    redis_server.client().flushall()
+    upstream = FakeUpstream(demo_payload("surfshark"))
+    clock = Clock()
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            catalogs = []
+            for name in ("a", "b"):
+                (tmp_path / name).mkdir()
+                env = {"SURFSHARK_API_URL": upstream.url, "SNAPSHOT_DIR": str(tmp_path / name), "CACHE_TTL": "300"}
+                shared = SharedCatalog(redis_server.url, lease_seconds=10)
+                providers = {"surfshark": REGISTRY["surfshark"]}
+                catalogs.append(Catalog(load(env), client, providers, clock=clock, shared=shared))
+            a, b = catalogs
+            try:
+                first = await a.get("surfshark")
+                assert (await b.get("surfshark")).version == first.version  # adopted, not fetched
+                clock.now += 400
+                assert await a.refresh("surfshark") and upstream.requests[-1][1]["If-None-Match"] == upstream.etag
+                await b.refresh("surfshark")
+                assert upstream.hits == 2  # a's full fetch and a's 304; b asked nothing
+                assert b.status["surfshark"].data.fetched_at == clock.now
+                assert read_snapshot(tmp_path / "b", "surfshark").fetched_at == clock.now
+            finally:
+                for catalog in catalogs:
+                    await catalog.close()
+                    await catalog.shared.client.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        upstream.stop()

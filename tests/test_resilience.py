@@ -235,7 +235,7 @@ def test_a_snapshot_holding_another_providers_servers_is_refused(upstream, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nordvpn.json", "surfshark.json"]
 
 
-def test_conditional_refreshes_renew_the_age_without_reparsing(upstream):
+def test_conditional_refreshes_renew_the_age_without_reparsing(upstream, tmp_path):
     parses = []
 
     def counting_parse(body):
@@ -250,9 +250,11 @@ def test_conditional_refreshes_renew_the_age_without_reparsing(upstream):
         renewed = await catalog.get("surfshark")
         assert renewed.servers is first.servers and renewed.fetched_at == clock.now and len(parses) == 1
         assert renewed.rendered is first.rendered  # the encoded pages stay valid too
+        # the snapshot carries the renewed time: a restart must not think the list older
+        assert read_snapshot(tmp_path, "surfshark").fetched_at == clock.now
 
     upstream.set("ok", headers={"Last-Modified": "Sat, 28 Nov 2026 10:00:00 GMT"})
-    run(scenario, upstream, provider=attrs.evolve(REGISTRY["surfshark"], parse=counting_parse))
+    run(scenario, upstream, tmp_path, provider=attrs.evolve(REGISTRY["surfshark"], parse=counting_parse))
     _, headers = upstream.requests[-1]
     assert headers["If-None-Match"] == upstream.etag
     assert headers["If-Modified-Since"] == "Sat, 28 Nov 2026 10:00:00 GMT"
