@@ -276,12 +276,18 @@ def nord_payload(stations: list[str], loads: list[int]) -> bytes:
 @pytest.fixture
 def measured(start_draco, upstreams):
     """draco over eight loopback servers: four listening, two refusing, two silent."""
-    listeners = [Listener(f"127.0.2.{i}") for i in range(1, 5)]
-    port = listeners[0].port
-    for listener in listeners[1:]:
-        listener.close()
-    listeners = [listeners[0]] + [Listener(f"127.0.2.{i}", port) for i in range(2, 5)]
-    silents = [Silent(f"127.0.2.{i}", port) for i in (7, 8)]
+    for _ in range(20):  # one port on every address; a port free on one may be taken on another
+        listeners = [Listener("127.0.2.1")]
+        port = listeners[0].port
+        try:
+            listeners += [Listener(f"127.0.2.{i}", port) for i in range(2, 5)]
+            silents = [Silent(f"127.0.2.{i}", port) for i in (7, 8)]
+            break
+        except OSError:
+            for listener in listeners:
+                listener.close()
+    else:
+        pytest.fail("no port free on every 127.0.2.x address")
     stations = [f"127.0.2.{i}" for i in range(1, 9)]
     upstreams["nordvpn"].set("ok", body=nord_payload(stations, [50, 2, 40, 30, 20, 10, 60, 70]))
     env = {
