@@ -315,9 +315,10 @@ async def countries(request: Request) -> Response:
     return respond(request, data, render(data, ("countries",), lambda: data.countries))
 
 
+# Starlette tries routes in order: the most requested first. The named /servers/...
+# routes stay before /servers/{country_code}, which would match them too; /api/providers
+# and /health match no pattern above them.
 ROUTES = [
-    Route("/health", health, methods=["GET"]),
-    Route("/api/providers", providers, methods=["GET"]),
     Route("/api/{provider}/servers", servers, methods=["GET"]),
     Route("/api/{provider}/servers/paginated", servers_paginated, methods=["GET"]),
     Route("/api/{provider}/servers/top", servers_top, methods=["GET"]),
@@ -325,4 +326,6 @@ ROUTES = [
     Route("/api/{provider}/servers/fastest", servers_fastest, methods=["GET"]),
     Route("/api/{provider}/servers/{country_code}", servers_by_country, methods=["GET"]),
     Route("/api/{provider}/countries", countries, methods=["GET"]),
+    Route("/api/providers", providers, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
 ]
