@@ -117,7 +117,7 @@ class FakeUpstream:
                 modified = extra.get("Last-Modified")
                 if self.headers.get("If-None-Match") == etag or (
                     modified and self.headers.get("If-Modified-Since") == modified
-                ):  # noqa: E501
+                ):
                     self.send_response(304)
                     self.send_header("ETag", etag)
                     self.send_header("Content-Length", "0")

@@ -56,7 +56,7 @@ def test_a_declared_length_over_the_cap_is_refused_without_reading(start_draco, 
 
 @pytest.mark.parametrize(
     "mode, options", [("status", {"status": 500}), ("status", {"status": 404}), ("refused", {}), ("html", {})]
-)  # noqa: E501
+)
 def test_upstream_failure_on_a_cold_cache_is_a_bare_503(start_draco, upstreams, mode, options):
     upstreams["nordvpn"].set(mode, **options)
     draco = start_draco(upstream_env(upstreams))

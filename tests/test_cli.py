@@ -16,7 +16,7 @@ def test_demo_mode_serves_sample_data_with_no_network(start_draco):
     # Upstream URLs point at a closed port: demo mode must never use them.
     draco = start_draco(
         {"NORDVPN_API_URL": "http://127.0.0.1:9/x", "SURFSHARK_API_URL": "http://127.0.0.1:9/y"}, args=["--demo"]
-    )  # noqa: E501
+    )
     for provider in ("nordvpn", "surfshark"):
         servers = httpx.get(draco.url(f"/api/{provider}/servers")).json()
         assert len(servers) > 10 and all(s["identifier"].endswith(".example") for s in servers)

@@ -89,5 +89,5 @@ def test_draco_snapshot_fails_when_a_provider_fails(tmp_path):
         env |= {f"{name.upper()}_API_URL": upstream.url for name in REGISTRY}
         result = subprocess.run(
             [sys.executable, "-m", "draco", "snapshot"], env=env, capture_output=True, text=True, cwd=ROOT
-        )  # noqa: E501
+        )
     assert result.returncode == 1 and "nordvpn: failed (http_500)" in result.stdout

@@ -234,7 +234,7 @@ def test_unprivileged_icmp_over_a_datagram_socket(datagram_pings, silent_to_ping
     assert _icmp("dgram", silent_to_pings, 0.5) is None
     results = asyncio.run(
         measure([("up", "127.0.0.1"), ("down", silent_to_pings)], "icmp", concurrency=8, timeout=0.5, deadline=2)
-    )  # noqa: E501
+    )
     assert results["up"] is not None and results["down"] is None
 
 
@@ -316,7 +316,7 @@ def test_latency_limit_and_country(measured):
         draco.url("/api/nordvpn/servers/latency"),
         params={"method": "tcp", "country_code": "FR", "limit": 2},
         timeout=30,
-    ).json()  # noqa: E501
+    ).json()
     assert (body["total_servers"], body["measured"]) == (4, 2)
     assert {s["country_code"] for s in body["servers"]} == {"FR"}
 
@@ -331,7 +331,7 @@ def test_fastest_leaves_out_low_load_and_excluded_countries(measured):
     draco, _ = measured
     fastest = httpx.get(
         draco.url("/api/nordvpn/servers/fastest"), params={"method": "tcp", "exclude": "DE"}, timeout=30
-    ).json()  # noqa: E501
+    ).json()
     assert fastest and all(s["country_code"] == "FR" and s["latency"] is not None and s["load"] > 3 for s in fastest)
     assert [s["latency"] for s in fastest] == sorted(s["latency"] for s in fastest)
 
@@ -340,7 +340,7 @@ def test_fastest_measures_the_least_loaded_first(measured):
     draco, _ = measured
     fastest = httpx.get(
         draco.url("/api/nordvpn/servers/fastest"), params={"method": "tcp", "measure_count": 2}, timeout=30
-    ).json()  # noqa: E501
+    ).json()
     assert sorted(s["load"] for s in fastest) == [10, 20]  # loads 10 and 20 are the two lowest above 3
 
 
@@ -374,7 +374,7 @@ def test_private_addresses_are_never_probed_by_default(start_draco, upstreams):
     try:
         body = httpx.get(
             start_draco(env).url("/api/nordvpn/servers/latency"), params={"method": "tcp"}, timeout=30
-        ).json()  # noqa: E501
+        ).json()
     finally:
         listener.close()
     assert body["successful"] == 0 and listener.accepted == 0
@@ -389,7 +389,7 @@ def test_a_hostname_resolving_to_a_refused_range_is_not_probed(start_draco, upst
     try:
         body = httpx.get(
             start_draco(env).url("/api/surfshark/servers/latency"), params={"method": "tcp"}, timeout=30
-        ).json()  # noqa: E501
+        ).json()
     finally:
         listener.close()
     assert body["failed"] == 1 and listener.accepted == 0

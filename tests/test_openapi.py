@@ -43,7 +43,7 @@ def test_with_debug_the_docs_and_their_assets_are_served_offline(debug_service):
     page = httpx.get(debug_service.url("/docs")).text
     assert all(
         httpx.get(debug_service.url(src)).status_code == 200 for src in re.findall(r'(?:src|href)="([^"]+)"', page)
-    )  # noqa: E501
+    )
 
 
 def test_the_document_is_valid_openapi_3_1(spec):
@@ -77,7 +77,7 @@ def test_every_documented_bound_is_the_one_enforced(spec, debug_service):
                 (schema["maximum"], True),
                 (schema["minimum"] - 1, False),
                 (schema["maximum"] + 1, False),
-            ):  # noqa: E501
+            ):
                 status = httpx.get(url, params={parameter["name"]: value}).status_code
                 assert (status != 422) == ok, (path, parameter["name"], value, status)
             checked += 1

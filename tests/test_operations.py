@@ -119,7 +119,7 @@ def test_max_requests_ends_the_process_for_its_supervisor(start_draco, tmp_path)
         ("keep_alive_timeout = ", "cannot read"),
         ("keep_alive_timout = 5", "keep_alive_timout"),
         ('bind = "0.0.0.0:80"', "bind"),
-    ],  # noqa: E501
+    ],
 )
 def test_a_bad_hypercorn_config_stops_start_up(tmp_path, content, problem):
     config = tmp_path / "bad.toml"
@@ -134,11 +134,11 @@ def test_http3_starts_on_the_quic_bind_and_answers(start_draco, certificate):
     port = free_port()
     draco = start_draco(
         args=["--demo", "--certfile", str(cert), "--keyfile", str(key), "--quic-bind", f"127.0.0.1:{port}"]
-    )  # noqa: E501
+    )
     context = ssl.create_default_context(cafile=str(cert))
     assert httpx.get(draco.url("/health"), verify=context).headers["alt-svc"] == f'h3=":{port}"; ma=3600'
     client = need("gtlsclient")
-    result = subprocess.run([client, "--exit-on-all-streams-close", "127.0.0.1", str(port), f"https://127.0.0.1:{port}/health"],  # noqa: E501
+    result = subprocess.run([client, "--exit-on-all-streams-close", "127.0.0.1", str(port), f"https://127.0.0.1:{port}/health"],
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert "[:status: 200]" in result.stdout + result.stderr
 
@@ -253,7 +253,7 @@ def _check(env: dict, args=(), folder: Path | None = None, key_mode: int = 0o600
         env["API_KEYS_FILE"] = str(_keyfile(folder, key_mode))
     return subprocess.run(
         [sys.executable, "-m", "draco", "check", *args], env=env, capture_output=True, text=True, cwd=ROOT
-    )  # noqa: E501
+    )
 
 
 def test_check_passes_a_production_configuration(tmp_path):
@@ -288,7 +288,7 @@ def test_check_looks_at_keys_in_an_env_file_too(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-    )  # noqa: E501
+    )
     assert result.returncode == 1 and "FAIL  files holding API keys" in result.stdout
 
 
@@ -315,7 +315,7 @@ def rotating(start_draco, upstreams, tmp_path):
         "ENABLE_API_KEY_AUTH": "true",
         "API_KEYS_FILE": str(keys),
         "RATE_LIMIT_REQUESTS": "1000",
-    }  # noqa: E501
+    }
     return start_draco(env), keys
 
 
@@ -372,7 +372,7 @@ def test_metrics_need_the_key_unless_public(start_draco, upstreams):
         "METRICS_ENABLED": "true",
         "ENABLE_API_KEY_AUTH": "true",
         "API_KEYS": f'["{KEY}"]',
-    }  # noqa: E501
+    }
     assert httpx.get(start_draco(env).url("/metrics")).status_code == 401
     assert httpx.get(start_draco({**env, "METRICS_PUBLIC": "true"}).url("/metrics")).status_code == 200
 
@@ -415,11 +415,11 @@ def test_the_systemd_unit_verifies(tmp_path):
     unit = tmp_path / "draco.service"
     unit.write_text(
         (CONF / "draco.service").read_text().replace("/opt/draco/bin/draco", str(Path(sys.executable).parent / "draco"))
-    )  # noqa: E501
+    )
     result = subprocess.run(
         [analyze, "verify", str(unit)],
         capture_output=True,
         text=True,
         env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
-    )  # noqa: E501
+    )
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr

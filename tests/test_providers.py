@@ -57,7 +57,7 @@ def ivpn_expected(payload: dict) -> set[str]:
         ("surfshark", surfshark_expected),
         ("mullvad", mullvad_expected),
         ("ivpn", ivpn_expected),
-    ],  # noqa: E501
+    ],
 )
 def test_every_real_payload_parses_to_the_independently_counted_servers(provider, expected):
     for path in shared_files(provider):
@@ -75,7 +75,7 @@ def test_nordvpn_real_payload_counts():
     kept = nordvpn_expected(entries := json.loads(path.read_bytes()))
     assert {s.country_code for s in servers} == {
         e["locations"][0]["country"]["code"] for e in entries if e["hostname"] in kept
-    }  # noqa: E501
+    }
     assert all(s.ipv4 and s.city for s in servers)
 
 
@@ -121,7 +121,7 @@ def test_ivpn_keeps_hosts_that_share_a_key_and_rounds_float_loads():
         h["hostname"]: h.get("load")
         for loc in json.loads(_shared("ivpn", "dup-pubkey"))["wireguard"]
         for h in loc["hosts"]
-    }  # noqa: E501
+    }
     assert all(s.load == round(raw[s.identifier]) for s in servers)
 
 
@@ -151,7 +151,7 @@ def test_key_whitespace_is_trimmed():
 
 @pytest.mark.parametrize(
     "key", ["", "not base64!", base64.b64encode(b"x" * 31).decode(), base64.b64encode(b"x" * 33).decode(), 42, None]
-)  # noqa: E501
+)
 def test_an_entry_with_a_bad_key_is_skipped_and_counted(key):
     good, bad = _nord_entry(), _nord_entry(hostname="bad.example")
     bad["technologies"][0]["metadata"][0]["value"] = key

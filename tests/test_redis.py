@@ -109,7 +109,7 @@ def test_the_server_clock_is_used_when_none_is_injected(redis_server):
 
 @pytest.mark.parametrize(
     "failure, allowed", [("local", [True] * 10 + [False]), ("open", [True] * 11), ("closed", [False] * 11)]
-)  # noqa: E501
+)
 def test_an_unreachable_redis_fails_as_configured(failure, allowed):
     async def go():
         store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", failure)  # nothing listens there
@@ -140,7 +140,7 @@ def pair(upstreams):
         "RATE_LIMIT_STORAGE": server.url,
         "RATE_LIMIT_REQUESTS": "10",
         "RATE_LIMIT_PERIOD": "10",
-    }  # noqa: E501
+    }
     processes: list[Draco] = []
     a, b = start(env, processes), start(env, processes)
     yield server, a, b

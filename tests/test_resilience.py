@@ -229,7 +229,7 @@ def test_a_snapshot_holding_another_providers_servers_is_refused(upstream, tmp_p
         (tmp_path / "surfshark.json")
         .read_bytes()
         .replace(b'"provider":"surfshark","fetched', b'"provider":"nordvpn","fetched')
-    )  # noqa: E501
+    )
     assert read_snapshot(tmp_path, "nordvpn") is None
     write_snapshot(tmp_path, "surfshark", snapshot_bytes(data))  # atomic: no temporary file is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nordvpn.json", "surfshark.json"]

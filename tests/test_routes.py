@@ -49,7 +49,7 @@ def test_each_provider_has_its_default_order(service, client):
         return [
             s["identifier"]
             for s in client.get(service.url(f"/api/{provider}/servers"), params={"page_size": 1000}).json()
-        ]  # noqa: E501
+        ]
 
     loads = [s["load"] for s in client.get(service.url("/api/nordvpn/servers")).json()]
     assert loads == sorted(loads)  # NordVPN: least loaded first
@@ -115,7 +115,7 @@ def test_paginated_past_the_last_page_is_404(service, client):
     assert (
         client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last, "page_size": 10}).status_code
         == 200
-    )  # noqa: E501
+    )
     past = client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last + 1, "page_size": 10})
     assert past.status_code == 404
     assert past.json()["error"] == "Not Found"
@@ -236,7 +236,7 @@ def test_large_responses_are_gzipped_when_asked(service, client):
 def test_small_responses_are_not_compressed(service, client):
     response = client.get(
         service.url("/api/nordvpn/servers"), params={"page_size": 1}, headers={"Accept-Encoding": "gzip"}
-    )  # noqa: E501
+    )
     assert "content-encoding" not in response.headers
 
 
@@ -251,7 +251,7 @@ def test_catalog_answers_carry_an_etag_and_304_when_current(service, client):
     assert etag.startswith('"') and not etag.startswith("W/")
     again = client.get(
         service.url("/api/nordvpn/servers"), headers={"If-None-Match": etag, "Accept-Encoding": "identity"}
-    )  # noqa: E501
+    )
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == etag
 
@@ -259,11 +259,11 @@ def test_catalog_answers_carry_an_etag_and_304_when_current(service, client):
 def test_etag_differs_by_query_and_by_encoding(service, client):
     one = client.get(
         service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "identity"}
-    )  # noqa: E501
+    )
     two = client.get(
         service.url("/api/nordvpn/servers"), params={"page_size": 11}, headers={"Accept-Encoding": "identity"}
-    )  # noqa: E501
+    )
     zipped = client.get(
         service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "gzip"}
-    )  # noqa: E501
+    )
     assert len({one.headers["etag"], two.headers["etag"], zipped.headers["etag"]}) == 3

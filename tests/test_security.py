@@ -81,7 +81,7 @@ def test_the_key_is_never_read_from_the_query_string(secured):
         assert (
             client.get(secured.url("/api/nordvpn/servers"), params={"api_key": KEY, "X-API-Key": KEY}).status_code
             == 401
-        )  # noqa: E501
+        )
 
 
 def test_two_key_headers_are_refused(secured):
@@ -212,7 +212,7 @@ def test_an_unhandled_error_is_a_bare_500_with_the_headers():
 
     asyncio.run(
         SecurityHeadersMiddleware(broken)({"type": "http", "method": "GET", "path": "/x", "headers": []}, None, send)
-    )  # noqa: E501
+    )
     start, body = sent
     headers = dict(start["headers"])
     assert start["status"] == 500 and headers[b"x-frame-options"] == b"DENY"
@@ -246,7 +246,7 @@ def test_a_preflight_from_an_allowed_origin_needs_no_key(secured):
         ("null", "GET", ""),
         (ORIGIN, "DELETE", ""),
         (ORIGIN, "GET", "x-api-key, authorization"),
-    ],  # noqa: E501
+    ],
 )
 def test_a_preflight_that_is_not_allowed_is_400_without_allow_origin(secured, origin, method, asked):
     with from_address("127.0.0.14") as client:

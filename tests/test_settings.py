@@ -48,7 +48,7 @@ def test_integer_ranges_are_inclusive_and_enforced(name):
             load({name: bad})
         assert caught.value.problems == [
             f"{name}: must be {'a number' if name == 'HTTP_TIMEOUT' else 'an integer'} from {lo} to {hi}"
-        ]  # noqa: E501
+        ]
 
 
 def test_lists_are_json_arrays_as_documented():
@@ -74,7 +74,7 @@ def test_booleans_accept_the_usual_spellings():
         "[1]",
         "[not json",
     ],
-)  # noqa: E501
+)
 def test_cors_origins_refuse_wildcards_null_patterns_and_non_origins(value):
     with pytest.raises(ConfigError, match="CORS_ORIGINS"):
         load({"CORS_ORIGINS": value})
