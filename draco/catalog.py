@@ -267,17 +267,15 @@ class Catalog:
         served = [p for p in parts if isinstance(p, Dataset)]
         if not served:
             raise next(p for p in parts if isinstance(p, BaseException))
-        key = tuple((p.provider, p.version, p.fetched_at, p.provisional) for p in served)
+        key = tuple((p.provider, p.version) for p in served)
+        fetched_at = min(p.fetched_at for p in served)
+        provisional = len(served) < len(parts) or any(p.provisional for p in served)
         if self._union is None or self._union_key != key:
-            self._union_key, self._union = (
-                key,
-                make_dataset(
-                    "all",
-                    (s for p in served for s in p.servers),
-                    min(p.fetched_at for p in served),
-                    provisional=len(served) < len(parts) or any(p.provisional for p in served),
-                ),
-            )
+            servers = (s for p in served for s in p.servers)
+            self._union_key, self._union = key, make_dataset("all", servers, fetched_at, provisional=provisional)
+        elif (self._union.fetched_at, self._union.provisional) != (fetched_at, provisional):
+            # the same lists, renewed: the servers and their encoded pages stay
+            self._union = attrs.evolve(self._union, fetched_at=fetched_at, provisional=provisional)
         return self._union
 
     def _refresh_task(self, name: str) -> asyncio.Task:

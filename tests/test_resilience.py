@@ -244,12 +244,16 @@ def test_conditional_refreshes_renew_the_age_without_reparsing(upstream, tmp_pat
 
     async def scenario(catalog, clock):
         first = await catalog.get("surfshark")
+        union_before = await catalog.union()
         clock.now += 400
         await catalog.get("surfshark")
         await settle(catalog)
         renewed = await catalog.get("surfshark")
         assert renewed.servers is first.servers and renewed.fetched_at == clock.now and len(parses) == 1
         assert renewed.rendered is first.rendered  # the encoded pages stay valid too
+        union = await catalog.union()  # provider=all: renewed the same way, not rebuilt
+        assert union.servers is union_before.servers and union.rendered is union_before.rendered
+        assert union.fetched_at == clock.now and union.version == union_before.version
         # the snapshot carries the renewed time: a restart must not think the list older
         assert read_snapshot(tmp_path, "surfshark").fetched_at == clock.now
 
