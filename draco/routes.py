@@ -262,8 +262,10 @@ def _method(query: Query) -> str:
     return method
 
 
-def _targets(servers) -> list[tuple[str, str, str | None, str]]:
-    return [(s.provider, s.identifier, s.ipv4, s.identifier) for s in servers]
+async def _measured(request: Request, data: Dataset, chosen, method: str) -> list[Server]:
+    """`chosen` probed (or taken from the cache), fastest first, unreachable last."""
+    targets = [(s.provider, s.identifier, s.ipv4, s.identifier) for s in chosen]
+    return with_latency(chosen, await request.app.state.latencies.run(data.provider, targets, method))
 
 
 async def servers_latency(request: Request) -> Response:
@@ -277,7 +279,7 @@ async def servers_latency(request: Request) -> Response:
     if not pool:
         raise HTTPException(404, f"No servers in country {code}.")
     chosen = pool[:limit] if limit else pool
-    measured = with_latency(chosen, await request.app.state.latencies.run(data.provider, _targets(chosen), method))
+    measured = await _measured(request, data, chosen, method)
     answered = sum(s.latency is not None for s in measured)
     body = {
         "total_servers": len(pool),
@@ -303,7 +305,7 @@ async def servers_fastest(request: Request) -> Response:
     if not pool:
         raise HTTPException(404, "No operational servers match.")
     chosen = pool[:measure_count] if measure_count else pool
-    measured = with_latency(chosen, await request.app.state.latencies.run(data.provider, _targets(chosen), method))
+    measured = await _measured(request, data, chosen, method)
     fastest = [s for s in measured if s.latency is not None][:limit]
     if not fastest:
         raise HTTPException(503, "No server answered the latency probe.")
