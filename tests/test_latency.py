@@ -367,16 +367,20 @@ def test_fastest_is_503_when_nothing_answers(start_draco, upstreams):
     assert response.status_code == 503 and response.json()["error"] == "Service Unavailable"
 
 
+def tcp_latency_without_private_addresses(start_draco, upstreams, provider: str, listener: Listener) -> dict:
+    """/servers/latency over TCP with the default LATENCY_ALLOW_PRIVATE (off)."""
+    env = {**upstream_env(upstreams), "LATENCY_TCP_PORT": str(listener.port)}
+    try:
+        url = start_draco(env).url(f"/api/{provider}/servers/latency")
+        return httpx.get(url, params={"method": "tcp"}, timeout=30).json()
+    finally:
+        listener.close()
+
+
 def test_private_addresses_are_never_probed_by_default(start_draco, upstreams):
     listener = Listener("127.0.4.1")
     upstreams["nordvpn"].set("ok", body=nord_payload(["127.0.4.1"], [50]))
-    env = {**upstream_env(upstreams), "LATENCY_TCP_PORT": str(listener.port)}
-    try:
-        body = httpx.get(
-            start_draco(env).url("/api/nordvpn/servers/latency"), params={"method": "tcp"}, timeout=30
-        ).json()
-    finally:
-        listener.close()
+    body = tcp_latency_without_private_addresses(start_draco, upstreams, "nordvpn", listener)
     assert body["successful"] == 0 and listener.accepted == 0
 
 
@@ -385,13 +389,7 @@ def test_a_hostname_resolving_to_a_refused_range_is_not_probed(start_draco, upst
     clusters = json.loads(demo_payload("surfshark"))[:1]
     clusters[0]["connectionName"] = "localhost"  # Surfshark gives no address: the name is resolved
     upstreams["surfshark"].set("ok", body=json.dumps(clusters).encode())
-    env = {**upstream_env(upstreams), "LATENCY_TCP_PORT": str(listener.port)}
-    try:
-        body = httpx.get(
-            start_draco(env).url("/api/surfshark/servers/latency"), params={"method": "tcp"}, timeout=30
-        ).json()
-    finally:
-        listener.close()
+    body = tcp_latency_without_private_addresses(start_draco, upstreams, "surfshark", listener)
     assert body["failed"] == 1 and listener.accepted == 0
 
 
