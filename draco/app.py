@@ -15,6 +15,7 @@ import time
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Route
 
 from draco import __version__, errors, openapi, routes
@@ -54,7 +55,27 @@ def upstream_client(settings: Settings, transport: httpx.AsyncBaseTransport | No
     )
 
 
-def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, clock=time.time) -> Starlette:
+class Draco(Starlette):
+    """Starlette holding draco's parts as plain attributes, which the routes read on
+    every request (`app.state` looks each name up through __getattr__ after a failed
+    attribute lookup, about 0.4 µs a time)."""
+
+    settings: Settings
+    limiter: Limiter
+    latencies: Latencies
+    catalog: Catalog  # set by the lifespan
+
+    def build_middleware_stack(self):
+        """Starlette's stack less its ServerErrorMiddleware: SecurityHeadersMiddleware,
+        outermost, already turns an unhandled error into the generic 500, and a second
+        layer doing so would cost every request a frame and a send wrapper."""
+        app = ExceptionMiddleware(self.router, handlers=self.exception_handlers)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, clock=time.time) -> Draco:
     trusted = TrustedHosts(settings.trusted_hosts)
     ring = KeyRing(settings.api_keys)
     if settings.rate_limit_storage == "memory":
@@ -88,7 +109,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     middleware.append(Middleware(GZipMiddleware, minimum=500))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Draco):
         client = upstream_client(settings, transport)
         shared = None
         if settings.catalog_storage != "memory":
@@ -96,7 +117,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             shared = SharedCatalog(settings.catalog_storage, lease_seconds=settings.http_timeout + 5)
         catalog = Catalog(settings, client, clock=clock or time.time, shared=shared)
         catalog.restore()
-        app.state.catalog = catalog
+        app.catalog = catalog
         if settings.enable_api_key_auth:
             log.info("API keys in use: %s", ", ".join(fingerprint(key) for key in settings.api_keys))
         background = [asyncio.create_task(_sweep(store, limiter))]
@@ -113,18 +134,18 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 if hasattr(redis_user, "client"):
                     await redis_user.client.aclose()
 
-    app = Starlette(
+    app = Draco(
         debug=False,  # never Starlette's traceback pages, whatever DEBUG says
         routes=table,
         middleware=middleware,
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.limiter = limiter
-    app.state.latencies = Latencies(settings)
+    app.settings = settings
+    app.limiter = limiter
+    app.latencies = Latencies(settings)
     if metrics:
-        metrics.state = app.state
+        metrics.app = app
     return app
 
 

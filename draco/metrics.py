@@ -18,7 +18,7 @@ _METHODS = {"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"}
 
 class Metrics:
     def __init__(self):
-        self.state = None  # the app's state, set by create_app: catalog, limiter and latencies are read at scrape
+        self.app = None  # set by create_app: its catalog, limiter and latencies are read at scrape
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "draco_requests", "Requests by route template, method and status", ["route", "method", "status"],
@@ -27,7 +27,7 @@ class Metrics:
         self.registry.register(self)
 
     def collect(self):
-        catalog, latencies = self.state.catalog, self.state.latencies
+        catalog, latencies = self.app.catalog, self.app.latencies
         fetches = CounterMetricFamily(
             "draco_upstream_fetches", "Upstream refreshes by outcome", labels=["provider", "outcome"]
         )
@@ -47,11 +47,11 @@ class Metrics:
         for method, count in latencies.runs_by_method.items():
             runs.add_metric([method], count)
         tracked = GaugeMetricFamily("draco_ratelimit_tracked_clients", "Clients the rate limiter tracks")
-        tracked.add_metric([], self.state.limiter.store.tracked())
+        tracked.add_metric([], self.app.limiter.store.tracked())
         yield from (fetches, age, size, stale, runs, tracked)
 
     def describe(self):
-        # Registering would otherwise call collect() now, before create_app sets the state.
+        # Registering would otherwise call collect() now, before create_app sets the app.
         return []
 
     async def endpoint(self, _request: Request) -> Response:

@@ -25,13 +25,10 @@ def _header(scope, name: bytes) -> bytes | None:
     return None
 
 
-def _with_headers(send, extra: list[tuple[bytes, bytes]]):
-    async def wrapped(message):
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *extra]
-        await send(message)
-
-    return wrapped
+# The headers that inner layers (CORS, the rate limit) add to whatever response leaves:
+# SecurityHeadersMiddleware, always outermost, puts this list in the scope and adds its
+# contents to the response, so each request's response passes one send wrapper, not three.
+ADDED = "draco.added_headers"
 
 
 class SecurityHeadersMiddleware:
@@ -59,13 +56,14 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = False
+        added = scope[ADDED] = []
 
         async def send_secured(message):
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
                 kept = [header for header in message.get("headers", ()) if header[0] not in self.names]
-                message["headers"] = kept + self.headers
+                message["headers"] = kept + added + self.headers
             await send(message)
 
         try:
@@ -102,14 +100,14 @@ class CORSMiddleware:
         requested = _header(scope, b"access-control-request-method")
         if scope["method"] == "OPTIONS" and requested is not None:
             return await self._preflight(scope, receive, send, origin if allowed else None, requested)
-        extra = [(b"vary", b"Origin")]
+        scope[ADDED].append((b"vary", b"Origin"))
         if allowed:
-            extra += [
+            scope[ADDED] += [
                 (b"access-control-allow-origin", origin),
                 (b"access-control-expose-headers", self.EXPOSE),
                 *self.credentials,
             ]
-        await self.app(scope, receive, _with_headers(send, extra))
+        await self.app(scope, receive, send)
 
     async def _preflight(self, scope, receive, send, origin, method):
         asked = (_header(scope, b"access-control-request-headers") or b"").decode("latin-1").lower()
@@ -151,7 +149,8 @@ class RateLimitMiddleware:
         decision = await self.limiter.hit(client, cost)
         headers = self.limiter.headers(decision)
         if decision.allowed:
-            return await self.app(scope, receive, _with_headers(send, headers))
+            scope[ADDED] += headers
+            return await self.app(scope, receive, send)
         log.info("rate limit exceeded by %s on %s", client, path)
         response = error_response(429, "Too many requests. Retry after the time in Retry-After.")
         response.raw_headers += [(b"retry-after", b"%d" % decision.reset), *headers]

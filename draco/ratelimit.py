@@ -17,8 +17,8 @@ import socket
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, NamedTuple
 
 MICROS = 1_000_000
 log = logging.getLogger("draco.security")
@@ -204,8 +204,9 @@ class Limiter:
         self.limit, self.period, self.store, self.clock = limit, period, store, clock
         self.policy = (b"ratelimit-policy", b'"default";q=%d;w=%d' % (limit, period))
 
-    async def hit(self, key: str, cost: int = 1) -> Decision:
-        return await self.store.hit(key, self.clock() if self.clock else None, self.limit, self.period, cost)
+    def hit(self, key: str, cost: int = 1) -> Coroutine[Any, Any, Decision]:
+        """The store's decision, to be awaited (handed over as is: one coroutine less)."""
+        return self.store.hit(key, self.clock() if self.clock else None, self.limit, self.period, cost)
 
     def headers(self, decision: Decision) -> list[tuple[bytes, bytes]]:
         """X-RateLimit-* and the IETF fields of draft-ietf-httpapi-ratelimit-headers-10."""
@@ -246,6 +247,14 @@ class TrustedHosts:
 def parse_address(text: str) -> Address | None:
     """An address as proxies write it: brackets, a port or an IPv6 zone may surround it.
     IPv4-mapped IPv6 is unmapped; the unspecified address (0.0.0.0, ::) is no client."""
+    try:  # the common case first: a plain IPv4 address
+        address = socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        address = _undressed(text)
+    return None if address is None or address.count(0) == len(address) else address
+
+
+def _undressed(text: str) -> Address | None:
     text = text.strip()
     if text.startswith("["):
         text = text[1 : text.find("]")] if "]" in text else ""
@@ -253,15 +262,13 @@ def parse_address(text: str) -> Address | None:
         text = text.partition(":")[0]  # IPv4 with a port
     text = text.partition("%")[0]
     try:  # inet_pton: the C parser, as strict as ipaddress (no leading zeros, no short forms)
-        address = socket.inet_pton(socket.AF_INET, text)
+        return socket.inet_pton(socket.AF_INET, text)
     except (OSError, ValueError):
         try:
             address = socket.inet_pton(socket.AF_INET6, text)
         except (OSError, ValueError):
             return None
-        if address.startswith(_MAPPED):
-            address = address[12:]
-    return None if address.count(0) == len(address) else address
+        return address[12:] if address.startswith(_MAPPED) else address
 
 
 def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedHosts) -> Address | None:

@@ -88,7 +88,7 @@ def page_params(query_string: bytes, default_size: int, max_size: int) -> tuple[
 
 
 def _catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
+    return request.app.catalog
 
 
 ALL = "all"  # every provider at once
@@ -155,12 +155,12 @@ def _json(body, status: int = 200) -> Response:
 
 
 def _page_params(request: Request) -> tuple[int, int]:
-    settings = request.app.state.settings
+    settings = request.app.settings
     return page_params(request.scope["query_string"], settings.default_page_size, settings.max_page_size)
 
 
 async def health(request: Request) -> Response:
-    settings, catalog = request.app.state.settings, _catalog(request)
+    settings, catalog = request.app.settings, _catalog(request)
     providers = catalog.health()
     # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
     down = all(p["servers"] == 0 and p["last_failure"] for p in providers.values())
@@ -243,7 +243,7 @@ async def servers_top(request: Request) -> Response:
     code = query.country()
     query.check()
     data = await dataset(request)
-    latencies = request.app.state.latencies
+    latencies = request.app.latencies
     key = ("top", code, limit, latencies.runs_done)  # a new measurement may change the ranking
     rendered = render(data, key, lambda: with_latency(operational(data, code), latencies.known())[:limit])
     if rendered.body == b"[]":
@@ -265,7 +265,7 @@ def _method(query: Query) -> str:
 async def _measured(request: Request, data: Dataset, chosen, method: str) -> list[Server]:
     """`chosen` probed (or taken from the cache), fastest first, unreachable last."""
     targets = [(s.provider, s.identifier, s.ipv4, s.identifier) for s in chosen]
-    return with_latency(chosen, await request.app.state.latencies.run(data.provider, targets, method))
+    return with_latency(chosen, await request.app.latencies.run(data.provider, targets, method))
 
 
 async def servers_latency(request: Request) -> Response:
@@ -317,17 +317,34 @@ async def countries(request: Request) -> Response:
     return respond(request, data, render(data, ("countries",), lambda: data.countries))
 
 
+class Endpoint:
+    """A route function served as a plain ASGI app. Starlette would wrap a function in
+    a second exception handler of its own on every request, the same handlers that
+    ExceptionMiddleware already runs around the router; errors raised here reach that one."""
+
+    def __init__(self, handler):
+        self.handler, self.__name__ = handler, handler.__name__
+
+    async def __call__(self, scope, receive, send) -> None:
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+def get(path: str, handler) -> Route:
+    return Route(path, Endpoint(handler), methods=["GET"])
+
+
 # Starlette tries routes in order: the most requested first. The named /servers/...
 # routes stay before /servers/{country_code}, which would match them too; /api/providers
 # and /health match no pattern above them.
 ROUTES = [
-    Route("/api/{provider}/servers", servers, methods=["GET"]),
-    Route("/api/{provider}/servers/paginated", servers_paginated, methods=["GET"]),
-    Route("/api/{provider}/servers/top", servers_top, methods=["GET"]),
-    Route("/api/{provider}/servers/latency", servers_latency, methods=["GET"]),
-    Route("/api/{provider}/servers/fastest", servers_fastest, methods=["GET"]),
-    Route("/api/{provider}/servers/{country_code}", servers_by_country, methods=["GET"]),
-    Route("/api/{provider}/countries", countries, methods=["GET"]),
-    Route("/api/providers", providers, methods=["GET"]),
-    Route("/health", health, methods=["GET"]),
+    get("/api/{provider}/servers", servers),
+    get("/api/{provider}/servers/paginated", servers_paginated),
+    get("/api/{provider}/servers/top", servers_top),
+    get("/api/{provider}/servers/latency", servers_latency),
+    get("/api/{provider}/servers/fastest", servers_fastest),
+    get("/api/{provider}/servers/{country_code}", servers_by_country),
+    get("/api/{provider}/countries", countries),
+    get("/api/providers", providers),
+    get("/health", health),
 ]

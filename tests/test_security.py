@@ -8,9 +8,11 @@ import time
 
 import httpx
 import pytest
-from conftest import KEY, OTHER_KEY, upstream_env
+from conftest import KEY, NOWHERE, OTHER_KEY, upstream_env
 
+from draco.app import create_app
 from draco.middleware import SecurityHeadersMiddleware
+from draco.settings import load
 
 ORIGIN = "https://app.example.com"
 HARDENED = {
@@ -217,6 +219,31 @@ def test_an_unhandled_error_is_a_bare_500_with_the_headers():
     headers = dict(start["headers"])
     assert start["status"] == 500 and headers[b"x-frame-options"] == b"DENY"
     assert body["body"] == b'{"error":"Internal Server Error","message":"An internal error occurred."}'
+
+
+def test_an_error_in_a_route_leaves_the_whole_stack_as_the_generic_500(caplog):
+    """create_app's own stack, in process: the error is logged and never sent, the app
+    does not raise, and the response carries what every response carries."""
+    environ = {**NOWHERE, "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]', "CORS_ORIGINS": f'["{ORIGIN}"]'}
+    app = create_app(load(environ))
+
+    async def broken(_name):
+        raise RuntimeError("secret detail /etc/passwd")
+
+    async def request():
+        async with app.router.lifespan_context(app):
+            app.catalog.get = broken
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:
+                return await client.get("/api/nordvpn/servers", headers={"X-API-Key": KEY, "Origin": ORIGIN})
+
+    response = asyncio.run(request())
+    assert response.status_code == 500
+    assert response.json() == {"error": "Internal Server Error", "message": "An internal error occurred."}
+    assert all(response.headers[name] == value for name, value in HARDENED.items())
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert response.headers["x-ratelimit-remaining"] == "99" and "server" not in response.headers
+    assert "secret detail" in caplog.text and "secret" not in response.text
 
 
 # --- CORS ----------------------------------------------------------------------------
