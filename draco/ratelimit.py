@@ -283,8 +283,7 @@ def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedH
     peer_address = parse_address(peer) if peer else None
     if peer and (peer_address is None or peer_address not in trusted):
         return peer_address
-    entries = [entry for line in forwarded for entry in line.split(",")]
-    for entry in reversed(entries):
+    for entry in reversed(",".join(forwarded).split(",")):  # every line's entries, in order
         address = parse_address(entry)
         if address is None:
             return peer_address

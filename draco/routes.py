@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from draco import latency
-from draco.catalog import Catalog, Dataset, Rendered, render
+from draco.catalog import Dataset, Rendered, render
 from draco.errors import RequestValidationError
 from draco.models import Server, encode, paginate
 
@@ -87,16 +87,12 @@ def page_params(query_string: bytes, default_size: int, max_size: int) -> tuple[
     return page, page_size
 
 
-def _catalog(request: Request) -> Catalog:
-    return request.app.catalog
-
-
 ALL = "all"  # every provider at once
 
 
 async def dataset(request: Request) -> Dataset:
     name = request.path_params["provider"]
-    catalog = _catalog(request)
+    catalog = request.app.catalog
     if name == ALL:
         return await catalog.union()
     if name not in catalog.providers:
@@ -124,7 +120,7 @@ class Encoded:
 
 def respond(request: Request, data: Dataset, rendered: Rendered) -> Encoded:
     """200 with the encoded body (gzip when asked), or 304 when the client's copy is current."""
-    catalog = _catalog(request)
+    catalog = request.app.catalog
     accept, if_none_match = b"", None
     for name, value in request.scope["headers"]:
         if name == b"accept-encoding":
@@ -160,7 +156,7 @@ def _page_params(request: Request) -> tuple[int, int]:
 
 
 async def health(request: Request) -> Response:
-    settings, catalog = request.app.settings, _catalog(request)
+    settings, catalog = request.app.settings, request.app.catalog
     providers = catalog.health()
     # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
     down = all(p["servers"] == 0 and p["last_failure"] for p in providers.values())
@@ -170,7 +166,7 @@ async def health(request: Request) -> Response:
 
 async def providers(request: Request) -> Response:
     """What each provider offers and how fresh its list is, without fetching anything."""
-    catalog = _catalog(request)
+    catalog = request.app.catalog
     index = []
     for name, provider in catalog.providers.items():
         data = catalog.status[name].data
