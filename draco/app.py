@@ -15,7 +15,6 @@ import time
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Route
 
 from draco import __version__, errors, openapi, routes
@@ -66,10 +65,11 @@ class Draco(Starlette):
     catalog: Catalog  # set by the lifespan
 
     def build_middleware_stack(self):
-        """Starlette's stack less its ServerErrorMiddleware: SecurityHeadersMiddleware,
-        outermost, already turns an unhandled error into the generic 500, and a second
-        layer doing so would cost every request a frame and a send wrapper."""
-        app = ExceptionMiddleware(self.router, handlers=self.exception_handlers)
+        """The user middleware around errors.ErrorMiddleware, in place of Starlette's
+        ServerErrorMiddleware and ExceptionMiddleware: SecurityHeadersMiddleware,
+        outermost, already turns an unhandled error into the generic 500, and
+        Starlette's pair would cost every request a Request object and two send wrappers."""
+        app = errors.ErrorMiddleware(self.router)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return app
@@ -138,7 +138,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         debug=False,  # never Starlette's traceback pages, whatever DEBUG says
         routes=table,
         middleware=middleware,
-        exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )
     app.settings = settings

@@ -86,3 +86,24 @@ HANDLERS = {
     VPNServiceError: service_error,
     RequestValidationError: validation_error,
 }
+
+
+class ErrorMiddleware:
+    """Innermost layer: an exception that HANDLERS names (by its class or a base)
+    becomes that handler's envelope; any other goes on up to SecurityHeadersMiddleware,
+    which logs it and answers the generic 500. Starlette's ExceptionMiddleware does the
+    same but builds a Request and wraps send on every request; here nothing is done
+    until an error occurs. Every handled error is raised before a route sends anything."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            handler = next((HANDLERS[cls] for cls in type(exc).__mro__ if cls in HANDLERS), None)
+            if handler is None or scope["type"] != "http":
+                raise
+            response = await handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
