@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import operator
 
 from starlette.responses import Response
 
@@ -29,6 +30,7 @@ def _header(scope, name: bytes) -> bytes | None:
 # SecurityHeadersMiddleware, always outermost, puts this list in the scope and adds its
 # contents to the response, so each request's response passes one send wrapper, not three.
 ADDED = "draco.added_headers"
+_NAME = operator.itemgetter(0)
 
 
 class SecurityHeadersMiddleware:
@@ -62,8 +64,10 @@ class SecurityHeadersMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                kept = [header for header in message.get("headers", ()) if header[0] not in self.names]
-                message["headers"] = kept + added + self.headers
+                headers = message.get("headers", [])
+                if not self.names.isdisjoint(map(_NAME, headers)):  # a Server header, or one of ours twice
+                    headers = [header for header in headers if header[0] not in self.names]
+                message["headers"] = [*headers, *added, *self.headers]
             await send(message)
 
         try:

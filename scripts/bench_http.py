@@ -15,7 +15,8 @@ second is the steadier one: time stolen by neighbours lowers throughput but is n
 charged to the process. Two baselines: the bare app with its own few headers, and
 the bare app sending draco's very response (the same 19 header fields too), which
 separates what hypercorn and h11 spend per header field from what draco's code
-spends.
+spends. Each round measures every target back to back; a ratio is the median of
+the rounds' own ratios, so a slow drift of the machine between rounds cancels.
 
     python scripts/bench_http.py [--seconds 5] [--connections 32] [--rounds 5] [--page-size 100]
 """
@@ -165,6 +166,11 @@ def h2c(port: int, seconds: int, connections: int, etag: str | None) -> tuple[fl
     return rate, sum(statuses.values())
 
 
+def ratio(values: dict[str, list[float]], a: str, b: str) -> float:
+    """The median of the rounds' own ratios a / b."""
+    return statistics.median(x / y for x, y in zip(values[a], values[b], strict=True))
+
+
 def serve(argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, *argv],
@@ -248,14 +254,13 @@ def main() -> None:
                     rate, requests = load(port, args.seconds, args.connections, tag)
                     costs[name].append((cpu_seconds(proc.pid) - before) / requests * 1e6)
                     rates[name].append(rate)
-            rate = {name: statistics.median(values) for name, values in rates.items()}
-            cost = {name: statistics.median(values) for name, values in costs.items()}
             print(f"  {'':<31} {'req/s':>7} {'/bare':>6} {'/same':>6}   {'CPU µs/req':>10} {'/bare':>6} {'/same':>6}")
             for name in targets:
                 print(
-                    f"  {protocol:<8} {name:<22} {rate[name]:>7,.0f} {rate[name] / rate['bare']:>6.2f} "
-                    f"{rate[name] / rate[SAME]:>6.2f}   {cost[name]:>10.1f} "
-                    f"{cost['bare'] / cost[name]:>6.2f} {cost[SAME] / cost[name]:>6.2f}"
+                    f"  {protocol:<8} {name:<22} {statistics.median(rates[name]):>7,.0f} "
+                    f"{ratio(rates, name, 'bare'):>6.2f} {ratio(rates, name, SAME):>6.2f}   "
+                    f"{statistics.median(costs[name]):>10.1f} "
+                    f"{ratio(costs, 'bare', name):>6.2f} {ratio(costs, SAME, name):>6.2f}"
                 )
     finally:
         for proc in (full, bare, bare_headers):

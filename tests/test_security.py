@@ -221,6 +221,23 @@ def test_an_unhandled_error_is_a_bare_500_with_the_headers():
     assert body["body"] == b'{"error":"Internal Server Error","message":"An internal error occurred."}'
 
 
+def test_a_server_header_or_a_second_hardened_header_from_inside_is_dropped():
+    async def leaky(scope, receive, send):
+        headers = [(b"server", b"leaky/1.0"), (b"x-frame-options", b"SAMEORIGIN"), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(SecurityHeadersMiddleware(leaky)({"type": "http", "headers": []}, None, send))
+    names = [name for name, _ in sent[0]["headers"]]
+    assert b"server" not in names and names.count(b"x-frame-options") == 1 and b"content-length" in names
+    assert dict(sent[0]["headers"])[b"x-frame-options"] == b"DENY"
+
+
 def test_an_error_in_a_route_leaves_the_whole_stack_as_the_generic_500(caplog):
     """create_app's own stack, in process: the error is logged and never sent, the app
     does not raise, and the response carries what every response carries."""
