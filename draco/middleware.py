@@ -104,9 +104,10 @@ class CORSMiddleware:
         requested = _header(scope, b"access-control-request-method")
         if scope["method"] == "OPTIONS" and requested is not None:
             return await self._preflight(scope, receive, send, origin if allowed else None, requested)
-        scope[ADDED].append((b"vary", b"Origin"))
+        added = scope[ADDED]
+        added.append((b"vary", b"Origin"))
         if allowed:
-            scope[ADDED] += [
+            added += [
                 (b"access-control-allow-origin", origin),
                 (b"access-control-expose-headers", self.EXPOSE),
                 *self.credentials,

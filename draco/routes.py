@@ -315,8 +315,8 @@ async def countries(request: Request) -> Response:
 
 class Endpoint:
     """A route function served as a plain ASGI app. Starlette would wrap a function in
-    a second exception handler of its own on every request, the same handlers that
-    ExceptionMiddleware already runs around the router; errors raised here reach that one."""
+    an exception handler of its own on every request (one more Request object and send
+    wrapper); errors raised here reach errors.ErrorMiddleware around the router."""
 
     def __init__(self, handler):
         self.handler, self.__name__ = handler, handler.__name__
