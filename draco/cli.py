@@ -4,62 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import re
 import secrets
 import signal
 import sys
-import time
 import tomllib
+from typing import Any
+
+from hypercorn.config import Config
 
 from draco import __version__
+from draco.logs import configure_logging
 from draco.settings import ConfigError, Settings, load
 
 _BIND = re.compile(r"(unix:.+|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5})")
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)}
 
 
-class TextFormatter(logging.Formatter):
-    """One line per record: control characters in messages are escaped, so a
-    client-chosen path cannot forge a log line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).translate(_CONTROL)
-
-
-class JsonFormatter(logging.Formatter):
-    """Each record one JSON object per line, whatever the message holds."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
-    logging.getLogger("hypercorn.access").setLevel(logging.INFO)
-
-
-def _settings(args) -> Settings:
-    problems = []
+def _settings(args: argparse.Namespace) -> Settings:
+    problems: list[str] = []
     try:
         settings = load(os.environ, args.env_file)
     except ConfigError as exc:
-        problems, settings = exc.problems, None
+        problems, settings = exc.problems, Settings()
     if getattr(args, "bind", None) is not None and not _valid_bind(args.bind):
         problems.append("--bind: must be HOST:PORT with a port from 1 to 65535, or unix:PATH")
     for option in ("certfile", "keyfile"):
@@ -90,9 +58,7 @@ def _valid_bind(bind: str) -> bool:
 _OWN = {"bind", "insecure_bind", "certfile", "keyfile", "include_server_header", "accesslog", "errorlog"}
 
 
-def _config_file(path: str) -> dict:
-    from hypercorn.config import Config
-
+def _config_file(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
             values = tomllib.load(file)
@@ -104,9 +70,7 @@ def _config_file(path: str) -> dict:
     return values
 
 
-def hypercorn_config(args, settings: Settings):
-    from hypercorn.config import Config
-
+def hypercorn_config(args: argparse.Namespace, settings: Settings) -> Config:
     config = Config.from_mapping(_config_file(args.config) if args.config else {})
     config.bind = [args.bind]
     if args.quic_bind:
@@ -121,11 +85,11 @@ def hypercorn_config(args, settings: Settings):
     return config
 
 
-def serve(args) -> int:
+def serve(args: argparse.Namespace) -> int:
     from hypercorn.asyncio import serve as hypercorn_serve
 
-    from draco import demo
     from draco.app import create_app
+    from draco.catalog import demo
 
     settings = _settings(args)
     configure_logging(settings)
@@ -140,7 +104,7 @@ def serve(args) -> int:
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stopping.set)
-        await hypercorn_serve(app, config, shutdown_trigger=stopping.wait)
+        await hypercorn_serve(app, config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
 
     asyncio.run(run())
     if not stopping.is_set():  # hypercorn stops by itself only after max_requests
@@ -148,11 +112,11 @@ def serve(args) -> int:
     return 0
 
 
-def snapshot(args) -> int:
+def snapshot(args: argparse.Namespace) -> int:
     """Fetch every provider once and write its last-known-good snapshot to SNAPSHOT_DIR."""
-    from draco import demo
-    from draco.app import upstream_client
-    from draco.catalog import Catalog
+    from draco.catalog import demo
+    from draco.catalog.cache import Catalog
+    from draco.catalog.fetch import upstream_client
 
     settings = _settings(args)
     if not settings.snapshot_dir:
@@ -170,14 +134,14 @@ def snapshot(args) -> int:
             for name, status in catalog.status.items():
                 accepted = await catalog.refresh(name)
                 ok &= accepted
-                outcome = f"{len(status.data.servers)} servers" if accepted else f"failed ({status.last_failure})"
-                print(f"{name}: {outcome}")
+                servers = len(status.data.servers) if status.data else 0
+                print(f"{name}: {servers} servers" if accepted else f"{name}: failed ({status.last_failure})")
             return ok
 
     return 0 if asyncio.run(run()) else 1
 
 
-def check(args) -> int:
+def check(args: argparse.Namespace) -> int:
     """The production checklist; exit 0 only when every item passes."""
     from draco.checklist import evaluate
 
@@ -188,7 +152,7 @@ def check(args) -> int:
     return 0 if all(item.passed for item in items) else 1
 
 
-def keygen(args) -> int:
+def keygen(args: argparse.Namespace) -> int:
     for _ in range(args.n):
         print(secrets.token_hex(32))
     return 0
@@ -220,4 +184,5 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=keygen)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    code: int = args.run(args)
+    return code

@@ -1,41 +1,40 @@
-"""The one schema every provider is normalised into, and the one JSON encoder."""
+"""The one schema every provider is normalised into, the answers built from it, and
+the one JSON encoder. The OpenAPI document takes its schemas from these classes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
-import attrs
-import cattrs
 import msgspec
-from cattrs.gen import make_dict_unstructure_fn, override
+from msgspec import Meta
+
+Ordering = Literal["load", "upstream", "weight"]  # the default order of a provider's list
+Freshness = Literal["fresh", "stale", "none"]  # of a provider's list; none: nothing to serve
+CountryCode = Annotated[str, Meta(pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case")]
 
 
-@attrs.frozen
-class Server:
+class Server(msgspec.Struct, frozen=True):
     # The first seven fields, in this order, are the original service's schema.
     provider: str
     country: str
-    country_code: str
-    identifier: str
-    public_key: str
-    load: int | None = None
-    latency: float | None = None
+    country_code: CountryCode
+    identifier: Annotated[str, Meta(description="the server's hostname, or the provider's name for it")]
+    public_key: Annotated[str, Meta(description="WireGuard public key, 32 bytes in base64")]
+    load: Annotated[int, Meta(ge=0, le=100)] | None = None
+    latency: Annotated[float | None, Meta(description="milliseconds, when measured")] = None
     city: str | None = None
     ipv4: str | None = None
-    # Mullvad marks some relays as not to be picked for their country; the flag
-    # is kept out of responses.
-    _in_country: bool = attrs.field(default=True, alias="in_country")
+    include_in_country: Annotated[bool, Meta(description="false: left out of country queries")] = True
 
 
-@attrs.frozen
-class Country:
+class Country(msgspec.Struct, frozen=True):
     code: str
     name: str
     display: str
 
 
-@attrs.frozen
-class Page:
+class Page(msgspec.Struct, frozen=True):
     total: int
     page: int
     page_size: int
@@ -43,16 +42,55 @@ class Page:
     data: Sequence[Server]
 
 
-_converter = cattrs.Converter()
-_converter.register_unstructure_hook(
-    Server, make_dict_unstructure_fn(Server, _converter, _in_country=override(omit=True))
-)
-_encoder = msgspec.json.Encoder()
+class Provider(msgspec.Struct, frozen=True):
+    name: str
+    servers: int
+    countries: int
+    reports_load: bool
+    reports_status: Annotated[bool, Meta(description="whether the upstream says which servers are online")]
+    ordering: Ordering
+    data_age: Annotated[int | None, Meta(description="seconds since the list was fetched")]
+    status: Freshness
 
 
-def encode(value) -> bytes:
-    """The one JSON encoder: attrs models keep their field order (msgspec alone sorts them)."""
-    return _encoder.encode(_converter.unstructure(value))
+class LatencyRun(msgspec.Struct, frozen=True):
+    total_servers: Annotated[int, Meta(description="servers that match the query")]
+    measured: Annotated[int, Meta(description="servers probed (or taken from the cache)")]
+    successful: int
+    failed: Annotated[int, Meta(description="servers that did not answer within the timeout")]
+    method: Annotated[str, Meta(description="the method that ran: icmp, fping or tcp")]
+    servers: list[Server]
+
+
+class ProviderHealth(msgspec.Struct, frozen=True):
+    servers: int
+    data_age: Annotated[int | None, Meta(description="seconds since the list was fetched")]
+    serving_stale: bool
+    last_success: Annotated[float | None, Meta(description="Unix time of the last accepted refresh")]
+    last_failure: Annotated[str | None, Meta(description="the class of the last failure: timeout, http_503...")]
+    last_failure_at: float | None
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["healthy", "unhealthy"]
+    version: str
+    providers: dict[str, ProviderHealth]
+
+
+class Detail(msgspec.Struct, frozen=True):
+    loc: list[str]
+    msg: str
+    type: str
+
+
+class Error(msgspec.Struct, frozen=True, omit_defaults=True):
+    error: str
+    message: str
+    details: list[Detail] | None = None
+
+
+encode = msgspec.json.Encoder().encode  # the one JSON encoder
+GZIP_MINIMUM = 500  # bytes: a smaller body is sent uncompressed, whoever sends it
 
 
 def countries(servers: Sequence[Server]) -> list[Country]:

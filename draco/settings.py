@@ -10,14 +10,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import cattrs
 
 from draco import __version__
+from draco.security.keys import key_problems, read_key_file
 
 
 class ConfigError(Exception):
@@ -26,21 +28,21 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _rule(text: str, check=lambda value: True, **kwargs):
+def _rule(text: str, check: Callable[[Any], bool], **kwargs: Any) -> Any:
     """A field whose value must pass `check`; `text` is the rule users are told."""
 
-    def validate(_instance, _attribute, value):
+    def validate(_instance: Any, _attribute: Any, value: Any) -> None:
         if not check(value):
             raise ValueError(text)
 
     return attrs.field(validator=validate, metadata={"rule": text}, **kwargs)
 
 
-def _between(lo, hi, default, kind="an integer"):
+def _between(lo: float, hi: float, default: float, kind: str = "an integer") -> Any:
     return _rule(f"must be {kind} from {lo} to {hi}", lambda v: lo <= v <= hi, default=default)
 
 
-def _one_of(*choices):
+def _one_of(*choices: str) -> Any:
     return _rule(f"must be one of {', '.join(choices)}", lambda v: v in choices, default=choices[0])
 
 
@@ -81,11 +83,11 @@ def _redis_url(url: str) -> bool:
     return url == "memory" or urlsplit(url).scheme in ("redis", "rediss", "unix")
 
 
-def _upstream(default: str):
+def _upstream(default: str) -> Any:
     return _rule("must be an https URL (http only to a loopback host)", _upstream_url, default=default)
 
 
-def _storage():
+def _storage() -> Any:
     # Not in repr: a Redis URL may carry a password.
     return _rule("must be 'memory' or a redis://, rediss:// or unix:// URL", _redis_url, default="memory", repr=False)
 
@@ -158,16 +160,6 @@ class Settings:
 attrs.resolve_types(Settings)
 
 
-def key_problems(keys: tuple[str, ...], required: bool) -> list[str]:
-    """The rules for API keys, at start-up and when a key file is reloaded."""
-    problems = []
-    if not all(len(key) >= 32 and key.isascii() and key.isprintable() and " " not in key for key in keys):
-        problems.append("API_KEYS: every key must be at least 32 printable ASCII characters without spaces")
-    if required and not keys:
-        problems.append("ENABLE_API_KEY_AUTH: is true but no key is configured (API_KEYS or API_KEYS_FILE)")
-    return problems
-
-
 def _problems(s: Settings) -> list[str]:
     """Rules that involve more than one variable, or that must never echo a value."""
     problems = key_problems(s.api_keys, s.enable_api_key_auth)
@@ -181,13 +173,13 @@ def _problems(s: Settings) -> list[str]:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def _bool(text: str, _type) -> bool:
+def _bool(text: str, _type: Any) -> bool:
     if text.strip().lower() in _TRUE | _FALSE:
         return text.strip().lower() in _TRUE
     raise ValueError
 
 
-def _strings(text: str, _type) -> tuple[str, ...]:
+def _strings(text: str, _type: Any) -> tuple[str, ...]:
     """A JSON array of strings, as the original documented; a comma list is accepted too."""
     text = text.strip()
     if not text.startswith("["):
@@ -232,12 +224,6 @@ def read_env_file(path: str | Path) -> dict[str, str]:
     return values
 
 
-def read_key_file(path: str) -> tuple[str, ...]:
-    """One key per line; surrounding whitespace and blank lines are ignored."""
-    text = Path(path).read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
-
-
 def load(environ: Mapping[str, str], env_file: str | Path | None = None) -> Settings:
     raw: dict[str, str] = {}
     problems: list[str] = []
@@ -248,13 +234,13 @@ def load(environ: Mapping[str, str], env_file: str | Path | None = None) -> Sett
             problems.append(f"--env-file: cannot read {env_file}")
     raw.update(environ)  # the environment wins
 
-    values = {}
+    values: dict[str, Any] = {}
     for field in attrs.fields(Settings):
         name = field.name.upper()
         if name not in raw:
             continue
         try:
-            value = _converter.structure(raw[name], field.type)
+            value = _converter.structure(raw[name], field.type or str)
             if field.validator:
                 field.validator(None, field, value)
         except Exception:

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from draco.latency import measure
+from draco.probe.methods import measure
 from draco.settings import Settings
 
 PORT = 47_919

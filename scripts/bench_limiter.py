@@ -25,7 +25,7 @@ from pathlib import Path
 
 from limits import RateLimitItemPerMinute, storage, strategies
 
-from draco.ratelimit import Limiter, MemoryStore
+from draco.security.limiter import Limiter, MemoryStore
 
 CLIENTS = 100_000
 DECISIONS = 500_000
@@ -106,7 +106,7 @@ def redis_rates(url: str, seconds: float = 5.0, in_flight: int = 64) -> dict[str
     from limits.aio import storage as aio_storage
     from limits.aio import strategies as aio_strategies
 
-    from draco.ratelimit import RedisStore
+    from draco.security.redis_store import RedisStore
 
     names = keys(10_000)
 

@@ -4,7 +4,7 @@ For each provider, a payload is served by a loopback fake upstream, and a fresh
 process runs one cold `Catalog.get` against it; we report the wall time (median
 of 5 fresh processes) and how far peak RSS rose above that process's idle RSS.
 NordVPN's payload is 6,300 servers (~21 MB) made by scaling the 100 real entries
-of the shared fixture; the others are their real fixtures. For scale, the same
+of the real fixture; the others are their real fixtures. For scale, the same
 payload is also decoded with `json.loads` in a fresh process. Last, a whole
 `draco serve` process with every provider cached reports its RSS.
 
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from fake_upstream import FakeUpstream, free_port, wait_for_port  # noqa: E402
 
-SHARED = HERE.parent.parent / "shared" / "fixtures" / "upstream"
+REAL = HERE.parent / "tests" / "fixtures"  # the captured payloads, see its SOURCES.md
 FIXTURES = {
     "nordvpn": "nordvpn/v1_servers_wireguard_udp_100entries_2025-06-22.json",
     "surfshark": "surfshark/v4_server_clusters_generic_108clusters_2021-11.json",
@@ -46,7 +46,7 @@ def status_kb(field: str) -> int:
 
 
 def nordvpn_payload(servers: int = 6300) -> bytes:
-    real = json.loads((SHARED / FIXTURES["nordvpn"]).read_bytes())
+    real = json.loads((REAL / FIXTURES["nordvpn"]).read_bytes())
     scaled = []
     for i in range(servers):
         entry = dict(real[i % len(real)])
@@ -57,18 +57,16 @@ def nordvpn_payload(servers: int = 6300) -> bytes:
 
 
 def payloads() -> dict[str, bytes]:
-    if not SHARED.is_dir():
-        sys.exit(f"needs the real fixtures at {SHARED}")
     from draco.providers import REGISTRY
 
-    found = {name: (SHARED / path).read_bytes() for name, path in FIXTURES.items() if name in REGISTRY}
+    found = {name: (REAL / path).read_bytes() for name, path in FIXTURES.items() if name in REGISTRY}
     found["nordvpn"] = nordvpn_payload()
     return found
 
 
 def child_refresh(provider: str, url: str) -> None:
     """In a fresh process: idle RSS, then one cold refresh; prints seconds and peak growth (KiB)."""
-    from draco.catalog import Catalog
+    from draco.catalog.cache import Catalog
     from draco.providers import REGISTRY
     from draco.settings import load
 

@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from fake_upstream import FakeUpstream, free_port, wait_for_port  # noqa: E402
 
-from draco.catalog import make_dataset, snapshot_bytes, write_snapshot  # noqa: E402
+from draco.catalog.dataset import make_dataset  # noqa: E402
+from draco.catalog.snapshot import snapshot_bytes, write_snapshot  # noqa: E402
 from draco.providers import REGISTRY  # noqa: E402
 
 PROVIDER = "surfshark"

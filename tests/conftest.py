@@ -20,7 +20,7 @@ from fake_upstream import FakeUpstream, free_port  # noqa: E402
 
 from draco.providers import REGISTRY  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "fixtures" / "upstream"
+FIXTURES = ROOT / "tests" / "fixtures"  # real captured payloads, see its SOURCES.md
 DEMO = ROOT / "draco" / "demo_data"
 KEY = "k" * 40
 OTHER_KEY = "o" * 40
@@ -44,12 +44,9 @@ def demo_payload(provider: str) -> bytes:
     return (DEMO / f"{provider}.json").read_bytes()
 
 
-def shared_files(provider: str) -> list[Path]:
-    """The real captured payloads beside the checkout; the test is skipped where they are absent."""
-    folder = SHARED / provider
-    if not folder.is_dir():
-        pytest.skip(f"real upstream payloads not found at {folder} (../shared is not beside the checkout)")
-    return sorted(folder.glob("*.json"))
+def fixture_files(provider: str) -> list[Path]:
+    """The real captured payloads of a provider."""
+    return sorted((FIXTURES / provider).glob("*.json"))
 
 
 class Draco:

@@ -8,7 +8,7 @@ import hmac
 from hypothesis import given
 from hypothesis import strategies as st
 
-from draco.auth import KeyRing, fingerprint
+from draco.security.keys import KeyRing, fingerprint
 
 keys = st.lists(st.text(min_size=32, max_size=80), min_size=1, max_size=5)
 

@@ -21,8 +21,9 @@ from fake_upstream import free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
-from draco import latency
-from draco.latency import Pinger, measure, probeable, tcp_connect
+from draco.probe.guard import probeable
+from draco.probe.methods import Pinger, fping, measure, methods_available, tcp_connect
+from draco.probe.runs import Resolver
 
 
 class Listener:
@@ -166,7 +167,7 @@ def test_a_run_never_outlives_its_deadline_and_reports_the_rest_unreachable():
 @pytest.mark.parametrize("method", ["tcp", "icmp", "fping"])
 def test_targets_without_an_address_are_unreachable_without_a_probe(method):
     started = time.monotonic()
-    results = asyncio.run(measure([("a", None), ("b", "")], method, concurrency=2, timeout=0.1, deadline=5))
+    results = asyncio.run(measure([("a", None), ("b", "")], method, concurrency=2, timeout=0.1, deadline=5, port=443))
     assert results == {"a": None, "b": None} and time.monotonic() - started < 1
 
 
@@ -232,28 +233,27 @@ def test_unprivileged_icmp_over_a_datagram_socket(datagram_pings, silent_to_ping
     assert Pinger.available("dgram")
     assert 0 < _icmp("dgram", "127.0.0.1") < 50
     assert _icmp("dgram", silent_to_pings, 0.5) is None
-    results = asyncio.run(
-        measure([("up", "127.0.0.1"), ("down", silent_to_pings)], "icmp", concurrency=8, timeout=0.5, deadline=2)
-    )
+    targets = [("up", "127.0.0.1"), ("down", silent_to_pings)]
+    results = asyncio.run(measure(targets, "icmp", concurrency=8, timeout=0.5, deadline=2, port=0))
     assert results["up"] is not None and results["down"] is None
 
 
 def test_fping_answers_and_silence(silent_to_pings):
     need("fping")
-    results = asyncio.run(latency.fping(["127.0.0.1", silent_to_pings], 0.5, 5))
+    results = asyncio.run(fping(["127.0.0.1", silent_to_pings], 0.5, 5))
     assert results["127.0.0.1"] > 0 and results[silent_to_pings] is None
 
 
 def test_many_icmp_probes_at_once_are_matched_to_their_hosts():
-    if "icmp" not in latency.methods_available():
+    if "icmp" not in methods_available():
         pytest.skip("no ICMP socket available")
     targets = [(f"h{i}", f"127.0.{i // 200}.{i % 200 + 1}") for i in range(300)]
-    results = asyncio.run(measure(targets, "icmp", concurrency=64, timeout=1.0, deadline=5))
+    results = asyncio.run(measure(targets, "icmp", concurrency=64, timeout=1.0, deadline=5, port=0))
     assert all(results[k] is not None for k, _ in targets)
 
 
 def test_the_resolver_has_a_timeout_and_a_cache():
-    resolver = latency.Resolver(ttl=60)
+    resolver = Resolver(ttl=60)
     assert "127.0.0.1" in asyncio.run(resolver.resolve("localhost", 1.0))  # from /etc/hosts: no DNS traffic
     resolver.cache["localhost"] = (time.monotonic(), ["127.0.0.99"])
     assert asyncio.run(resolver.resolve("localhost", 1.0)) == ["127.0.0.99"]
@@ -324,7 +324,7 @@ def test_latency_limit_and_country(measured):
 def test_auto_says_which_method_ran(measured):
     draco, _ = measured
     body = httpx.get(draco.url("/api/nordvpn/servers/latency"), params={"limit": 1}, timeout=30).json()
-    assert body["method"] == latency.methods_available()[0]
+    assert body["method"] == methods_available()[0]
 
 
 def test_fastest_leaves_out_low_load_and_excluded_countries(measured):

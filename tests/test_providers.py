@@ -6,11 +6,11 @@ import base64
 import json
 
 import pytest
-from conftest import demo_payload, shared_files
+from conftest import demo_payload, fixture_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from draco.errors import VPNDataError
+from draco.exceptions import VPNDataError
 from draco.providers import REGISTRY, nordvpn, surfshark
 
 
@@ -60,7 +60,7 @@ def ivpn_expected(payload: dict) -> set[str]:
     ],
 )
 def test_every_real_payload_parses_to_the_independently_counted_servers(provider, expected):
-    for path in shared_files(provider):
+    for path in fixture_files(provider):
         payload = path.read_bytes()
         entries = json.loads(payload)
         servers, _skipped = REGISTRY[provider].parse(payload)
@@ -69,7 +69,7 @@ def test_every_real_payload_parses_to_the_independently_counted_servers(provider
 
 
 def test_nordvpn_real_payload_counts():
-    path = next(p for p in shared_files("nordvpn") if "100entries" in p.name)
+    path = next(p for p in fixture_files("nordvpn") if "100entries" in p.name)
     servers, skipped = nordvpn.parse(path.read_bytes())
     assert (len(servers), skipped) == (74, 0)  # 100 entries, 26 of them dedicated-IP only
     kept = nordvpn_expected(entries := json.loads(path.read_bytes()))
@@ -80,17 +80,17 @@ def test_nordvpn_real_payload_counts():
 
 
 def test_surfshark_2022_payload_without_keys_yields_nothing_and_counts_the_skips():
-    path = next(p for p in shared_files("surfshark") if "no-pubKey" in p.name)
+    path = next(p for p in fixture_files("surfshark") if "no-pubKey" in p.name)
     servers, skipped = surfshark.parse(path.read_bytes())
     assert servers == [] and skipped == 137  # the 12 `double` clusters are filtered, not bad
 
 
-def _shared(provider: str, fragment: str) -> bytes:
-    return next(p for p in shared_files(provider) if fragment in p.name).read_bytes()
+def _fixture(provider: str, fragment: str) -> bytes:
+    return next(p for p in fixture_files(provider) if fragment in p.name).read_bytes()
 
 
 def test_mullvad_real_payload_counts_names_and_country_flags():
-    payload = _shared("mullvad", "563wg")
+    payload = _fixture("mullvad", "563wg")
     raw = json.loads(payload)
     servers, skipped = REGISTRY["mullvad"].parse(payload)
     assert (len(servers), skipped) == (545, 0)  # 563 WireGuard relays, 18 inactive
@@ -99,39 +99,39 @@ def test_mullvad_real_payload_counts_names_and_country_flags():
     assert names["GB"] == "United Kingdom" and names["US"] == "United States"
     assert all(len(code) == 2 and code.isupper() for code in names)
     left_out = {r["hostname"] for r in raw["wireguard"]["relays"] if r["active"] and not r["include_in_country"]}
-    assert {s.identifier for s in servers if not s._in_country} == left_out and len(left_out) == 17
+    assert {s.identifier for s in servers if not s.include_in_country} == left_out and len(left_out) == 17
     weights = {r["hostname"]: r["weight"] for r in raw["wireguard"]["relays"]}
     assert [weights[s.identifier] for s in servers] == sorted((weights[s.identifier] for s in servers), reverse=True)
 
 
 def test_mullvad_relays_left_out_of_their_country_stay_in_the_list_but_not_in_country_queries():
-    from draco.catalog import make_dataset
+    from draco.catalog.dataset import make_dataset
 
-    servers, _ = REGISTRY["mullvad"].parse(_shared("mullvad", "563wg"))
+    servers, _ = REGISTRY["mullvad"].parse(_fixture("mullvad", "563wg"))
     data = make_dataset("mullvad", servers, 0.0)
     glasgow = next(s for s in servers if s.identifier.startswith("gb-glw"))
     assert glasgow in data.servers and glasgow not in data.by_country["GB"]
 
 
 def test_ivpn_keeps_hosts_that_share_a_key_and_rounds_float_loads():
-    servers, _ = REGISTRY["ivpn"].parse(_shared("ivpn", "dup-pubkey"))
+    servers, _ = REGISTRY["ivpn"].parse(_fixture("ivpn", "dup-pubkey"))
     by_name = {s.identifier: s for s in servers}
     assert by_name["fi1.wg.ivpn.net"].public_key == by_name["ua1.wg.ivpn.net"].public_key
     raw = {
         h["hostname"]: h.get("load")
-        for loc in json.loads(_shared("ivpn", "dup-pubkey"))["wireguard"]
+        for loc in json.loads(_fixture("ivpn", "dup-pubkey"))["wireguard"]
         for h in loc["hosts"]
     }
     assert all(s.load == round(raw[s.identifier]) for s in servers)
 
 
 def test_ivpn_files_without_load_give_null_load():
-    servers, skipped = REGISTRY["ivpn"].parse(_shared("ivpn", "no-load"))
+    servers, skipped = REGISTRY["ivpn"].parse(_fixture("ivpn", "no-load"))
     assert (len(servers), skipped) == (77, 0) and {s.load for s in servers} == {None}
 
 
 def test_ivpn_latest_file_counts():
-    servers, _ = REGISTRY["ivpn"].parse(_shared("ivpn", "90wghosts"))
+    servers, _ = REGISTRY["ivpn"].parse(_fixture("ivpn", "90wghosts"))
     assert len(servers) == 90 and all(s.ipv4 and s.city for s in servers)
 
 

@@ -17,11 +17,13 @@ from hypothesis import given, settings
 from test_ratelimit import model, traces
 from test_resilience import Clock
 
-from draco.catalog import Catalog, read_snapshot
+from draco.catalog.cache import Catalog
+from draco.catalog.shared import SharedCatalog
+from draco.catalog.snapshot import read_snapshot
 from draco.providers import REGISTRY
-from draco.ratelimit import Limiter, MemoryStore, RedisStore
+from draco.security.limiter import Limiter, MemoryStore
+from draco.security.redis_store import RedisStore
 from draco.settings import load
-from draco.shared import SharedCatalog
 
 
 class RedisServer:
@@ -77,14 +79,14 @@ def run_on(make_store, trace, limit, period):
 @given(case=traces(max_cost=3))
 def test_the_redis_store_decides_exactly_as_the_model_and_the_memory_store(redis_server, case):
     limit, period, trace = case
-    on_redis = run_on(lambda: RedisStore(redis_server.url), trace, limit, period)
+    on_redis = run_on(lambda: RedisStore(redis_server.url, server_time=False), trace, limit, period)
     assert on_redis == model(trace, limit, period) == run_on(MemoryStore, trace, limit, period)
 
 
 def test_keys_expire_so_redis_never_fills_with_idle_clients(redis_server):
     async def go():
         store = RedisStore(redis_server.url)
-        await Limiter(10, 30, store, clock=None).hit("idle-client")
+        await Limiter(10, 30, store).hit("idle-client")
         await store.client.aclose()
 
     asyncio.run(go())
@@ -95,7 +97,7 @@ def test_keys_expire_so_redis_never_fills_with_idle_clients(redis_server):
 def test_the_server_clock_is_used_when_none_is_injected(redis_server):
     async def go():
         store = RedisStore(redis_server.url)
-        limiter = Limiter(10, 30, store, clock=None)
+        limiter = Limiter(10, 30, store)
         decisions = [await limiter.hit("timed") for _ in range(11)]
         await store.client.aclose()
         return decisions
@@ -113,7 +115,7 @@ def test_the_server_clock_is_used_when_none_is_injected(redis_server):
 def test_an_unreachable_redis_fails_as_configured(failure, allowed):
     async def go():
         store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", failure)  # nothing listens there
-        limiter = Limiter(10, 30, store, clock=None)
+        limiter = Limiter(10, 30, store)
         decisions = [await limiter.hit("c") for _ in range(11)]
         await store.client.aclose()
         return decisions

@@ -13,8 +13,9 @@ import pytest
 from conftest import demo_payload
 from fake_upstream import FakeUpstream
 
-from draco.catalog import Catalog, read_snapshot, snapshot_bytes, write_snapshot
-from draco.errors import VPNAPIError
+from draco.catalog.cache import Catalog
+from draco.catalog.snapshot import read_snapshot, snapshot_bytes, write_snapshot
+from draco.exceptions import VPNAPIError
 from draco.providers import REGISTRY
 from draco.settings import load
 

@@ -1,7 +1,8 @@
 """What a provider module declares, and the checks every parser shares.
 
 A parser is pure: bytes in, `(servers, skipped)` out. A payload of the wrong
-overall shape raises VPNDataError; one bad entry is skipped and counted. Entries
+overall shape, or one nested deeper than the decoder goes, raises VPNDataError;
+one bad entry is skipped and counted. Entries
 are first split as raw JSON and then decoded one at a time into typed structs
 that hold only the fields a provider needs, so memory stays near the body size
 and one malformed entry cannot spoil the others.
@@ -18,38 +19,51 @@ from typing import Any
 import attrs
 import msgspec
 
-from draco.errors import VPNDataError
-from draco.models import Server
+from draco.exceptions import VPNDataError
+from draco.models import Ordering, Server
 
 NULL = msgspec.Raw(b"null")
+Payload = bytes | bytearray
+Parsed = tuple[list[Server], int]  # the servers kept, and how many malformed entries were skipped
+# What a bad entry may raise; RecursionError: nesting deeper than the decoder goes.
+BAD_ENTRY = (ValueError, LookupError, TypeError, AttributeError, RecursionError)
+
+
+def _no_params(_settings: Any) -> dict[str, Any]:
+    return {}
 
 
 @attrs.frozen
 class Provider:
     name: str
     url_setting: str  # the Settings field holding the upstream URL
-    parse: Callable[[bytes], tuple[list[Server], int]]
+    parse: Callable[[Payload], Parsed]
     reports_load: bool
     reports_status: bool  # whether the upstream says which servers are online
-    ordering: str  # the default order of its list, as told by /api/providers
-    params: Callable[[Any], dict] = lambda _settings: {}
+    ordering: Ordering  # the default order of its list, as told by /api/providers
+    params: Callable[[Any], dict[str, Any]] = _no_params  # the upstream query, from the settings
+
+    def url(self, settings: Any) -> str:
+        return str(getattr(settings, self.url_setting))
 
 
-def decode(payload: bytes, shape: type) -> Any:
+def decode(payload: Payload, shape: Any) -> Any:
     try:
         return msgspec.json.decode(payload, type=shape)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise VPNDataError("invalid_data", f"payload is not {shape}") from None
 
 
-def collect(entries: Iterable, convert: Callable[[Any], Server | None]) -> tuple[list[Server], int]:
+def collect(entries: Iterable[Any], convert: Callable[[Any], Server | None]) -> Parsed:
     """Convert each entry; None means filtered out (offline, not WireGuard), an
     exception a bad entry. Repeated identifiers keep the first."""
-    servers, seen, skipped = [], set(), 0
+    servers: list[Server] = []
+    seen: set[str] = set()
+    skipped = 0
     for entry in entries:
         try:
             server = convert(entry)
-        except (ValueError, LookupError, TypeError, AttributeError):  # one bad entry never fails the list
+        except BAD_ENTRY:  # one bad entry never fails the list
             skipped += 1
             continue
         if server is None:
@@ -97,10 +111,9 @@ def text(value: Any) -> str | None:
 
 def identifier(value: Any) -> str:
     """Hostnames: printable ASCII, no spaces, at most 253 characters."""
-    if isinstance(value, str):
-        value = value.strip().lower()
-        if 0 < len(value) <= 253 and value.isascii() and value.isprintable() and " " not in value:
-            return value
+    name = value.strip().lower() if isinstance(value, str) else ""
+    if 0 < len(name) <= 253 and name.isascii() and name.isprintable() and " " not in name:
+        return name
     raise ValueError("bad identifier")
 
 
@@ -116,3 +129,25 @@ def ipv4(value: Any) -> str | None:
         return str(ipaddress.IPv4Address(value.strip())) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+def server(provider: str, entry: Any, **given: Any) -> Server:
+    """A Server from an upstream entry whose fields are named (msgspec `rename`) as the
+    schema names them, or given: each value is checked and normalised here, for
+    every provider alike. ValueError when a required one is missing or malformed."""
+    raw: dict[str, Any] = {field: getattr(entry, field, None) for field in _RAW} | given
+    code, name = country(raw.pop("country_code"), raw.pop("country"))
+    return Server(
+        provider,
+        name,
+        code,
+        identifier(raw.pop("identifier")),
+        wireguard_key(raw.pop("public_key")),
+        load(raw.pop("load")),
+        city=text(raw.pop("city")),
+        ipv4=ipv4(raw.pop("ipv4")),
+        **raw,
+    )
+
+
+_RAW = ("country_code", "country", "identifier", "public_key", "load", "city", "ipv4")

@@ -15,10 +15,10 @@ from draco.models import Server
 from draco.providers import base
 
 
-class _Host(msgspec.Struct):
-    hostname: Any = None
+class _Host(msgspec.Struct, rename={"identifier": "hostname", "ipv4": "host"}):
+    identifier: Any = None
     public_key: Any = None
-    host: Any = None
+    ipv4: Any = None
     load: Any = None
 
 
@@ -33,31 +33,23 @@ class _Payload(msgspec.Struct):
     wireguard: list[msgspec.Raw]
 
 
-def parse(payload: bytes) -> tuple[list[Server], int]:
+def parse(payload: base.Payload) -> base.Parsed:
     top = base.decode(payload, _Payload)
     location_decoder, host_decoder = msgspec.json.Decoder(_Location), msgspec.json.Decoder(_Host)
-    hosts = []  # (location or None when it is malformed, raw host)
+    hosts: list[tuple[_Location | None, msgspec.Raw | None]] = []  # location None: a malformed one
     for raw in top.wireguard:
         try:
             location = location_decoder.decode(raw)
-        except ValueError:
+        except base.BAD_ENTRY:
             hosts.append((None, None))
             continue
         hosts += [(location, host) for host in location.hosts]
 
-    def server(item) -> Server:
+    def server(item: tuple[_Location, msgspec.Raw]) -> Server:
         location, raw = item
         host = host_decoder.decode(raw)
-        code, name = base.country(location.country_code, location.country)
-        return Server(
-            "ivpn",
-            name,
-            code,
-            base.identifier(host.hostname),
-            base.wireguard_key(host.public_key),
-            base.load(host.load),
-            city=base.text(location.city),
-            ipv4=base.ipv4(host.host),
+        return base.server(
+            "ivpn", host, country_code=location.country_code, country=location.country, city=location.city
         )
 
     return base.collect(hosts, server)

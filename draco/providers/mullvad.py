@@ -16,14 +16,14 @@ from draco.models import Server
 from draco.providers import base
 
 
-class _Relay(msgspec.Struct):
-    hostname: Any = None
+class _Relay(msgspec.Struct, rename={"identifier": "hostname", "ipv4": "ipv4_addr_in"}):
+    identifier: Any = None
     active: Any = None
     location: Any = None
     public_key: Any = None
     weight: Any = 0
     include_in_country: Any = True
-    ipv4_addr_in: Any = None
+    ipv4: Any = None
 
 
 class _WireGuard(msgspec.Struct):
@@ -35,21 +35,19 @@ class _Payload(msgspec.Struct):
     wireguard: _WireGuard
 
 
-def _server(relay: _Relay, locations: dict[str, Any]) -> Server | None:
+def _server(relay: _Relay | None, locations: dict[str, Any]) -> Server | None:
+    if relay is None:
+        raise ValueError("a malformed relay")
     if relay.active is not True:
         return None
     place = locations[relay.location]
-    code, name = base.country(relay.location.partition("-")[0], place["country"])
-    return Server(
+    return base.server(
         "mullvad",
-        name,
-        code,
-        base.identifier(relay.hostname),
-        base.wireguard_key(relay.public_key),
-        None,
-        city=base.text(place.get("city")),
-        ipv4=base.ipv4(relay.ipv4_addr_in),
-        in_country=relay.include_in_country is not False,
+        relay,
+        country_code=relay.location.partition("-")[0],
+        country=place["country"],
+        city=place.get("city"),
+        include_in_country=relay.include_in_country is not False,
     )
 
 
@@ -58,14 +56,14 @@ def _weight(relay: _Relay | None) -> float:
     return weight if isinstance(weight, int | float) and not isinstance(weight, bool) else 0
 
 
-def parse(payload: bytes) -> tuple[list[Server], int]:
+def parse(payload: base.Payload) -> base.Parsed:
     top = base.decode(payload, _Payload)
     decoder = msgspec.json.Decoder(_Relay)
-    relays = []
+    relays: list[_Relay | None] = []
     for raw in top.wireguard.relays:
         try:
             relays.append(decoder.decode(raw))
-        except ValueError:
+        except base.BAD_ENTRY:
             relays.append(None)  # a malformed relay: collect() counts it as skipped
     relays.sort(key=_weight, reverse=True)  # heaviest first; a stable sort keeps ties in upstream order
     return base.collect(relays, lambda relay: _server(relay, top.locations))

@@ -10,17 +10,27 @@ from draco.models import Server
 from draco.providers import base
 
 
-class _Named(msgspec.Struct):
+class _Country(msgspec.Struct):
     name: Any = None
-    value: Any = None
     code: Any = None
-    city: Any = None
-    identifier: Any = None
-    status: Any = None
+    city: Any = None  # {"name": ...}
 
 
 class _Location(msgspec.Struct):
-    country: _Named
+    country: _Country
+
+
+class _Metadata(msgspec.Struct):  # one of a technology's {"name": ..., "value": ...} entries
+    name: Any = None
+    value: Any = None
+
+
+class _Pivot(msgspec.Struct):  # the technology's state on this server
+    status: Any = None
+
+
+class _Group(msgspec.Struct):
+    identifier: Any = None
 
 
 class _Technology(msgspec.Struct):
@@ -29,43 +39,33 @@ class _Technology(msgspec.Struct):
     pivot: msgspec.Raw = base.NULL
 
 
-class _Entry(msgspec.Struct):
-    hostname: Any = None
+class _Entry(msgspec.Struct, rename={"identifier": "hostname", "ipv4": "station"}):
+    identifier: Any = None
     status: Any = None
     load: Any = None
-    station: Any = None
+    ipv4: Any = None
     locations: msgspec.Raw = base.NULL
     technologies: list[_Technology] = []
-    groups: list[_Named] = []
+    groups: list[_Group] = []
 
 
 def _server(entry: _Entry) -> Server | None:
     wireguard = next((t for t in entry.technologies if t.identifier == "wireguard_udp"), None)
     if entry.status != "online" or wireguard is None:
         return None
-    if msgspec.json.decode(wireguard.pivot, type=_Named).status != "online":
+    if msgspec.json.decode(wireguard.pivot, type=_Pivot).status != "online":
         return None
     # Dedicated-IP servers carry a key but only serve whoever bought that IP.
     if any(group.identifier == "legacy_dedicated_ip" for group in entry.groups):
         return None
-    metadata = msgspec.json.decode(wireguard.metadata, type=list[_Named])
-    key = base.wireguard_key(next((m.value for m in metadata if m.name == "public_key"), None))
+    metadata = msgspec.json.decode(wireguard.metadata, type=list[_Metadata])
+    key = next((m.value for m in metadata if m.name == "public_key"), None)
     where = msgspec.json.decode(entry.locations, type=list[_Location])[0].country
-    code, name = base.country(where.code, where.name)
-    city = base.text(where.city.get("name")) if isinstance(where.city, dict) else None
-    return Server(
-        "nordvpn",
-        name,
-        code,
-        base.identifier(entry.hostname),
-        key,
-        base.load(entry.load),
-        city=city,
-        ipv4=base.ipv4(entry.station),
-    )
+    city = where.city.get("name") if isinstance(where.city, dict) else None
+    return base.server("nordvpn", entry, public_key=key, country_code=where.code, country=where.name, city=city)
 
 
-def parse(payload: bytes) -> tuple[list[Server], int]:
+def parse(payload: base.Payload) -> base.Parsed:
     decoder = msgspec.json.Decoder(_Entry)
     entries = base.decode(payload, list[msgspec.Raw])
     servers, skipped = base.collect(entries, lambda raw: _server(decoder.decode(raw)))
@@ -73,7 +73,7 @@ def parse(payload: bytes) -> tuple[list[Server], int]:
     return servers, skipped
 
 
-def _params(settings) -> dict:
+def _params(settings: Any) -> dict[str, Any]:
     # limit=0 asks the API for every server.
     return {"filters[servers_technologies][identifier]": "wireguard_udp", "limit": settings.nordvpn_server_limit}
 

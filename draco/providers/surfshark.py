@@ -13,34 +13,25 @@ from draco.models import Server
 from draco.providers import base
 
 _WIREGUARD_TYPES = ("wireguard", "generic")
+_UPSTREAM_NAMES = {"identifier": "connectionName", "public_key": "pubKey", "country_code": "countryCode",
+                   "city": "location"}  # fmt: skip
 
 
-class _Cluster(msgspec.Struct):
-    connectionName: Any = None  # noqa: N815 (upstream spelling)
+class _Cluster(msgspec.Struct, rename=_UPSTREAM_NAMES):
+    identifier: Any = None
     type: Any = None
-    pubKey: Any = None  # noqa: N815
+    public_key: Any = None
     country: Any = None
-    countryCode: Any = None  # noqa: N815
-    location: Any = None
+    country_code: Any = None
+    city: Any = None
     load: Any = None
 
 
 def _server(cluster: _Cluster) -> Server | None:
-    if cluster.type not in _WIREGUARD_TYPES:
-        return None
-    code, name = base.country(cluster.countryCode, cluster.country)
-    return Server(
-        "surfshark",
-        name,
-        code,
-        base.identifier(cluster.connectionName),
-        base.wireguard_key(cluster.pubKey),
-        base.load(cluster.load),
-        city=base.text(cluster.location),
-    )
+    return base.server("surfshark", cluster) if cluster.type in _WIREGUARD_TYPES else None
 
 
-def parse(payload: bytes) -> tuple[list[Server], int]:
+def parse(payload: base.Payload) -> base.Parsed:
     decoder = msgspec.json.Decoder(_Cluster)
     return base.collect(base.decode(payload, list[msgspec.Raw]), lambda raw: _server(decoder.decode(raw)))
 

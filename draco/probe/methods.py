@@ -1,4 +1,4 @@
-"""Measuring latency to many hosts at once, at a bounded cost, to public addresses only.
+"""Measuring latency to many hosts at once, at a bounded cost.
 
 Methods: `icmp` (echo over one datagram socket per address family where the kernel
 permits it, else a raw socket when privileged), `fping` when installed, and `tcp`
@@ -11,9 +11,7 @@ unreachable (None).
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
-import ipaddress
 import itertools
 import os
 import re
@@ -22,29 +20,15 @@ import socket
 import struct
 import time
 from collections.abc import Hashable, Iterable
+from typing import TypeVar
 
-# IPv6 ranges that carry an IPv4 address (NAT64, 6to4, Teredo): refused, since the
-# embedded address could be anything.
-_EMBEDDING = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32")]
-
-
-def probeable(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool = False) -> bool:
-    """Only public unicast: never loopback, private, link-local, multicast, reserved,
-    documentation or unspecified addresses (unless allow_private, for tests)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_multicast or address.is_unspecified:
-        return False
-    if allow_private:
-        return True
-    embedded = isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _EMBEDDING)
-    return address.is_global and not (address.is_reserved or address.is_link_local or embedded)
+K = TypeVar("K", bound=Hashable)  # whatever identifies a target to the caller
 
 
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     return ~(total + (total >> 16)) & 0xFFFF
 
@@ -59,7 +43,7 @@ class Pinger:
         self.ident = os.getpid() & 0xFFFF
         self.sequence = itertools.count()
         self.sockets: dict[int, socket.socket] = {}
-        self.waiting: dict[tuple[str, int], asyncio.Future] = {}
+        self.waiting: dict[tuple[str, int], asyncio.Future[float]] = {}
 
     @staticmethod
     def available(kind: str) -> bool:
@@ -104,7 +88,7 @@ class Pinger:
         payload = b"draco-latency-probe"
         if self.kind == "raw" and family == socket.AF_INET:
             header = header[:2] + struct.pack("!H", _checksum(header + payload)) + header[4:]
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.waiting[(address, sequence)] = waiter
         try:
             sent = time.perf_counter()
@@ -138,7 +122,7 @@ async def tcp_connect(address: str, port: int, timeout: float) -> float | None:
         error = sock.connect_ex((address, port))
         if error not in (0, errno.EINPROGRESS):
             return (time.perf_counter() - started) * 1000 if error == errno.ECONNREFUSED else None
-        loop.add_writer(sock, lambda: done.done() or done.set_result(time.perf_counter()))
+        loop.add_writer(sock, _finish, done)
         try:
             async with asyncio.timeout(timeout):
                 finished = await done
@@ -152,11 +136,17 @@ async def tcp_connect(address: str, port: int, timeout: float) -> float | None:
         return (finished - started) * 1000 if error == errno.ECONNREFUSED else None
 
 
+def _finish(done: asyncio.Future[float]) -> None:
+    if not done.done():
+        done.set_result(time.perf_counter())
+
+
 def _kernel_rtt(sock: socket.socket) -> float | None:
     """Linux's smoothed RTT of a connection, in milliseconds (tcpi_rtt, microseconds)."""
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        return struct.unpack_from("I", info, 68)[0] / 1000 or None
+        rtt: int = struct.unpack_from("I", info, 68)[0]
+        return rtt / 1000 or None
     except (OSError, AttributeError, struct.error):
         return None
 
@@ -193,27 +183,6 @@ async def fping(addresses: list[str], timeout: float, deadline: float) -> dict[s
     return results
 
 
-class Resolver:
-    """getaddrinfo with a timeout and a cache (a failed lookup is cached too)."""
-
-    def __init__(self, ttl: float):
-        self.ttl = ttl
-        self.cache: dict[str, tuple[float, list[str]]] = {}
-
-    async def resolve(self, host: str, timeout: float) -> list[str]:
-        hit = self.cache.get(host)
-        if hit and time.monotonic() - hit[0] < self.ttl:
-            return hit[1]
-        try:
-            async with asyncio.timeout(timeout):
-                infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            found = list(dict.fromkeys(info[4][0] for info in infos))
-        except (OSError, TimeoutError, UnicodeError):
-            found = []
-        self.cache[host] = (time.monotonic(), found)
-        return found
-
-
 def methods_available() -> list[str]:
     """What `auto` chooses from, best first."""
     found = []
@@ -225,18 +194,18 @@ def methods_available() -> list[str]:
 
 
 async def measure(
-    targets: Iterable[tuple[Hashable, str | None]],
+    targets: Iterable[tuple[K, str | None]],
     method: str,
     *,
     concurrency: int,
     timeout: float,
     deadline: float,
-    port: int = 443,
-) -> dict:
+    port: int,
+) -> dict[K, float | None]:
     """Latency in milliseconds for each (key, address); None for no answer, no
     address, or no answer before the deadline."""
     targets = list(targets)
-    results: dict = dict.fromkeys(key for key, _ in targets)
+    results: dict[K, float | None] = dict.fromkeys(key for key, _ in targets)
     addressed = [(key, address) for key, address in targets if address]
     if method == "fping" and addressed:  # (fping given no address would read them from stdin)
         answers = await fping(sorted({a for _, a in addressed}), timeout, deadline)
@@ -244,7 +213,7 @@ async def measure(
     pinger = Pinger("dgram" if Pinger.available("dgram") else "raw") if method == "icmp" else None
     gate = asyncio.Semaphore(concurrency)
 
-    async def probe(key: str, address: str) -> None:
+    async def probe(key: K, address: str) -> None:
         async with gate:
             if pinger:
                 results[key] = await pinger.ping(address, timeout)
@@ -262,83 +231,3 @@ async def measure(
         if pinger:
             pinger.close()
     return results
-
-
-class Latencies:
-    """Runs for the routes: addresses checked, results cached for `ttl` seconds,
-    identical concurrent requests sharing one run, and at most one run per provider
-    in flight. Targets are (provider, identifier, IPv4 address or None, hostname)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.resolver = Resolver(settings.latency_ttl)
-        self.cache: dict[tuple[str, str], tuple[float, float | None]] = {}  # (provider, identifier): (at, ms)
-        self.runs_done = 0  # part of the keys of cached /top answers
-        self.runs_by_method: collections.Counter = collections.Counter()
-        self.locks: dict[str, asyncio.Lock] = {}
-        self.runs: dict[tuple, asyncio.Task] = {}
-
-    def known(self) -> dict[tuple[str, str], float]:
-        """Fresh successful measurements, for ranking."""
-        horizon = time.monotonic() - self.settings.latency_ttl
-        return {key: ms for key, (at, ms) in self.cache.items() if at >= horizon and ms is not None}
-
-    async def run(self, name: str, targets: list[tuple[str, str, str | None, str]], method: str) -> dict:
-        """{(provider, identifier): milliseconds or None} for every target."""
-        key = (name, method, tuple(t[:2] for t in targets))
-        task = self.runs.get(key)
-        if task is None:
-            task = self.runs[key] = asyncio.ensure_future(self._run(name, targets, method))
-            task.add_done_callback(lambda _: self.runs.pop(key, None))
-        return await asyncio.shield(task)
-
-    async def _run(self, name: str, targets, method: str) -> dict:
-        s = self.settings
-        async with self.locks.setdefault(name, asyncio.Lock()):
-            started = time.monotonic()
-            fresh = {}
-            for target in targets:
-                at, ms = self.cache.get(target[:2], (None, None))
-                if at is not None and at >= started - s.latency_ttl:
-                    fresh[target[:2]] = ms
-            todo = [t for t in targets if t[:2] not in fresh]
-            addresses = await self._addresses(todo, s.latency_deadline)
-            remaining = max(0.0, s.latency_deadline - (time.monotonic() - started))
-            results = await measure(
-                addresses.items(),
-                method,
-                concurrency=s.latency_concurrency,
-                timeout=s.latency_timeout,
-                deadline=remaining,
-                port=s.latency_tcp_port,
-            )
-            now = time.monotonic()
-            self.cache.update({k: (now, ms) for k, ms in results.items()})
-            self.runs_done += 1
-            self.runs_by_method[method] += 1
-            return fresh | results
-
-    async def _addresses(self, targets, deadline: float) -> dict[tuple[str, str], str | None]:
-        """The address to probe for each target, or None when it has none or it is refused."""
-        gate = asyncio.Semaphore(self.settings.latency_concurrency)
-        found: dict[tuple[str, str], str | None] = dict.fromkeys(t[:2] for t in targets)
-
-        async def pick(provider: str, identifier: str, ipv4: str | None, hostname: str) -> None:
-            if ipv4:
-                candidates = [ipv4]
-            else:
-                async with gate:
-                    candidates = await self.resolver.resolve(hostname, self.settings.latency_timeout)
-            for candidate in candidates:  # every address a name resolves to must be allowed
-                if not probeable(
-                    ipaddress.ip_address(candidate.partition("%")[0]), self.settings.latency_allow_private
-                ):
-                    return
-            found[(provider, identifier)] = candidates[0] if candidates else None
-
-        tasks = [asyncio.ensure_future(pick(*t)) for t in targets]
-        if tasks:
-            await asyncio.wait(tasks, timeout=deadline)
-            for task in tasks:
-                task.cancel()
-        return found

@@ -7,18 +7,27 @@ are the ones draco sent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from draco.catalog.cache import Catalog
+from draco.probe.runs import Latencies
+from draco.security.limiter import Store
 
 _METHODS = {"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"}
 
 
 class Metrics:
-    def __init__(self):
-        self.app = None  # set by create_app: its catalog, limiter and latencies are read at scrape
+    """The request counter, and a collector that reads the parts at each scrape."""
+
+    def __init__(self, catalog: Catalog, latencies: Latencies, store: Store):
+        self.catalog, self.latencies, self.store = catalog, latencies, store
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "draco_requests", "Requests by route template, method and status", ["route", "method", "status"],
@@ -26,8 +35,8 @@ class Metrics:
         )  # fmt: skip
         self.registry.register(self)
 
-    def collect(self):
-        catalog, latencies = self.app.catalog, self.app.latencies
+    def collect(self) -> Iterator[Metric]:
+        catalog = self.catalog
         fetches = CounterMetricFamily(
             "draco_upstream_fetches", "Upstream refreshes by outcome", labels=["provider", "outcome"]
         )
@@ -44,38 +53,37 @@ class Metrics:
                 size.add_metric([name], len(status.data.servers))
                 stale.add_metric([name], float(catalog.is_stale(status.data)))
         runs = CounterMetricFamily("draco_latency_runs", "Latency measurement runs by method", labels=["method"])
-        for method, count in latencies.runs_by_method.items():
+        for method, count in self.latencies.runs_by_method.items():
             runs.add_metric([method], count)
         tracked = GaugeMetricFamily("draco_ratelimit_tracked_clients", "Clients the rate limiter tracks")
-        tracked.add_metric([], self.app.limiter.store.tracked())
+        tracked.add_metric([], self.store.tracked())
         yield from (fetches, age, size, stale, runs, tracked)
 
-    def describe(self):
-        # Registering would otherwise call collect() now, before create_app sets the app.
-        return []
+    def route(self) -> Route:
+        async def metrics(_request: Request) -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def endpoint(self, _request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        return Route("/metrics", metrics, methods=["GET"])
 
 
 class MetricsMiddleware:
     """Counts every response, including those refused before routing (401, 403, 429)."""
 
-    def __init__(self, app, *, metrics: Metrics, routes: list):
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: Sequence[BaseRoute]):
         self.app, self.metrics, self.routes = app, metrics, routes
 
-    def template(self, scope) -> str:
+    def template(self, scope: Scope) -> str:
         for route in self.routes:
-            if route.matches(scope)[0] != Match.NONE:
+            if isinstance(route, Route) and route.matches(scope)[0] != Match.NONE:
                 return route.path
         return "unmatched"
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         status = 500
 
-        async def counting(message):
+        async def counting(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -8,6 +8,7 @@ network at all: in demo mode every upstream URL points at this transport.
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import attrs
 import httpx
@@ -18,7 +19,8 @@ from draco.settings import Settings
 
 def settings(base: Settings) -> Settings:
     """`base` with every provider's URL on the demo transport."""
-    return attrs.evolve(base, **{p.url_setting: f"https://{name}.demo.invalid/servers" for name, p in REGISTRY.items()})
+    urls: dict[str, Any] = {p.url_setting: f"https://{name}.demo.invalid/servers" for name, p in REGISTRY.items()}
+    return attrs.evolve(base, **urls)
 
 
 def transport() -> httpx.MockTransport:

@@ -10,8 +10,15 @@ then falls back to its own catalog and snapshots. State changes are logged once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from typing import Any
+
+import attrs
+
+from draco.catalog.dataset import Dataset
+from draco.catalog.snapshot import from_snapshot
 
 log = logging.getLogger("draco.catalog")
 
@@ -38,7 +45,7 @@ class SharedCatalog:
                 log.error("shared catalog unreachable (%s): serving this instance's own lists", type(exc).__name__)
             self.reachable = reachable
 
-    async def _call(self, default, method: str, *args, **kwargs):
+    async def _call(self, default: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             result = await getattr(self.client, method)(*args, **kwargs)
         except self.errors as exc:
@@ -55,7 +62,8 @@ class SharedCatalog:
         return found[0].decode(), float(found[1])
 
     async def load(self, provider: str) -> bytes | None:
-        return await self._call(None, "get", f"draco:catalog:{provider}")
+        content: bytes | None = await self._call(None, "get", f"draco:catalog:{provider}")
+        return content
 
     async def save(self, provider: str, content: bytes, version: str, fetched_at: float) -> None:
         pipe = self.client.pipeline(transaction=True)  # the list and its record change together
@@ -65,6 +73,23 @@ class SharedCatalog:
             await pipe.execute()
         except self.errors as exc:
             self._state(False, exc)
+
+    async def newer(self, provider: str, current: Dataset | None) -> Dataset | None:
+        """The shared list when it is newer than `current`: another instance's refresh,
+        or its conditional refresh of the same list (then `current`, renewed)."""
+        found = await self.version(provider)
+        if found is None:
+            return None
+        version, fetched_at = found
+        if current is not None and (current.version == version or fetched_at <= current.fetched_at):
+            renewed = current.version == version and fetched_at > current.fetched_at
+            return attrs.evolve(current, fetched_at=fetched_at, provisional=False) if renewed else None
+        content = await self.load(provider)
+        try:
+            return await asyncio.to_thread(from_snapshot, content, provider, False) if content else None
+        except ValueError as exc:
+            log.warning("ignoring the shared %s list: %s", provider, exc)
+            return None
 
     async def renew(self, provider: str, fetched_at: float) -> None:
         """A 304 from the upstream: the same list, fetched again."""

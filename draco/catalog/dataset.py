@@ -1,0 +1,79 @@
+"""One provider's accepted list, indexed by country, and its pages encoded once."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from draco.models import GZIP_MINIMUM, Country, Server, countries, encode
+
+_RENDER_CACHE_SIZE = 512  # encoded responses kept per list version
+
+
+@attrs.frozen
+class Rendered:
+    body: bytes
+    etag: str
+    gzipped: bytes | None  # None when the body is too small to be worth compressing
+
+
+@attrs.frozen(eq=False)
+class Dataset:
+    provider: str
+    servers: tuple[Server, ...]
+    fetched_at: float
+    version: str
+    etag: str | None = None  # the upstream's validators, for conditional refreshes
+    last_modified: str | None = None
+    # Read from a snapshot and not yet confirmed by the upstream, or a union missing
+    # a provider: served as stale either way.
+    provisional: bool = False
+    by_country: dict[str, tuple[Server, ...]] = attrs.field(factory=dict)
+    countries: tuple[Country, ...] = ()
+    rendered: dict[Any, Rendered] = attrs.field(factory=dict)
+
+
+def make_dataset(
+    provider: str,
+    servers: Iterable[Server],
+    fetched_at: float,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    provisional: bool = False,
+    version: str | None = None,
+) -> Dataset:
+    servers = tuple(servers)
+    by_country: dict[str, list[Server]] = {}
+    for s in servers:
+        if s.include_in_country:
+            by_country.setdefault(s.country_code, []).append(s)
+    return Dataset(
+        provider,
+        servers,
+        fetched_at,
+        version or hashlib.blake2b(encode(servers), digest_size=12).hexdigest(),
+        etag,
+        last_modified,
+        provisional,
+        {code: tuple(group) for code, group in by_country.items()},
+        tuple(countries(servers)),
+    )
+
+
+def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
+    """The encoded answer for `key` on this list version, encoded and compressed on
+    first use only: a page is compressed once per list version, not once per request."""
+    found = data.rendered.get(key)
+    if found is None:
+        body = encode(build())
+        etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+        found = Rendered(body, etag, gzip.compress(body, 6, mtime=0) if len(body) >= GZIP_MINIMUM else None)
+        if len(data.rendered) >= _RENDER_CACHE_SIZE:
+            data.rendered.pop(next(iter(data.rendered)))
+        data.rendered[key] = found
+    return found

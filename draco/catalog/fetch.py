@@ -1,0 +1,96 @@
+"""The one upstream exchange: HTTP/2, TLS verified, one deadline, a size cap, conditional."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+
+import attrs
+import httpx
+
+from draco import __version__
+from draco.catalog.dataset import Dataset, make_dataset
+from draco.exceptions import VPNAPIError, VPNServiceError
+from draco.providers import Provider
+from draco.settings import Settings
+
+log = logging.getLogger("draco.catalog")
+
+
+def upstream_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The one client for every upstream: HTTP/2, TLS verification always on."""
+    limits = httpx.Limits(
+        max_connections=settings.http_max_connections, max_keepalive_connections=settings.http_max_keepalive_connections
+    )
+    agent = {"User-Agent": f"draco/{__version__}"}
+    # verify=True: never configurable
+    return httpx.AsyncClient(http2=True, verify=True, timeout=settings.http_timeout, limits=limits, headers=agent,
+                             transport=transport)  # fmt: skip
+
+
+def failure_class(exc: BaseException) -> str:
+    """What /health and the metrics call a failed refresh."""
+    if isinstance(exc, VPNServiceError):
+        return exc.reason
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    if isinstance(exc, httpx.TransportError):
+        return "connection"
+    return "error"
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number, or an HTTP date."""
+    if value and value.isdigit():
+        return float(value)
+    when = email.utils.parsedate_to_datetime(value) if value else None
+    return max(0.0, when.timestamp() - time.time()) if when and when.tzinfo else None
+
+
+async def read_capped(response: httpx.Response, cap: int) -> bytearray:
+    """The decoded body, refusing more than `cap` bytes: declared, before reading any, or actual."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise VPNAPIError("oversized")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            raise VPNAPIError("oversized")
+    return body
+
+
+async def fetch(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    provider: Provider,
+    current: Dataset | None,
+    clock: Callable[[], float],
+) -> Dataset:
+    """The provider's list, parsed; `current` renewed when the upstream answers 304."""
+    headers = {}
+    if current and current.etag:
+        headers["If-None-Match"] = current.etag
+    if current and current.last_modified:
+        headers["If-Modified-Since"] = current.last_modified
+    # One deadline for the whole exchange: httpx's own timeouts are per read, and
+    # a body trickling a byte at a time would never trip them.
+    async with asyncio.timeout(settings.http_timeout):
+        request = client.stream("GET", provider.url(settings), params=provider.params(settings), headers=headers)
+        async with request as response:
+            if response.status_code == 304 and current:
+                return attrs.evolve(current, fetched_at=clock(), provisional=False)
+            if response.status_code != 200:
+                after = retry_after(response.headers.get("retry-after"))
+                raise VPNAPIError(f"http_{response.status_code}", retry_after=after)
+            body = await read_capped(response, settings.upstream_max_bytes)
+    fetched_at = clock()
+    servers, skipped = await asyncio.to_thread(provider.parse, body)
+    del body
+    if skipped:
+        log.info("%s: skipped %d malformed entries", provider.name, skipped)
+    validators = response.headers.get("etag"), response.headers.get("last-modified")
+    return make_dataset(provider.name, servers, fetched_at, etag=validators[0], last_modified=validators[1])

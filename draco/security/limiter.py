@@ -1,0 +1,114 @@
+"""Exact sliding-window rate limiting.
+
+A request is admitted iff fewer than `limit` requests were admitted for that client
+in the preceding `period` seconds (a request at time t counts while t > now -
+period). Denied requests are not counted. Times are integer microseconds, so
+the algorithm is exact; the clock is an argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+MICROS = 1_000_000
+
+
+class Decision(NamedTuple):
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # whole seconds (at least 1) until the oldest counted request leaves the window
+
+
+def decide(window: array[int], now: int, limit: int, period: int, cost: int) -> tuple[bool, int]:
+    """The algorithm, on one client's sorted admission times, in place.
+
+    Returns (admitted, microseconds until enough counted requests have left the
+    window to admit this cost, or until the oldest leaves when admitted). Needs
+    cost <= limit."""
+    del window[: bisect.bisect_right(window, now - period)]
+    if len(window) + cost <= limit:
+        window.extend([now] * cost)
+        return True, window[0] + period - now
+    return False, window[len(window) + cost - limit - 1] + period - now
+
+
+def seconds(micros: int) -> int:
+    return max(1, -(-micros // MICROS))  # rounded up
+
+
+class Store(Protocol):
+    """Where the windows live: this process (MemoryStore) or Redis (RedisStore)."""
+
+    async def hit(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision: ...
+
+    async def sweep(self, now: float, period: int) -> None: ...
+
+    def tracked(self) -> int: ...
+
+
+class MemoryStore:
+    """Per-client admission times in an OrderedDict kept in least-recently-seen order.
+
+    Memory is bounded: clients with nothing left in their window are dropped from
+    the front (a few every 16 requests, and all of them by `sweep`), and beyond
+    `max_clients` the least recently seen client is evicted.
+    """
+
+    def __init__(self, max_clients: int = 100_000):
+        self.max_clients = max_clients
+        self.windows: OrderedDict[str, array[int]] = OrderedDict()
+        self._count = 0
+
+    async def hit(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
+        return self.hit_now(key, now, limit, period, cost)
+
+    def hit_now(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
+        now_us, period_us = round(now * MICROS), period * MICROS
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = array("q")
+            if len(self.windows) > self.max_clients:
+                self.windows.popitem(last=False)
+        else:
+            self.windows.move_to_end(key)
+            if window and window[-1] > now_us:
+                now_us = window[-1]  # a clock that stepped back must not reorder the window
+        allowed, wait = decide(window, now_us, limit, period_us, cost)
+        self._count += 1
+        if self._count % 16 == 0:
+            self._expire(now_us - period_us, 32)
+        return Decision(allowed, limit, limit - len(window), seconds(wait))
+
+    def _expire(self, horizon: int, at_most: int) -> int:
+        """Drop up to `at_most` least recently seen clients whose window is empty."""
+        idle = itertools.takewhile(lambda window: not window or window[-1] <= horizon, self.windows.values())
+        dropped = len(list(itertools.islice(idle, at_most)))
+        for _ in range(dropped):
+            self.windows.popitem(last=False)
+        return dropped
+
+    async def sweep(self, now: float, period: int) -> None:
+        """Drop every idle client at the front, yielding to the loop between batches."""
+        while self._expire(round(now * MICROS) - period * MICROS, 1000) == 1000:
+            await asyncio.sleep(0)
+
+    def tracked(self) -> int:
+        return len(self.windows)
+
+
+class Limiter:
+    """`limit` requests per `period` seconds and client, decided by `store` at `clock()`."""
+
+    def __init__(self, limit: int, period: int, store: Store, clock: Callable[[], float] = time.time):
+        self.limit, self.period, self.store, self.clock = limit, period, store, clock
+
+    async def hit(self, key: str, cost: int = 1) -> Decision:
+        return await self.store.hit(key, self.clock(), self.limit, self.period, cost)

@@ -1,0 +1,110 @@
+"""The OpenAPI 3.1 document and the /docs and /redoc pages (DEBUG=true only).
+
+Nothing here is declared a second time: paths, parameters and their bounds come
+from the endpoints (routes.py, params.py), schemas from the models (msgspec).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+import openapi_ui_bundles
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from draco.models import Error
+from draco.providers import REGISTRY
+from draco.settings import Settings
+from draco.web.routes import ALL, Endpoint
+
+_ERRORS = {
+    "401": "No X-API-Key header",
+    "403": "The X-API-Key is not valid",
+    "404": "Not found",
+    "422": "Invalid parameters (with details)",
+    "429": "Rate limit exceeded; see Retry-After",
+    "500": "Internal error",
+    "503": "The provider's list is unavailable",
+}
+_CATALOG_HEADERS = {
+    "ETag": {"schema": {"type": "string"}},
+    "Age": {"schema": {"type": "integer"}, "description": "seconds since the list was fetched"},
+    "X-Data-Status": {"schema": {"enum": ["fresh", "stale"]}},
+}
+_PROVIDER = {"name": "provider", "in": "path", "required": True, "schema": {"enum": [*REGISTRY, ALL]},
+             "description": "a provider, or `all` for all in one list"}  # fmt: skip
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    types = [endpoint.answer for endpoint in endpoints] + [Error]
+    answers, schemas = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    for name, schema in schemas.items():  # msgspec sends every field, so every one is required in an answer
+        if name != "Error":
+            schema["required"] = list(schema["properties"])
+    error = _json(answers[-1])
+    paths = {}
+    for endpoint, answer in zip(endpoints, answers, strict=False):
+        ok: dict[str, Any] = {"description": "OK", "content": _json(answer)}
+        responses = {"200": ok}
+        if endpoint.catalog:
+            ok["headers"] = _CATALOG_HEADERS
+            responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
+        responses |= {code: {"description": text, "content": error} for code, text in _ERRORS.items()}
+        parameters = [param.document() for param in endpoint.params]
+        if "{provider}" in endpoint.path:
+            parameters.insert(0, _PROVIDER)
+        operation = {"summary": endpoint.summary, "parameters": parameters, "responses": responses}
+        if endpoint.path.startswith("/api/") and settings.enable_api_key_auth:
+            operation["security"] = [{"ApiKey": []}]
+        paths[endpoint.path] = {"get": operation}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": settings.app_name, "version": settings.app_version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}</head>
+<body>{body}</body></html>"""
+_SWAGGER = (
+    '<link rel="stylesheet" href="/docs/assets/swagger-ui.css">',
+    '<div id="ui"></div><script src="/docs/assets/swagger-ui-bundle.js"></script>'
+    '<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"})</script>',
+)
+_REDOC = ("", '<redoc spec-url="/openapi.json"></redoc><script src="/redoc/assets/redoc.standalone.js"></script>')
+
+
+def routes(settings: Settings, endpoints: Sequence[Endpoint]) -> list[BaseRoute]:
+    spec = document(settings, endpoints)
+
+    def page(head: str, body: str) -> Callable[[Request], Awaitable[Response]]:
+        text = _PAGE.format(title=html.escape(settings.app_name), head=head, body=body)
+
+        async def serve(_request: Request) -> Response:
+            return HTMLResponse(text)
+
+        return serve
+
+    async def openapi_json(_request: Request) -> Response:
+        return JSONResponse(spec)
+
+    return [
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", page(*_SWAGGER), methods=["GET"]),
+        Route("/redoc", page(*_REDOC), methods=["GET"]),
+        Mount("/docs/assets", StaticFiles(directory=openapi_ui_bundles.swagger_ui.static_path)),
+        Mount("/redoc/assets", StaticFiles(directory=openapi_ui_bundles.redoc.static_path)),
+    ]

@@ -1,0 +1,218 @@
+"""The endpoints: read the declared parameters, ask the catalog, answer.
+
+Catalog answers are encoded once per list version and query (catalog/dataset.py
+`render`) and carry a strong ETag, Age and X-Data-Status; a client whose copy is
+current gets a 304. Every endpoint is declared once, in `Api.endpoints`: the route
+table and the OpenAPI document are both built from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from draco.catalog.cache import Catalog
+from draco.catalog.dataset import Dataset, Rendered, render
+from draco.models import Country, Freshness, Health, LatencyRun, Page, Provider, Server, encode, paginate
+from draco.probe.runs import Latencies
+from draco.settings import Settings
+from draco.web.params import COUNTRY, EXCLUDE, PAGE, TOP_LIMIT, Param, choice, integer, read
+
+ALL = "all"  # every provider at once
+_UNKNOWN = float("inf")
+
+
+@attrs.frozen
+class Endpoint:
+    path: str
+    handler: Callable[..., Awaitable[Response]]
+    summary: str
+    answer: Any  # the type of a 200 answer (models.py), for the document
+    params: tuple[Param, ...] = ()
+    catalog: bool = True  # a catalog answer: ETag, Age, X-Data-Status, 304
+
+    def route(self) -> Route:
+        async def endpoint(request: Request) -> Response:
+            values = read(self.params, request.scope["query_string"], request.path_params)
+            return await self.handler(request, **values)
+
+        return Route(self.path, endpoint, methods=["GET"], name=self.handler.__name__)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    """An answer that is not cached (health, the provider index, measurements)."""
+    return Response(encode(body), status, {"Cache-Control": "no-store"}, "application/json")
+
+
+def _matches(header: str, etags: tuple[str, ...]) -> bool:
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in tags or not tags.isdisjoint(etags)
+
+
+def operational(servers: Iterable[Server], exclude: frozenset[str] = frozenset()) -> list[Server]:
+    """Servers with load above 3 or unknown (3 or less means not in operation), by load."""
+    pool = [s for s in servers if (s.load is None or s.load > 3) and s.country_code not in exclude]
+    pool.sort(key=lambda s: _UNKNOWN if s.load is None else s.load)
+    return pool
+
+
+def with_latency(servers: Iterable[Server], latencies: Mapping[tuple[str, str], float | None]) -> list[Server]:
+    """The servers carrying their measured latency, fastest first, unreachable last."""
+    timed = []
+    for s in servers:
+        ms = latencies.get((s.provider, s.identifier))
+        timed.append(msgspec.structs.replace(s, latency=None if ms is None else round(ms, 2)))
+    timed.sort(key=lambda s: _UNKNOWN if s.latency is None else s.latency)
+    return timed
+
+
+class Api:
+    """The endpoints, over the catalog and the latency runs."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, latencies: Latencies, methods: Sequence[str]):
+        self.settings, self.catalog, self.latencies, self.methods = settings, catalog, latencies, tuple(methods)
+        paging = (PAGE, Param("page_size", integer(1, settings.max_page_size, "servers per page"),
+                              settings.default_page_size))  # fmt: skip
+        method = Param("method", choice(("auto", *methods), "auto: the first of " + ", ".join(methods)), "auto")
+        measure = integer(0, 5000, "how many to measure, least loaded first; 0 for all")
+        base = "/api/{provider}"
+        self.endpoints = [
+            Endpoint("/health", self.health, "Service health", Health, catalog=False),
+            Endpoint("/api/providers", self.providers, "The providers and the freshness of their lists",
+                     list[Provider], catalog=False),
+            Endpoint(f"{base}/servers", self.servers, "A page of servers", list[Server], paging),
+            Endpoint(f"{base}/servers/paginated", self.servers_paginated, "A page with totals", Page, paging),
+            Endpoint(f"{base}/servers/top", self.servers_top,
+                     "Operational servers (load above 3) ranked by latency, then load", list[Server],
+                     (TOP_LIMIT, COUNTRY)),
+            Endpoint(f"{base}/servers/latency", self.servers_latency,
+                     "Measure latency (costs LATENCY_WEIGHT requests); fastest first, unreachable last", LatencyRun,
+                     (COUNTRY, Param("limit", integer(0, 5000, "how many to measure; 0 for all"), 100), method),
+                     catalog=False),
+            Endpoint(f"{base}/servers/fastest", self.servers_fastest,
+                     "The fastest operational servers that answered (costs LATENCY_WEIGHT requests)", list[Server],
+                     (TOP_LIMIT, COUNTRY, Param("measure_count", measure, 100), EXCLUDE, method), catalog=False),
+            Endpoint(f"{base}/servers/{{country_code}}", self.servers_by_country, "The servers of one country",
+                     list[Server], (attrs.evolve(COUNTRY, where="path"),)),
+            Endpoint(f"{base}/countries", self.countries, "Countries with servers, by code", list[Country]),
+        ]  # fmt: skip
+
+    async def dataset(self, request: Request) -> Dataset:
+        name = request.path_params["provider"]
+        if name == ALL:
+            return await self.catalog.union()
+        if name not in self.catalog.providers:
+            raise HTTPException(404, "Unknown provider.")
+        return await self.catalog.get(name)
+
+    def respond(self, request: Request, data: Dataset, rendered: Rendered) -> Response:
+        """200 with the encoded body (gzipped when asked), or 304 when the client's copy is current."""
+        use_gzip = rendered.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "")
+        etag = rendered.etag[:-1] + '-gzip"' if use_gzip else rendered.etag
+        headers = {
+            "ETag": etag,
+            "Age": str(self.catalog.age(data)),
+            "X-Data-Status": "stale" if self.catalog.is_stale(data) else "fresh",
+            "Cache-Control": "private, no-cache",
+            "Vary": "Accept-Encoding",
+        }
+        if _matches(request.headers.get("if-none-match", ""), (rendered.etag, etag)):
+            return Response(status_code=304, headers=headers)
+        if use_gzip:
+            headers["Content-Encoding"] = "gzip"
+        return Response(rendered.gzipped if use_gzip else rendered.body, 200, headers, "application/json")
+
+    async def health(self, _request: Request) -> Response:
+        providers = self.catalog.health()
+        # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
+        down = all(p.servers == 0 and p.last_failure for p in providers.values())
+        body = Health("unhealthy" if down else "healthy", self.settings.app_version, providers)
+        return _json(body, 503 if down else 200)
+
+    async def providers(self, _request: Request) -> Response:
+        """What each provider offers and how fresh its list is, without fetching anything."""
+        index = []
+        for name, p in self.catalog.providers.items():
+            data = self.catalog.status[name].data
+            sizes = (len(data.servers), len(data.countries)) if data else (0, 0)
+            status: Freshness = "none" if data is None else "stale" if self.catalog.is_stale(data) else "fresh"
+            age = self.catalog.age(data) if data else None
+            index.append(Provider(name, *sizes, p.reports_load, p.reports_status, p.ordering, age, status))
+        return _json(index)
+
+    async def servers(self, request: Request, page: int, page_size: int) -> Response:
+        data = await self.dataset(request)
+        rendered = render(data, ("servers", page, page_size), lambda: paginate(data.servers, page, page_size).data)
+        return self.respond(request, data, rendered)
+
+    async def servers_paginated(self, request: Request, page: int, page_size: int) -> Response:
+        data = await self.dataset(request)
+        result = paginate(data.servers, page, page_size)
+        if page > max(result.total_pages, 1):
+            raise HTTPException(404, f"Page {page} is past the last page ({result.total_pages}).")
+        return self.respond(request, data, render(data, ("paginated", page, page_size), lambda: result))
+
+    async def servers_by_country(self, request: Request, country_code: str) -> Response:
+        data = await self.dataset(request)
+        if country_code not in data.by_country:
+            raise HTTPException(404, f"No servers in country {country_code}.")
+        rendered = render(data, ("country", country_code), lambda: data.by_country[country_code])
+        return self.respond(request, data, rendered)
+
+    async def servers_top(self, request: Request, limit: int, country_code: str | None) -> Response:
+        data = await self.dataset(request)
+        key = ("top", country_code, limit, self.latencies.runs_done)  # a new measurement may change the ranking
+        pool = data.by_country.get(country_code, ()) if country_code else data.servers
+        rendered = render(data, key, lambda: with_latency(operational(pool), self.latencies.known())[:limit])
+        if rendered.body == b"[]":
+            raise HTTPException(404, "No operational servers match.")
+        return self.respond(request, data, rendered)
+
+    async def countries(self, request: Request) -> Response:
+        data = await self.dataset(request)
+        return self.respond(request, data, render(data, ("countries",), lambda: data.countries))
+
+    async def _measured(self, data: Dataset, chosen: Sequence[Server], method: str) -> list[Server]:
+        """`chosen` probed (or taken from the cache), fastest first, unreachable last."""
+        targets = [(s.provider, s.identifier, s.ipv4, s.identifier) for s in chosen]
+        return with_latency(chosen, await self.latencies.run(data.provider, targets, method))
+
+    async def servers_latency(self, request: Request, country_code: str | None, limit: int, method: str) -> Response:
+        method = self.methods[0] if method == "auto" else method
+        data = await self.dataset(request)
+        pool = data.by_country.get(country_code, ()) if country_code else data.servers
+        if not pool:
+            raise HTTPException(404, f"No servers in country {country_code}.")
+        chosen = pool[:limit] if limit else pool
+        measured = await self._measured(data, chosen, method)
+        answered = sum(s.latency is not None for s in measured)
+        return _json(LatencyRun(len(pool), len(chosen), answered, len(chosen) - answered, method, measured))
+
+    async def servers_fastest(
+        self,
+        request: Request,
+        limit: int,
+        country_code: str | None,
+        measure_count: int,
+        exclude: str,
+        method: str,
+    ) -> Response:
+        method = self.methods[0] if method == "auto" else method
+        data = await self.dataset(request)
+        pool = data.by_country.get(country_code, ()) if country_code else data.servers
+        excluded = frozenset(code for code in exclude.replace(",", "-").split("-") if code)
+        candidates = operational(pool, excluded)  # lowest load first: measured first
+        if not candidates:
+            raise HTTPException(404, "No operational servers match.")
+        chosen = candidates[:measure_count] if measure_count else candidates
+        fastest = [s for s in await self._measured(data, chosen, method) if s.latency is not None][:limit]
+        if not fastest:
+            raise HTTPException(503, "No server answered the latency probe.")
+        return _json(fastest)

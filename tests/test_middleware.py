@@ -1,0 +1,116 @@
+"""Each middleware alone, around a bare inner app, with no other draco layer present."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+
+import httpx
+import pytest
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import Receive, Scope, Send
+
+from draco.catalog.dataset import make_dataset, render
+from draco.models import GZIP_MINIMUM
+from draco.security.address import TrustedHosts
+from draco.security.keys import KeyRing
+from draco.security.limiter import Limiter, MemoryStore
+from draco.web.middleware import (
+    ApiKeyMiddleware,
+    ClientAddressMiddleware,
+    CORSMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
+
+ORIGIN = "https://app.example.com"
+KEY = "k" * 40
+
+
+async def bare(scope: Scope, receive: Receive, send: Send) -> None:
+    """The inner app: 200, the client it was given, a body of the asked size."""
+    size = int(dict(httpx.QueryParams(scope["query_string"].decode())).get("size", 0))
+    body = (str(scope.get("client")) + "x" * size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def get(app, path: str = "/api/x", *, peer: str = "203.0.113.9", method: str = "GET", **headers: str):
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(peer, 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:
+            return await client.request(method, path, headers=headers)
+
+    return asyncio.run(go())
+
+
+def test_security_headers_alone_harden_every_response():
+    response = get(SecurityHeadersMiddleware(bare))
+    assert response.headers["x-frame-options"] == "DENY" and "strict-transport-security" in response.headers
+    assert response.headers["content-type"] == "text/plain"
+
+
+def test_client_address_alone_puts_the_rightmost_untrusted_entry_in_the_scope():
+    app = ClientAddressMiddleware(bare, trusted=TrustedHosts(["127.0.0.1"]))
+    behind_proxy = get(app, peer="127.0.0.1", **{"X-Forwarded-For": "198.51.100.1, 203.0.113.7"})
+    direct = get(app, peer="203.0.113.9", **{"X-Forwarded-For": "198.51.100.1"})
+    assert behind_proxy.text == "('203.0.113.7', 0)"
+    assert direct.text == "('203.0.113.9', 0)"  # an untrusted peer's header is ignored
+
+
+def test_cors_alone_allows_its_origins_and_answers_preflights():
+    app = CORSMiddleware(bare, origins=[ORIGIN])
+    simple = get(app, Origin=ORIGIN)
+    other = get(app, Origin="https://evil.example")
+    preflight = get(app, method="OPTIONS", Origin=ORIGIN, **{"Access-Control-Request-Method": "GET"})
+    assert simple.headers["access-control-allow-origin"] == ORIGIN and simple.headers["vary"] == "Origin"
+    assert "access-control-allow-origin" not in other.headers and other.status_code == 200
+    assert preflight.status_code == 204 and preflight.headers["access-control-max-age"] == "86400"
+
+
+class Clock:
+    now = 1_000_000.25
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limit_alone_counts_and_times_its_headers_by_the_injected_clock():
+    clock = Clock()
+    app = RateLimitMiddleware(bare, limiter=Limiter(10, 60, MemoryStore(), clock))
+    answers = [get(app) for _ in range(11)]
+    assert [a.status_code for a in answers] == [200] * 10 + [429]
+    first, refused = answers[0].headers, answers[-1].headers
+    assert first["ratelimit-policy"] == '"default";q=10;w=60' and first["ratelimit"] == '"default";r=9;t=60'
+    assert first["x-ratelimit-limit"] == "10" and first["x-ratelimit-remaining"] == "9"
+    assert first["x-ratelimit-reset"] == str(1_000_001 + 60)  # the clock's time, rounded up, plus the reset
+    assert refused["retry-after"] == "60" and refused["ratelimit"] == '"default";r=0;t=60'
+
+
+def test_a_trailing_slash_costs_what_the_path_costs():
+    limiter = Limiter(10, 60, MemoryStore(), Clock())
+    app = RateLimitMiddleware(bare, limiter=limiter, costs={"/servers/latency": 4})
+    plain = get(app, "/api/x/servers/latency", peer="192.0.2.1")
+    slashed = get(app, "/api/x/servers/latency/", peer="192.0.2.2")
+    assert plain.headers["x-ratelimit-remaining"] == slashed.headers["x-ratelimit-remaining"] == "6"
+
+
+def test_api_key_alone_refuses_a_missing_or_wrong_key(caplog):
+    app = ApiKeyMiddleware(bare, ring=KeyRing([KEY]))
+    with caplog.at_level(logging.WARNING, "draco.security"):
+        statuses = [get(app).status_code, get(app, **{"X-API-Key": "w" * 40}).status_code]
+    assert statuses == [401, 403] and get(app, **{"X-API-Key": KEY}).status_code == 200
+    assert get(app, "/health").status_code == 200  # outside its prefixes
+    assert "from 203.0.113.9" in caplog.text  # whom it names is the scope's client
+
+
+@pytest.mark.parametrize("size, compressed", [(GZIP_MINIMUM - 1, False), (GZIP_MINIMUM, True)])
+def test_one_gzip_threshold_for_pages_rendered_once_and_for_answers_compressed_on_the_fly(size, compressed):
+    body_size = size - len("('203.0.113.9', 4000)")
+    answer = get(GZipMiddleware(bare, minimum_size=GZIP_MINIMUM), f"/x?size={body_size}", **{"Accept-Encoding": "gzip"})
+    assert ("content-encoding" in answer.headers) == compressed
+    rendered = render(make_dataset("x", [], 0.0), "k", lambda: "y" * (size - 2))  # a JSON string: 2 quotes
+    assert len(rendered.body) == size and (rendered.gzipped is not None) == compressed
+    if compressed:
+        assert gzip.decompress(rendered.gzipped) == rendered.body
