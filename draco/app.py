@@ -1,7 +1,7 @@
 """create_app: where the pieces meet. Read top to bottom, it is the request path:
 
-client -> security headers -> client address -> metrics -> CORS -> rate limit -> API key
-       -> gzip -> Starlette's error handlers -> route -> catalog -> upstream
+client -> security headers -> request guard -> client address -> metrics -> CORS -> rate limit -> API key
+       -> Starlette's error handlers -> route (JSON, gzipped when asked) -> catalog -> upstream
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
 from draco.catalog.cache import Catalog
 from draco.catalog.fetch import upstream_client
 from draco.catalog.shared import SharedCatalog
-from draco.models import GZIP_MINIMUM
 from draco.probe.methods import methods_available
 from draco.probe.runs import Latencies
 from draco.security.address import TrustedHosts
@@ -37,6 +35,7 @@ from draco.web.middleware import (
     ClientAddressMiddleware,
     CORSMiddleware,
     RateLimitMiddleware,
+    RequestGuardMiddleware,
     SecurityHeadersMiddleware,
 )
 from draco.web.routes import Api
@@ -78,6 +77,7 @@ def create_app(
     layers = [  # outermost first, each with its switch
         (True, Middleware(SecurityHeadersMiddleware, enabled=settings.enable_security_headers,
                           production=not settings.debug)),
+        (True, Middleware(RequestGuardMiddleware)),
         (True, Middleware(ClientAddressMiddleware, trusted=TrustedHosts(settings.trusted_hosts))),
         (settings.metrics_enabled, Middleware(MetricsMiddleware, metrics=metrics, routes=routes)),
         (True, Middleware(CORSMiddleware, origins=settings.cors_origins,
@@ -85,7 +85,6 @@ def create_app(
         (settings.rate_limit_enabled, Middleware(RateLimitMiddleware, limiter=limiter, exempt=("/health", *docs),
                                                  costs=weighty)),
         (settings.enable_api_key_auth, Middleware(ApiKeyMiddleware, ring=ring, prefixes=protected)),
-        (True, Middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM, compresslevel=6)),
     ]  # fmt: skip
 
     @contextlib.asynccontextmanager
@@ -113,6 +112,7 @@ def create_app(
         exception_handlers=HANDLERS,  # the error envelope (web/errors.py)
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # Starlette would build the redirect from the client's Host header
     return app
 
 

@@ -9,15 +9,22 @@ import time
 
 from draco.settings import Settings
 
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)}
+
+def escape(text: str) -> str:
+    """`text` with every character that is not printable written as its escape: C0 and
+    C1 controls, DEL, line and paragraph separators (U+2028, U+2029, U+0085), format
+    characters. A path or header a client chose can then neither break a record into
+    two lines nor send a terminal its own control sequences."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class TextFormatter(logging.Formatter):
-    """One line per record: control characters in messages are escaped, so a
-    client-chosen path cannot forge a log line."""
+    """One line per record, whatever it holds (a traceback too)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).translate(_CONTROL)
+        return escape(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry).replace("\x7f", "\\u007f")  # ASCII out; DEL is the one control json leaves
 
 
 def configure_logging(settings: Settings) -> None:

@@ -3,6 +3,7 @@ the one JSON encoder. The OpenAPI document takes its schemas from these classes.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -90,7 +91,12 @@ class Error(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 encode = msgspec.json.Encoder().encode  # the one JSON encoder
-GZIP_MINIMUM = 500  # bytes: a smaller body is sent uncompressed, whoever sends it
+GZIP_MINIMUM = 500  # bytes: a smaller body is not worth compressing
+
+
+def gzipped(body: bytes) -> bytes | None:
+    """The one gzip decision: `body` compressed when it is worth it, else None."""
+    return gzip.compress(body, 6, mtime=0) if len(body) >= GZIP_MINIMUM else None
 
 
 def countries(servers: Sequence[Server]) -> list[Country]:

@@ -10,6 +10,7 @@ One instance plays one provider. Its behaviour can be switched while it runs:
     hang       accept the request and never answer (until stopped)
     truncated  declare the full length, send half the body, close
     huge       stream `size` bytes of a never-ending JSON array, no length declared
+    declared   declare a length of `size` bytes, then send nothing (until stopped)
     trickle    send the body one byte a second
     refused    close the listening socket: connections are refused
 
@@ -154,6 +155,15 @@ class FakeUpstream:
                         sent += len(chunk)
                 except OSError:
                     pass  # the client hung up, as it should
+                self.close_connection = True
+
+            def _declared(self, size, **_):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                self.wfile.flush()
+                upstream.stopping.wait(300)
                 self.close_connection = True
 
             def _trickle(self, body, **_):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -49,9 +50,13 @@ def test_a_300_mb_upstream_body_is_a_503_and_memory_stays_bounded(start_draco, u
 
 
 def test_a_declared_length_over_the_cap_is_refused_without_reading(start_draco, upstreams):
-    upstreams["surfshark"].set("ok", body=b"[" + b" " * (2 * MiB) + b"]")
-    draco = start_draco({**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(MiB)})
-    assert httpx.get(draco.url("/api/surfshark/servers")).status_code == 503
+    # The upstream declares 2 MiB and sends nothing: reading would wait for the deadline.
+    upstreams["surfshark"].set("declared", size=2 * MiB)
+    draco = start_draco({**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(MiB), "HTTP_TIMEOUT": "20"})
+    started = time.monotonic()
+    assert httpx.get(draco.url("/api/surfshark/servers"), timeout=30).status_code == 503
+    assert time.monotonic() - started < 5
+    assert httpx.get(draco.url("/health")).json()["providers"]["surfshark"]["last_failure"] == "oversized"
 
 
 @pytest.mark.parametrize(

@@ -102,9 +102,62 @@ def test_the_guard_never_allows_what_ipaddress_classifies_as_non_public(address)
         assert not probeable(address)
 
 
+# The IANA special-purpose registries (iana-ipv4-special-registry, iana-ipv6-special-registry),
+# written out as the specification: every block that is not globally reachable, and the
+# IPv6 blocks that embed an IPv4 address (NAT64, 6to4, Teredo).
+IPV4_SPECIAL = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.0.0/29",
+    "192.0.0.8/32",
+    "192.0.0.170/32",
+    "192.0.0.171/32",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+]
+IPV6_SPECIAL = [
+    "::1/128", "::/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64",
+    "2001::/23", "2001::/32", "2001:2::/48", "2001:db8::/32", "2002::/16", "3fff::/20", "5f00::/16", "fc00::/7",
+    "fe80::/10",
+]  # fmt: skip
+SPECIAL = [ipaddress.ip_network(block) for block in IPV4_SPECIAL + IPV6_SPECIAL]
+
+
+@pytest.mark.parametrize("block", IPV4_SPECIAL + IPV6_SPECIAL)
+def test_every_special_purpose_block_is_refused_first_and_last_address(block):
+    network = ipaddress.ip_network(block)
+    assert not probeable(network[0]) and not probeable(network[-1])
+
+
+def test_the_guard_does_not_trust_the_python_patch_level():
+    # Python 3.11.7's ipaddress calls these global (CVE-2024-4032); they are not.
+    for text in ("192.0.0.8", "192.0.0.170", "3fff::1", "3fff:fff:ffff::1"):
+        assert not probeable(ipaddress.ip_address(text))
+
+
 @given(st.ip_addresses(v=4))
-def test_the_guard_allows_every_public_ipv4_unicast_address(address):
-    assert probeable(address) == (not refused_by_ipaddress(address))
+def test_the_guard_allows_exactly_the_ipv4_unicast_outside_the_registry(address):
+    special = address.is_multicast or any(address in block for block in SPECIAL)
+    assert probeable(address) == (not special)
+
+
+@given(st.ip_addresses(v=6))
+def test_the_guard_allows_ipv6_only_global_unicast_outside_the_registry(address):
+    if address.ipv4_mapped is not None:  # checked as the IPv4 address it carries
+        assert probeable(address) == probeable(address.ipv4_mapped)
+    elif probeable(address):
+        assert address in ipaddress.ip_network("2000::/3") and not any(address in block for block in SPECIAL)
 
 
 @given(st.ip_addresses())

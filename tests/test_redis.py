@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import subprocess
 import time
@@ -345,9 +346,42 @@ def test_an_adopted_renewal_rewrites_this_instances_snapshot(redis_server, tmp_p
             finally:
                 for catalog in catalogs:
                     await catalog.close()
-                    await catalog.shared.client.aclose()
 
     try:
         asyncio.run(go())
     finally:
         upstream.stop()
+
+
+def test_the_batch_task_is_held_until_it_has_answered_every_waiter(redis_server):
+    """asyncio keeps only weak references to tasks: the store holds the one that sends a
+    batch, so a collection in between cannot leave the waiting requests hanging."""
+
+    async def go():
+        store = RedisStore(redis_server.url)
+        decisions = asyncio.gather(*(store.hit(f"held-{i}", 0.0, 10, 30) for i in range(5)))
+        await asyncio.sleep(0)  # the five have joined one batch; its task has not run yet
+        held = set(store.sending)
+        gc.collect()
+        answered = await asyncio.wait_for(decisions, 5)
+        await store.client.aclose()
+        return held, answered, set(store.sending)
+
+    held, answered, after = asyncio.run(go())
+    assert len(held) == 1 and all(d.allowed for d in answered) and not after
+
+
+def test_closing_the_catalog_closes_its_shared_catalogs_connections(redis_server, upstreams):
+    name = f"draco-{uuid.uuid4().hex[:8]}"
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            shared = SharedCatalog(f"{redis_server.url}?client_name={name}", lease_seconds=10)
+            catalog = Catalog(load(upstream_env(upstreams)), client, {"ivpn": REGISTRY["ivpn"]}, shared=shared)
+            await catalog.get("ivpn")
+            connected = name in redis_server.client().client_list().__repr__()
+            await catalog.close()
+            return connected
+
+    assert asyncio.run(go())
+    assert name not in repr(redis_server.client().client_list())

@@ -236,6 +236,13 @@ def test_large_responses_are_gzipped_when_asked(service, client):
     assert "Accept-Encoding" in zipped.headers["vary"]
 
 
+def test_answers_built_per_request_are_compressed_by_the_same_rule(service, client):
+    plain = client.get(service.url("/api/providers"), headers={"Accept-Encoding": "identity"})
+    zipped = client.get(service.url("/api/providers"), headers={"Accept-Encoding": "gzip"})
+    assert len(plain.content) >= 500 and zipped.headers["content-encoding"] == "gzip"
+    assert zipped.json() == plain.json() and "Accept-Encoding" in zipped.headers["vary"]
+
+
 def test_small_responses_are_not_compressed(service, client):
     response = client.get(
         service.url("/api/nordvpn/servers"), params={"page_size": 1}, headers={"Accept-Encoding": "gzip"}

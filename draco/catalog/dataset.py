@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 
-from draco.models import GZIP_MINIMUM, Country, Server, countries, encode
+from draco.models import Country, Server, countries, encode, gzipped
 
 _RENDER_CACHE_SIZE = 512  # encoded responses kept per list version
 
@@ -18,7 +17,7 @@ _RENDER_CACHE_SIZE = 512  # encoded responses kept per list version
 class Rendered:
     body: bytes
     etag: str
-    gzipped: bytes | None  # None when the body is too small to be worth compressing
+    gzipped: bytes | None  # None when the body is too small to be worth compressing (models.gzipped)
 
 
 @attrs.frozen(eq=False)
@@ -72,7 +71,7 @@ def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
     if found is None:
         body = encode(build())
         etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-        found = Rendered(body, etag, gzip.compress(body, 6, mtime=0) if len(body) >= GZIP_MINIMUM else None)
+        found = Rendered(body, etag, gzipped(body))
         if len(data.rendered) >= _RENDER_CACHE_SIZE:
             data.rendered.pop(next(iter(data.rendered)))
         data.rendered[key] = found

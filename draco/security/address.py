@@ -29,6 +29,8 @@ class TrustedHosts:
 def parse_address(text: str) -> Address | None:
     """An address as proxies write it: brackets, a port or an IPv6 zone may surround it.
     IPv4-mapped IPv6 is unmapped; the unspecified address (0.0.0.0, ::) is no client."""
+    with contextlib.suppress(OSError, ValueError):  # what a proxy writes most: plain IPv4
+        return socket.inet_pton(socket.AF_INET, text) if text != "0.0.0.0" else None
     text = text.strip()
     if text.startswith("["):
         text = text[1 : text.find("]")] if "]" in text else ""
@@ -71,9 +73,9 @@ def address_text(address: Address) -> str:
 def client_key(host: str | None) -> str:
     """Whom the rate limit counts: an IPv4 client by its address, an IPv6 client by its
     /64 (what one subscriber holds), a unix-socket client without a proxy as "local"."""
+    if host and ":" not in host:  # IPv4 as the scope holds it: already canonical
+        return host
     address = parse_address(host) if host else None
     if address is None:
         return "local"
-    if len(address) == 16:
-        return address_text(address[:8] + bytes(8)) + "/64"
-    return address_text(address)
+    return address_text(address[:8] + bytes(8)) + "/64" if len(address) == 16 else address_text(address)

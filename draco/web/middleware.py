@@ -88,6 +88,34 @@ class SecurityHeadersMiddleware:
             await error_response(500, "An internal error occurred.")(scope, receive, send_secured)
 
 
+class RequestGuardMiddleware:
+    """Refuses what hypercorn and h11 let through: a request with both Transfer-Encoding
+    and Content-Length, or with two Content-Lengths, whose body two servers could frame
+    differently (RFC 9112 section 6.3; request smuggling), with 400; and a request head
+    over `max_head` bytes however it arrived, with 431. Over HTTP/1 either answer
+    closes the connection, so nothing sent behind it is read as a request."""
+
+    def __init__(self, app: ASGIApp, *, max_head: int = 16 * 1024):
+        self.app, self.max_head = app, max_head
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        names = [name for name, _ in scope["headers"]]
+        lengths = names.count(b"content-length")
+        head = len(scope.get("raw_path") or scope["path"]) + len(scope["query_string"]) + len(scope["method"])
+        head += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if lengths > 1 or (lengths and b"transfer-encoding" in names):
+            response = error_response(400, "The request's length is ambiguous (Content-Length with Transfer-Encoding).")
+        elif head > self.max_head:
+            response = error_response(431, f"The request head is over {self.max_head} bytes.")
+        else:
+            return await self.app(scope, receive, send)
+        if scope["http_version"] in ("1.0", "1.1"):
+            response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
 class ClientAddressMiddleware:
     """Resolves the client once, into scope["client"] (as uvicorn's proxy-headers
     middleware does): the socket peer, or behind a trusted proxy the rightmost

@@ -4,7 +4,7 @@ the OpenAPI document describes them from the same declarations."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
@@ -61,16 +61,17 @@ _KINDS = {
 }
 
 
-def read(params: Iterable[Param], query_string: bytes, path: Mapping[str, str]) -> dict[str, Any]:
+@functools.lru_cache(maxsize=1024)  # the same few queries come again and again
+def read(params: tuple[Param, ...], query_string: bytes, path: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """Every declared parameter's value (its default when absent), or one 422 that
-    lists every problem: a value of the wrong type or out of bounds, an unknown name."""
-    params = list(params)
+    lists every problem: a value of the wrong type or out of bounds, an unknown name.
+    The values are immutable, so the answer can be shared (unpack it, never change it)."""
     query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     known = {p.name for p in params if p.where == "query"}
     details = [Detail(["query", name], "Unknown parameter", "extra_forbidden") for name in query if name not in known]
     values = {}
     for param in params:
-        raw = (path if param.where == "path" else query).get(param.name)
+        raw = (dict(path) if param.where == "path" else query).get(param.name)
         try:
             values[param.name] = param.default if raw is None else msgspec.convert(raw, param.type, strict=False)
         except msgspec.ValidationError as exc:

@@ -17,10 +17,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from draco.catalog.cache import Catalog
 from draco.catalog.dataset import Dataset, Rendered, render
-from draco.models import Country, Freshness, Health, LatencyRun, Page, Provider, Server, encode, paginate
+from draco.models import Country, Freshness, Health, LatencyRun, Page, Provider, Server, encode, gzipped, paginate
 from draco.probe.runs import Latencies
 from draco.settings import Settings
 from draco.web.params import COUNTRY, EXCLUDE, PAGE, TOP_LIMIT, Param, choice, integer, read
@@ -31,6 +32,9 @@ _UNKNOWN = float("inf")
 
 @attrs.frozen
 class Endpoint:
+    """One GET endpoint, as an ASGI app: its errors go to the app's exception handlers
+    (Starlette would wrap a route function in a second handler of its own)."""
+
     path: str
     handler: Callable[..., Awaitable[Response]]
     summary: str
@@ -38,17 +42,27 @@ class Endpoint:
     params: tuple[Param, ...] = ()
     catalog: bool = True  # a catalog answer: ETag, Age, X-Data-Status, 304
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        values = read(self.params, scope["query_string"], tuple(request.path_params.items()))
+        response = await self.handler(request, **values)
+        await response(scope, receive, send)
+
     def route(self) -> Route:
-        async def endpoint(request: Request) -> Response:
-            values = read(self.params, request.scope["query_string"], request.path_params)
-            return await self.handler(request, **values)
-
-        return Route(self.path, endpoint, methods=["GET"], name=self.handler.__name__)
+        return Route(self.path, self, methods=["GET"], name=self.handler.__name__)
 
 
-def _json(body: Any, status: int = 200) -> Response:
+def accepts_gzip(request: Request) -> bool:
+    return "gzip" in request.headers.get("accept-encoding", "")
+
+
+def _json(request: Request, body: Any, status: int = 200) -> Response:
     """An answer that is not cached (health, the provider index, measurements)."""
-    return Response(encode(body), status, {"Cache-Control": "no-store"}, "application/json")
+    content, headers = encode(body), {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+    compressed = gzipped(content) if accepts_gzip(request) else None
+    if compressed:
+        content, headers["Content-Encoding"] = compressed, "gzip"
+    return Response(content, status, headers, "application/json")
 
 
 def _matches(header: str, etags: tuple[str, ...]) -> bool:
@@ -83,10 +97,9 @@ class Api:
         method = Param("method", choice(("auto", *methods), "auto: the first of " + ", ".join(methods)), "auto")
         measure = integer(0, 5000, "how many to measure, least loaded first; 0 for all")
         base = "/api/{provider}"
+        # Starlette tries routes in order: the catalog first; each named /servers/... route
+        # before /servers/{country_code}, which would match it too.
         self.endpoints = [
-            Endpoint("/health", self.health, "Service health", Health, catalog=False),
-            Endpoint("/api/providers", self.providers, "The providers and the freshness of their lists",
-                     list[Provider], catalog=False),
             Endpoint(f"{base}/servers", self.servers, "A page of servers", list[Server], paging),
             Endpoint(f"{base}/servers/paginated", self.servers_paginated, "A page with totals", Page, paging),
             Endpoint(f"{base}/servers/top", self.servers_top,
@@ -102,6 +115,9 @@ class Api:
             Endpoint(f"{base}/servers/{{country_code}}", self.servers_by_country, "The servers of one country",
                      list[Server], (attrs.evolve(COUNTRY, where="path"),)),
             Endpoint(f"{base}/countries", self.countries, "Countries with servers, by code", list[Country]),
+            Endpoint("/api/providers", self.providers, "The providers and the freshness of their lists",
+                     list[Provider], catalog=False),
+            Endpoint("/health", self.health, "Service health", Health, catalog=False),
         ]  # fmt: skip
 
     async def dataset(self, request: Request) -> Dataset:
@@ -114,7 +130,7 @@ class Api:
 
     def respond(self, request: Request, data: Dataset, rendered: Rendered) -> Response:
         """200 with the encoded body (gzipped when asked), or 304 when the client's copy is current."""
-        use_gzip = rendered.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "")
+        use_gzip = rendered.gzipped is not None and accepts_gzip(request)
         etag = rendered.etag[:-1] + '-gzip"' if use_gzip else rendered.etag
         headers = {
             "ETag": etag,
@@ -123,20 +139,20 @@ class Api:
             "Cache-Control": "private, no-cache",
             "Vary": "Accept-Encoding",
         }
-        if _matches(request.headers.get("if-none-match", ""), (rendered.etag, etag)):
+        if "if-none-match" in request.headers and _matches(request.headers["if-none-match"], (rendered.etag, etag)):
             return Response(status_code=304, headers=headers)
         if use_gzip:
             headers["Content-Encoding"] = "gzip"
         return Response(rendered.gzipped if use_gzip else rendered.body, 200, headers, "application/json")
 
-    async def health(self, _request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
         providers = self.catalog.health()
         # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
         down = all(p.servers == 0 and p.last_failure for p in providers.values())
         body = Health("unhealthy" if down else "healthy", self.settings.app_version, providers)
-        return _json(body, 503 if down else 200)
+        return _json(request, body, 503 if down else 200)
 
-    async def providers(self, _request: Request) -> Response:
+    async def providers(self, request: Request) -> Response:
         """What each provider offers and how fresh its list is, without fetching anything."""
         index = []
         for name, p in self.catalog.providers.items():
@@ -145,7 +161,7 @@ class Api:
             status: Freshness = "none" if data is None else "stale" if self.catalog.is_stale(data) else "fresh"
             age = self.catalog.age(data) if data else None
             index.append(Provider(name, *sizes, p.reports_load, p.reports_status, p.ordering, age, status))
-        return _json(index)
+        return _json(request, index)
 
     async def servers(self, request: Request, page: int, page_size: int) -> Response:
         data = await self.dataset(request)
@@ -193,7 +209,7 @@ class Api:
         chosen = pool[:limit] if limit else pool
         measured = await self._measured(data, chosen, method)
         answered = sum(s.latency is not None for s in measured)
-        return _json(LatencyRun(len(pool), len(chosen), answered, len(chosen) - answered, method, measured))
+        return _json(request, LatencyRun(len(pool), len(chosen), answered, len(chosen) - answered, method, measured))
 
     async def servers_fastest(
         self,
@@ -215,4 +231,4 @@ class Api:
         fastest = [s for s in await self._measured(data, chosen, method) if s.latency is not None][:limit]
         if not fastest:
             raise HTTPException(503, "No server answered the latency probe.")
-        return _json(fastest)
+        return _json(request, fastest)
