@@ -85,6 +85,15 @@ def test_a_payload_of_the_wrong_shape_on_a_cold_cache_is_a_generic_500(start_dra
     assert response.headers["cache-control"] == "no-store"
 
 
+def test_a_payload_nested_past_the_decoders_depth_is_invalid_data_not_a_crash(start_draco, upstreams):
+    upstreams["nordvpn"].set("ok", body=b'[{"hostname":' + b"[" * 5000 + b"]" * 5000 + b"}]")
+    draco = start_draco(upstream_env(upstreams))
+    response = httpx.get(draco.url("/api/nordvpn/servers"))
+    assert response.status_code == 500 and response.json()["message"] == "An internal error occurred."
+    assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "invalid_data"
+    assert "Traceback" not in draco.logs() and "RecursionError" not in draco.logs()
+
+
 def test_a_slow_upstream_hits_the_deadline(start_draco, upstreams):
     upstreams["nordvpn"].set("hang")
     draco = start_draco({**upstream_env(upstreams), "HTTP_TIMEOUT": "5"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import sys
 import httpx
 import pytest
 from conftest import KEY, need, upstream_env
+from hypothesis import given
+from hypothesis import strategies as st
+
+from draco.logs import JsonFormatter, TextFormatter
 
 
 def test_demo_mode_serves_sample_data_with_no_network(start_draco):
@@ -79,8 +84,28 @@ def test_json_logs_are_one_valid_object_per_line_whatever_the_message(start_drac
 def test_text_logs_escape_line_breaks_from_clients(start_draco, upstreams):
     draco = start_draco({**upstream_env(upstreams), "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]'})
     httpx.get(draco.url("/api/forged%0A2026-01-01 CRITICAL fake line"))
-    assert "\\n2026-01-01 CRITICAL fake line" in draco.logs()
-    assert "\n2026-01-01 CRITICAL" not in draco.logs()
+    httpx.get(draco.url("/api/x%E2%80%A82026-12-04%2014:00:00,000%20CRITICAL%20draco.security:%20FORGED"))
+    logs = draco.logs()
+    assert "\\n2026-01-01 CRITICAL fake line" in logs and "\\u20282026-12-04 14:00:00,000 CRITICAL" in logs
+    assert not [line for line in logs.splitlines() if "CRITICAL" in line.split(":")[0]]  # no forged record
+
+
+def record(message: str, exc_info=None) -> logging.LogRecord:
+    return logging.LogRecord("draco.security", logging.WARNING, __file__, 1, "refused on %s", (message,), exc_info)
+
+
+@given(st.text())
+def test_whatever_a_client_sends_a_record_is_one_line_without_controls_in_both_formats(text):
+    try:
+        raise ValueError(text)
+    except ValueError:
+        failure = sys.exc_info()
+    for made in (record(text), record(text, failure)):
+        for formatter in (TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"), JsonFormatter()):
+            line = formatter.format(made)
+            assert len(line.splitlines()) == 1
+            assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line)  # C0, DEL, C1
+    assert json.loads(JsonFormatter().format(record(text)))["message"] == f"refused on {text}"
 
 
 def test_keygen_prints_n_keys_of_64_hex_characters():

@@ -403,7 +403,7 @@ def test_fastest_is_404_when_filters_leave_nothing(measured):
     assert response.status_code == 404
 
 
-def test_fastest_is_503_when_nothing_answers(start_draco, upstreams):
+def test_fastest_is_404_when_nothing_answers(start_draco, upstreams):
     port = free_port("127.0.3.1")
     silent = Silent("127.0.3.1", port)
     upstreams["nordvpn"].set("ok", body=nord_payload(["127.0.3.1"], [50]))
@@ -417,7 +417,7 @@ def test_fastest_is_503_when_nothing_answers(start_draco, upstreams):
         response = httpx.get(start_draco(env).url("/api/nordvpn/servers/fastest"), params={"method": "tcp"}, timeout=30)
     finally:
         silent.close()
-    assert response.status_code == 503 and response.json()["error"] == "Service Unavailable"
+    assert response.status_code == 404 and response.json()["message"] == "No server answered the latency probe."
 
 
 def tcp_latency_without_private_addresses(start_draco, upstreams, provider: str, listener: Listener) -> dict:
@@ -477,6 +477,9 @@ def test_measuring_costs_the_configured_weight_of_the_rate_limit(measured):
     cheap = httpx.get(draco.url("/api/nordvpn/countries"))
     dear = httpx.get(draco.url("/api/nordvpn/servers/latency"), params={"method": "tcp", "limit": 1}, timeout=30)
     assert int(cheap.headers["x-ratelimit-remaining"]) - int(dear.headers["x-ratelimit-remaining"]) == 10
+    slashed = httpx.get(draco.url("/api/nordvpn/servers/latency/"), params={"method": "tcp", "limit": 1})
+    assert slashed.status_code == 404 and "location" not in slashed.headers  # never a redirect
+    assert int(dear.headers["x-ratelimit-remaining"]) - int(slashed.headers["x-ratelimit-remaining"]) == 10
 
 
 @pytest.mark.parametrize(

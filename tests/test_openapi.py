@@ -12,6 +12,7 @@ from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from draco.app import create_app
+from draco.probe.methods import methods_available
 from draco.settings import load
 
 DOC_PATHS = ["/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui.css", "/redoc/assets/redoc.standalone.js"]
@@ -61,6 +62,21 @@ def test_the_document_describes_exactly_the_route_table(spec):
         assert list(item) == ["get"]
         declared = {p["name"] for p in item["get"]["parameters"] if p["in"] == "path"}
         assert declared == set(re.findall(r"{(\w+)}", path))
+
+
+def method_choices(spec) -> list[str]:
+    parameters = spec["paths"]["/api/{provider}/servers/latency"]["get"]["parameters"]
+    return next(p["schema"]["enum"] for p in parameters if p["name"] == "method")
+
+
+def test_the_document_offers_exactly_the_latency_methods_this_host_runs(spec, start_draco, upstreams):
+    assert sorted(method_choices(spec)) == sorted(["auto", *methods_available()])
+    # A host without fping on its PATH: fping is neither offered nor accepted.
+    env = {**upstream_env(upstreams), "DEBUG": "true", "PATH": "/nonexistent"}
+    without = start_draco(env)
+    assert "fping" not in method_choices(httpx.get(without.url("/openapi.json")).json())
+    refused = httpx.get(without.url("/api/nordvpn/servers/latency"), params={"method": "fping"})
+    assert refused.status_code == 422 and refused.json()["details"][0]["loc"] == ["query", "method"]
 
 
 def _concrete(path: str) -> str:

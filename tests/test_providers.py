@@ -209,12 +209,30 @@ def _lenient(parse, payload):
     assert skipped >= 0 and all(s.identifier for s in servers)
 
 
+@st.composite
+def deeply_nested(draw) -> bytes:
+    """JSON nested far past any recursion limit, arrays and objects in any mix, placed
+    where a provider's payload, entry or field would be."""
+    depth = draw(st.integers(1_000, 30_000))
+    levels = draw(st.lists(st.sampled_from([(b"[", b"]"), (b'{"hostname":', b"}"), (b'{"":', b"}")]), min_size=1))
+    pattern = [levels[i % len(levels)] for i in range(depth)]
+    nested = b"".join(o for o, _ in pattern) + b"1" + b"".join(c for _, c in reversed(pattern))
+    template = draw(st.sampled_from(["%s", "[%s]", '[{"hostname": %s}]', '{"wireguard": %s}', '{"wireguard": [%s]}',
+                                     '{"locations": {}, "wireguard": {"relays": [%s]}}']))  # fmt: skip
+    return template.encode() % nested
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(value=json_values)
-def test_parsers_never_raise_on_arbitrary_json(value):
-    payload = json.dumps(value).encode()
+@given(payload=json_values.map(lambda value: json.dumps(value).encode()) | deeply_nested())
+def test_parsers_never_raise_on_arbitrary_json(payload):
     for provider in REGISTRY.values():
         _lenient(provider.parse, payload)
+
+
+@pytest.mark.parametrize("provider", list(REGISTRY))
+def test_nesting_deeper_than_the_decoder_goes_is_a_data_error_or_a_skipped_entry(provider):
+    for payload in (b"[" * 100_000 + b"]" * 100_000, b'[{"hostname":' + b"[" * 1000 + b"]" * 1000 + b"}]"):
+        _lenient(REGISTRY[provider].parse, payload)
 
 
 @st.composite

@@ -155,6 +155,16 @@ def test_behind_a_trusted_proxy_the_rightmost_untrusted_address_is_the_client(se
     assert other.status_code == 200
 
 
+def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_the_host_header(secured):
+    request = b"GET /api/nordvpn/servers/ HTTP/1.1\r\nHost: evil.example\r\nX-API-Key: " + KEY.encode() + b"\r\n\r\n"
+    with socket.create_connection((secured.host, secured.port), source_address=("127.0.0.16", 0), timeout=10) as sock:
+        sock.sendall(request)
+        answer = sock.recv(65536)
+    assert (
+        answer.startswith(b"HTTP/1.1 404 ") and b"evil.example" not in answer and b"\r\nlocation:" not in answer.lower()
+    )
+
+
 # --- headers -------------------------------------------------------------------------
 
 

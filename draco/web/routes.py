@@ -230,5 +230,5 @@ class Api:
         chosen = candidates[:measure_count] if measure_count else candidates
         fastest = [s for s in await self._measured(data, chosen, method) if s.latency is not None][:limit]
         if not fastest:
-            raise HTTPException(503, "No server answered the latency probe.")
+            raise HTTPException(404, "No server answered the latency probe.")
         return _json(request, fastest)
