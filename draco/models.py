@@ -27,6 +27,12 @@ class Server(msgspec.Struct, frozen=True):
     city: str | None = None
     ipv4: str | None = None
     include_in_country: Annotated[bool, Meta(description="false: left out of country queries")] = True
+    p2p: Annotated[bool | None, Meta(description="peer-to-peer traffic allowed (NordVPN, Windscribe)")] = None
+    owned: Annotated[bool | None, Meta(description="hardware the provider owns (Mullvad)")] = None
+    free: Annotated[bool | None, Meta(description="open to free accounts (Windscribe)")] = None
+
+
+_WIREGUARD_NAMES = {"public_key": "PublicKey", "endpoint": "Endpoint", "allowed_ips": "AllowedIPs", "note": "Note"}
 
 
 class Country(msgspec.Struct, frozen=True):
@@ -36,11 +42,11 @@ class Country(msgspec.Struct, frozen=True):
 
 
 class Page(msgspec.Struct, frozen=True):
-    total: int
+    total: Annotated[int, Meta(description="servers in the whole list")]
     page: int
     page_size: int
     total_pages: int
-    data: Sequence[Server]
+    data: Annotated[Sequence[Server], Meta(description="this page's servers")]
 
 
 class Provider(msgspec.Struct, frozen=True):
@@ -52,6 +58,7 @@ class Provider(msgspec.Struct, frozen=True):
     ordering: Ordering
     data_age: Annotated[int | None, Meta(description="seconds since the list was fetched")]
     status: Freshness
+    filters: Annotated[list[str], Meta(description="the filters its list can answer")]
 
 
 class LatencyRun(msgspec.Struct, frozen=True):
@@ -76,6 +83,32 @@ class Health(msgspec.Struct, frozen=True):
     status: Literal["healthy", "unhealthy"]
     version: str
     providers: dict[str, ProviderHealth]
+
+
+class Peer(msgspec.Struct, frozen=True, omit_defaults=True, rename=_WIREGUARD_NAMES):
+    """A WireGuard [Peer] section, to paste under the client's own [Interface]."""
+
+    public_key: str
+    endpoint: str
+    allowed_ips: str
+    note: Annotated[str | None, Meta(description="what else the provider needs from the client")] = None
+
+
+class KeyChange(msgspec.Struct, frozen=True):
+    identifier: str
+    old_key: str
+    new_key: str
+
+
+class Changes(msgspec.Struct, frozen=True):
+    """What changed between a provider's last two accepted lists, fetched at `previous` and `current`."""
+
+    provider: str
+    previous: Annotated[float, Meta(description="Unix time of the previous list")]
+    current: Annotated[float, Meta(description="Unix time of the current list")]
+    added: list[Server]
+    removed: list[Server]
+    rekeyed: list[KeyChange]
 
 
 class Detail(msgspec.Struct, frozen=True):

@@ -104,6 +104,8 @@ class Settings:
     surfshark_api_url: str = _upstream("https://api.surfshark.com/v4/server/clusters/generic")
     mullvad_api_url: str = _upstream("https://api.mullvad.net/app/v1/relays")
     ivpn_api_url: str = _upstream("https://api.ivpn.net/v5/servers.json")
+    windscribe_api_url: str = _upstream("https://assets.windscribe.com/serverlist/mob-v2/1/{unix-ts}")
+    airvpn_api_url: str = _upstream("https://airvpn.org/api/status/")
     nordvpn_server_limit: int = _between(0, 10_000, 0)
     http_timeout: float = _between(5, 120, 30.0, "a number")
     http_max_connections: int = _between(10, 500, 100)
@@ -113,6 +115,8 @@ class Settings:
     cache_ttl: int = _between(60, 3600, 300)
     cache_max_stale: int = _between(60, 30 * 86400, 86400)
     cache_max_shrink: float = _between(0.0, 1.0, 0.5, "a fraction")
+    cache_max_rekey: float = _between(0.0, 1.0, 0.2, "a fraction")
+    cache_rekey_confirmations: int = _between(1, 100, 3)
     refresh_backoff_max: int = _between(1, 3600, 300)
     snapshot_dir: str | None = None
 

@@ -73,7 +73,8 @@ def nordvpn() -> list:
                 "status": "maintenance" if n % 23 == 7 else "online",
                 "locations": [{"country": {"id": n, "name": name, "code": code, "city": {"id": n, "name": city}}}],
                 "technologies": [wireguard],
-                "groups": [{"id": 11, "identifier": "legacy_standard"}],
+                "groups": [{"id": 11, "identifier": "legacy_standard"}]
+                + ([{"id": 15, "identifier": "legacy_p2p"}] if n % 3 == 0 else []),
                 "sample_data": NOTE,
             }
         )
@@ -108,7 +109,7 @@ def mullvad() -> dict:
             {
                 "hostname": host,
                 "active": n % 13 != 4,
-                "owned": False,
+                "owned": n % 4 == 1,
                 "location": location,
                 "provider": "sample",
                 "ipv4_addr_in": address(n),
@@ -141,9 +142,34 @@ def ivpn() -> dict:
     return {"sample_data": NOTE, "wireguard": list(by_country.values()), "openvpn": [], "config": {}}
 
 
+def windscribe() -> dict:
+    locations: dict[str, dict] = {}
+    for n, i, code, _name, city in rows(2):
+        location = locations.setdefault(
+            code,
+            {"id": len(locations) + 1, "name": f"{code} (sample)", "country_code": code, "status": 1,
+             "premium_only": 0, "p2p": int(n % 4 != 2), "groups": []},
+        )  # fmt: skip
+        host = f"{code.lower()}-{i}-wg.windscribe.example"
+        location["groups"].append(
+            {"id": n, "city": city, "nick": f"Sample {i}", "pro": int(i != 1), "wg_pubkey": key(host),
+             "wg_endpoint": host, "ping_ip": address(n)}
+        )  # fmt: skip
+    return {"sample_data": NOTE, "data": list(locations.values()), "info": {"revision": 1}}
+
+
+def airvpn() -> dict:
+    servers = [
+        {"public_name": f"Sample{n}", "country_name": name, "country_code": code.lower(), "location": city,
+         "currentload": (n * 41) % 100, "ip_v4_in1": address(n), "health": "warning" if n % 19 == 6 else "ok"}
+        for n, _i, code, name, city in rows(3)
+    ]  # fmt: skip
+    return {"sample_data": NOTE, "servers": servers, "result": "ok"}
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    for make in (nordvpn, surfshark, mullvad, ivpn):
+    for make in (nordvpn, surfshark, mullvad, ivpn, windscribe, airvpn):
         (OUT / f"{make.__name__}.json").write_text(json.dumps(make(), indent=1) + "\n")
     (OUT / "README.md").write_text(f"# {NOTE}\n\nRegenerate with `python scripts/make_demo_data.py`.\n")
 

@@ -389,6 +389,15 @@ def test_fastest_leaves_out_low_load_and_excluded_countries(measured):
     assert [s["latency"] for s in fastest] == sorted(s["latency"] for s in fastest)
 
 
+def test_fastest_applies_the_filters_before_measuring(measured):
+    draco, listeners = measured
+    before = sum(listener.accepted for listener in listeners)
+    params = {"method": "tcp", "max_load": 35, "limit": 50}
+    fastest = httpx.get(draco.url("/api/nordvpn/servers/fastest"), params=params, timeout=30).json()
+    assert fastest and all(3 < s["load"] <= 35 for s in fastest)
+    assert sum(listener.accepted for listener in listeners) - before <= 3  # only the servers the filter kept
+
+
 def test_fastest_measures_the_least_loaded_first(measured):
     draco, _ = measured
     fastest = httpx.get(

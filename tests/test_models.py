@@ -26,7 +26,7 @@ def test_paging_any_list_with_any_page_size_yields_every_server_exactly_once(tot
 def test_a_server_serialises_in_the_original_field_order_then_the_additions():
     body = json.loads(encode(server(1)))
     assert list(body)[:7] == ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"]
-    assert list(body)[7:] == ["city", "ipv4", "include_in_country"]
+    assert list(body)[7:] == ["city", "ipv4", "include_in_country", "p2p", "owned", "free"]
 
 
 def test_countries_are_sorted_by_code_and_take_the_most_common_name():

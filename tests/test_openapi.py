@@ -7,7 +7,7 @@ import re
 import httpx
 import jsonschema
 import pytest
-from conftest import NOWHERE, upstream_env
+from conftest import NOWHERE, PROVIDERS, upstream_env
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
@@ -55,9 +55,11 @@ def test_the_document_is_valid_openapi_3_1(spec):
 
 
 def test_the_document_describes_exactly_the_route_table(spec):
+    """One path per provider (and `all`), where the route has a {provider}."""
     app = create_app(load({**NOWHERE, "DEBUG": "true"}))
     table = {r.path for r in app.routes if isinstance(r, Route)} - {"/openapi.json", "/docs", "/redoc"}
-    assert set(spec["paths"]) == table
+    expanded = {path.replace("{provider}", name) for path in table for name in (*PROVIDERS, "all")}
+    assert set(spec["paths"]) == expanded
     for path, item in spec["paths"].items():
         assert list(item) == ["get"]
         declared = {p["name"] for p in item["get"]["parameters"] if p["in"] == "path"}
@@ -65,7 +67,7 @@ def test_the_document_describes_exactly_the_route_table(spec):
 
 
 def method_choices(spec) -> list[str]:
-    parameters = spec["paths"]["/api/{provider}/servers/latency"]["get"]["parameters"]
+    parameters = spec["paths"]["/api/nordvpn/servers/latency"]["get"]["parameters"]
     return next(p["schema"]["enum"] for p in parameters if p["name"] == "method")
 
 
@@ -80,7 +82,7 @@ def test_the_document_offers_exactly_the_latency_methods_this_host_runs(spec, st
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{provider}", "nordvpn").replace("{country_code}", "DE")
+    return path.replace("{country_code}", "DE").replace("{identifier}", "de1.nordvpn.example")
 
 
 def test_every_documented_bound_is_the_one_enforced(spec, debug_service):
@@ -100,7 +102,7 @@ def test_every_documented_bound_is_the_one_enforced(spec, debug_service):
                 status = httpx.get(url, params={parameter["name"]: value}).status_code
                 assert (status != 422) == ok, (path, parameter["name"], value, status)
             checked += 1
-    assert checked == 8
+    assert checked == 5 * 13 + 2 * 8  # 13 integers where a provider reports load (max_load on 5 paths), else 8
 
 
 def _validator(spec, schema) -> jsonschema.Draft202012Validator:
@@ -122,13 +124,16 @@ def _validator(spec, schema) -> jsonschema.Draft202012Validator:
         ("/api/{provider}/servers", "nordvpn", {"page": 0}, 422),
         ("/api/{provider}/servers/paginated", "nordvpn", {"page": 999}, 404),
         ("/api/{provider}/servers", "unknown", {}, 404),
+        ("/api/{provider}/servers/{identifier}/wireguard", "nordvpn", {}, 200),
+        ("/api/{provider}/changes", "nordvpn", {}, 404),
     ],
 )
 def test_real_answers_validate_against_the_documented_schemas(spec, debug_service, template, provider, params, status):
-    path = template.replace("{provider}", provider).replace("{country_code}", "DE")
-    answer = httpx.get(debug_service.url(path), params=params)
+    path = _concrete(template.replace("{provider}", provider))
+    answer = httpx.get(debug_service.url(path), params=params, headers={"Accept": "application/json"})
     assert answer.status_code == status
-    documented = spec["paths"][template]["get"]["responses"][str(status)]
+    documented = spec["paths"][template.replace("{provider}", provider.replace("unknown", "nordvpn"))]
+    documented = documented["get"]["responses"][str(status)]
     _validator(spec, documented["content"]["application/json"]["schema"]).validate(answer.json())
 
 

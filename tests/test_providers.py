@@ -50,6 +50,15 @@ def ivpn_expected(payload: dict) -> set[str]:
     return {h["hostname"] for loc in payload["wireguard"] for h in loc["hosts"] if valid_key(h["public_key"])}
 
 
+def windscribe_expected(payload: dict) -> set[str]:
+    groups = [g for loc in payload["data"] if loc["status"] == 1 for g in loc["groups"]]
+    return {g["wg_endpoint"] for g in groups if valid_key(g.get("wg_pubkey"))}
+
+
+def airvpn_expected(payload: dict) -> set[str]:
+    return {s["public_name"].lower() for s in payload["servers"] if s["health"] == "ok"}
+
+
 @pytest.mark.parametrize(
     "provider, expected",
     [
@@ -57,6 +66,8 @@ def ivpn_expected(payload: dict) -> set[str]:
         ("surfshark", surfshark_expected),
         ("mullvad", mullvad_expected),
         ("ivpn", ivpn_expected),
+        ("windscribe", windscribe_expected),
+        ("airvpn", airvpn_expected),
     ],
 )
 def test_every_real_payload_parses_to_the_independently_counted_servers(provider, expected):
@@ -87,6 +98,38 @@ def test_surfshark_2022_payload_without_keys_yields_nothing_and_counts_the_skips
 
 def _fixture(provider: str, fragment: str) -> bytes:
     return next(p for p in fixture_files(provider) if fragment in p.name).read_bytes()
+
+
+def test_windscribe_real_payload_counts_one_server_per_group_and_its_flags():
+    raw = json.loads(_fixture("windscribe", "201groups"))
+    servers, skipped = REGISTRY["windscribe"].parse(_fixture("windscribe", "201groups"))
+    assert (len(servers), skipped) == (201, 0) and len({s.country_code for s in servers}) == 72
+    by_endpoint = {s.identifier: s for s in servers}
+    for location in raw["data"]:
+        for group in location["groups"]:
+            s = by_endpoint[group["wg_endpoint"]]
+            assert (s.public_key, s.city, s.ipv4, s.load) == (group["wg_pubkey"], group["city"], group["ping_ip"], None)
+            assert (s.country_code, s.p2p, s.free) == (
+                location["country_code"],
+                location["p2p"] == 1,
+                group["pro"] == 0,
+            )
+    names = {s.country_code: s.country for s in servers}
+    assert (names["GB"], names["DE"], names["CZ"]) == ("United Kingdom", "Germany", "Czechia")  # from ISO 3166
+
+
+def test_airvpn_real_payload_keeps_the_healthy_servers_with_airvpns_one_key():
+    raw = json.loads(_fixture("airvpn", "255servers"))
+    servers, skipped = REGISTRY["airvpn"].parse(_fixture("airvpn", "255servers"))
+    assert (len(servers), skipped) == (253, 0) and len({s.country_code for s in servers}) == 23
+    assert {s.public_key for s in servers} == {"PyLCXAQT8KkM4T+dUsOQfn+Ub3pGxfGlxkIApuig+hk="}
+    entries = {e["public_name"].lower(): e for e in raw["servers"]}
+    for s in servers:
+        entry = entries[s.identifier]
+        load = min(entry["currentload"], 100)  # over capacity is full
+        assert (s.country_code, s.load, s.ipv4) == (entry["country_code"].upper(), load, entry["ip_v4_in1"])
+    left_out = {e["public_name"].lower() for e in raw["servers"] if e["health"] != "ok"}
+    assert len(left_out) == 2 and not left_out & {s.identifier for s in servers}
 
 
 def test_mullvad_real_payload_counts_names_and_country_flags():
@@ -187,7 +230,7 @@ def test_nordvpn_orders_by_load_with_unknown_last():
     assert [s.load for s in servers] == [3, 50, None, None]
 
 
-@pytest.mark.parametrize("payload", [b"{}", b'{"servers": []}', b"null", b"42", b"<html>", b"[1, 2", b"", b"[]"[:1]])
+@pytest.mark.parametrize("payload", [b"{}", b'{"servers": {}}', b"null", b"42", b"<html>", b"[1, 2", b"", b"[]"[:1]])
 @pytest.mark.parametrize("provider", list(REGISTRY))
 def test_a_payload_of_the_wrong_shape_is_a_data_error(provider, payload):
     with pytest.raises(VPNDataError):
@@ -218,7 +261,8 @@ def deeply_nested(draw) -> bytes:
     pattern = [levels[i % len(levels)] for i in range(depth)]
     nested = b"".join(o for o, _ in pattern) + b"1" + b"".join(c for _, c in reversed(pattern))
     template = draw(st.sampled_from(["%s", "[%s]", '[{"hostname": %s}]', '{"wireguard": %s}', '{"wireguard": [%s]}',
-                                     '{"locations": {}, "wireguard": {"relays": [%s]}}']))  # fmt: skip
+                                     '{"locations": {}, "wireguard": {"relays": [%s]}}', '{"data": [%s]}',
+                                     '{"data": [{"status": 1, "groups": [%s]}]}', '{"servers": [%s]}']))  # fmt: skip
     return template.encode() % nested
 
 

@@ -12,7 +12,15 @@ from conftest import PROVIDERS, demo_payload, upstream_env
 from draco.providers import REGISTRY
 
 ORIGINAL = ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"]
-FIELDS = [*ORIGINAL, "city", "ipv4", "include_in_country"]  # the original schema, then draco's additions
+FIELDS = [
+    *ORIGINAL,
+    "city",
+    "ipv4",
+    "include_in_country",
+    "p2p",
+    "owned",
+    "free",
+]  # the original schema, then draco's additions
 EVERY = (*PROVIDERS, "all")  # each endpoint is tested for every provider and for their union
 
 

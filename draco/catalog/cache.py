@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import random
 import time
@@ -21,12 +22,12 @@ from pathlib import Path
 import attrs
 import httpx
 
-from draco.catalog.dataset import Dataset, make_dataset
+from draco.catalog.dataset import Dataset, changes, make_dataset, rekeyed
 from draco.catalog.fetch import failure_class, fetch
 from draco.catalog.shared import SharedCatalog
 from draco.catalog.snapshot import read_snapshot, snapshot_bytes, write_snapshot
 from draco.exceptions import VPNAPIError, VPNDataError, VPNServiceError
-from draco.models import ProviderHealth
+from draco.models import Changes, ProviderHealth
 from draco.providers import REGISTRY, Provider
 from draco.settings import Settings
 
@@ -44,6 +45,8 @@ class Status:
     last_failure_at: float | None = None
     error_type: type[VPNServiceError] = VPNAPIError  # what a cold request raises after a failure
     outcomes: collections.Counter[str] = attrs.field(factory=collections.Counter)  # refreshes by outcome
+    held: tuple[str, int] | None = None  # a mass key swap held back: its digest, and how often it came
+    changes: Changes | None = None  # between the last two accepted lists
 
 
 class Catalog:
@@ -136,7 +139,7 @@ class Catalog:
                 return  # another instance refreshed the list, or is refreshing it
             try:
                 data = await fetch(self.client, self.settings, self.providers[name], status.data, self.clock)
-                self._check(status.data, data)
+                self._check(status, data)
             finally:
                 if self.shared:
                     await self.shared.release(name)
@@ -151,6 +154,8 @@ class Catalog:
     async def _accept(self, name: str, data: Dataset, publish: bool, renewed: bool = False) -> None:
         """Serve `data` from now on, and keep it: snapshot file, and the shared catalog."""
         status = self.status[name]
+        if status.data is not None and data.servers is not status.data.servers:
+            status.changes = changes(status.data, data)
         status.data = data
         status.failures, status.retry_at, status.last_success = 0, 0.0, self.clock()
         shared = self.shared if publish else None
@@ -217,16 +222,30 @@ class Catalog:
         message = "refresh of %s failed (%s), attempt %d, next in %.1fs"
         log.warning(message, name, why, status.failures, delay, exc_info=status.last_failure == "error")
 
-    def _check(self, old: Dataset | None, new: Dataset) -> None:
-        """The sanity guard: an empty or sharply shrunk list is an upstream fault while
-        the previous list may still be served."""
+    def _check(self, status: Status, new: Dataset) -> None:
+        """The sanity guard: while the previous list may still be served, an empty list,
+        one shrunk by more than CACHE_MAX_SHRINK, or one that swaps the keys of more than
+        CACHE_MAX_REKEY of the servers still present is an upstream fault. Providers
+        rotate keys a few at a time; a mass swap is what a tampered upstream or a
+        hijacked name would look like, so it is held back until the upstream has sent
+        the same keys on CACHE_REKEY_CONFIRMATIONS refreshes in a row."""
+        old, s = status.data, self.settings
         if not new.servers:
             raise VPNDataError("empty")
-        if old is None or old.servers is new.servers:
+        if old is None or old.servers is new.servers or self.clock() - old.fetched_at > s.cache_max_stale:
             return
-        servable = self.clock() - old.fetched_at <= self.settings.cache_max_stale
-        if servable and len(new.servers) < len(old.servers) * (1 - self.settings.cache_max_shrink):
+        if len(new.servers) < len(old.servers) * (1 - s.cache_max_shrink):
             raise VPNDataError("shrunk", f"from {len(old.servers)} to {len(new.servers)} servers")
+        kept, swapped = rekeyed(old, new)
+        if len(swapped) <= kept * s.cache_max_rekey:
+            status.held = None
+            return
+        digest = hashlib.blake2b(repr(swapped).encode(), digest_size=16).hexdigest()
+        seen = status.held[1] + 1 if status.held and status.held[0] == digest else 1
+        status.held = None if seen >= s.cache_rekey_confirmations else (digest, seen)
+        if status.held:
+            detail = f"{len(swapped)} of {kept} keys changed, sent {seen} of {s.cache_rekey_confirmations} times"
+            raise VPNDataError("rekeyed", detail)
 
     def health(self) -> dict[str, ProviderHealth]:
         return {

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from draco.models import Country, Server, countries, encode, gzipped
+from draco.models import Changes, Country, KeyChange, Server, countries, encode, gzipped
 
 _RENDER_CACHE_SIZE = 512  # encoded responses kept per list version
 
@@ -76,3 +76,19 @@ def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
             data.rendered.pop(next(iter(data.rendered)))
         data.rendered[key] = found
     return found
+
+
+def rekeyed(old: Dataset, new: Dataset) -> tuple[int, list[KeyChange]]:
+    """How many servers of `old` are still in `new`, and those whose key changed."""
+    before = {s.identifier: s.public_key for s in old.servers}
+    kept = [s for s in new.servers if s.identifier in before]
+    swapped = [KeyChange(s.identifier, before[s.identifier], s.public_key) for s in kept]
+    return len(kept), [change for change in swapped if change.old_key != change.new_key]
+
+
+def changes(old: Dataset, new: Dataset) -> Changes:
+    """What changed from one accepted list to the next."""
+    before, after = {s.identifier for s in old.servers}, {s.identifier for s in new.servers}
+    added = [s for s in new.servers if s.identifier not in before]
+    removed = [s for s in old.servers if s.identifier not in after]
+    return Changes(new.provider, old.fetched_at, new.fetched_at, added, removed, rekeyed(old, new)[1])

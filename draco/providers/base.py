@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import msgspec
@@ -33,18 +34,30 @@ def _no_params(_settings: Any) -> dict[str, Any]:
     return {}
 
 
+def _words(fields: str | frozenset[str]) -> frozenset[str]:
+    return fields if isinstance(fields, frozenset) else frozenset(fields.split())
+
+
 @attrs.frozen
 class Provider:
     name: str
-    url_setting: str  # the Settings field holding the upstream URL
     parse: Callable[[Payload], Parsed]
-    reports_load: bool
-    reports_status: bool  # whether the upstream says which servers are online
-    ordering: Ordering  # the default order of its list, as told by /api/providers
+    # The optional Server fields its list fills (load, city, ipv4, p2p, owned, free), space-separated.
+    reports: frozenset[str] = attrs.field(converter=_words)
+    reports_status: bool = True  # whether the upstream says which servers are online
+    ordering: Ordering = "upstream"  # the default order of its list, as told by /api/providers
+    wireguard_port: int = 51820  # its documented default WireGuard port, with the source beside it
+    endpoint: Literal["ipv4", "identifier"] = "ipv4"  # what a [Peer] Endpoint names (ipv4 when known)
+    peer_note: str | None = None  # what else a client needs to connect
     params: Callable[[Any], dict[str, Any]] = _no_params  # the upstream query, from the settings
 
+    @property
+    def url_setting(self) -> str:
+        return f"{self.name}_api_url"  # the Settings field holding its upstream URL
+
     def url(self, settings: Any) -> str:
-        return str(getattr(settings, self.url_setting))
+        """The upstream URL, with `{unix-ts}` in it filled (it only defeats caches)."""
+        return str(getattr(settings, self.url_setting)).replace("{unix-ts}", str(int(time.time())))
 
 
 def decode(payload: Payload, shape: Any) -> Any:
@@ -52,6 +65,31 @@ def decode(payload: Payload, shape: Any) -> Any:
         return msgspec.json.decode(payload, type=shape)
     except (ValueError, RecursionError):
         raise VPNDataError("invalid_data", f"payload is not {shape}") from None
+
+
+def listed(payload: Payload, key: str) -> list[msgspec.Raw]:
+    """The entries of the list under `key` of the payload's top-level object, undecoded."""
+    return list(getattr(decode(payload, msgspec.defstruct("Top", [(key, list[msgspec.Raw])])), key))
+
+
+def entry(name: str, fields: str, rename: dict[str, str] | None = None) -> Any:
+    """A struct holding the named fields of an upstream entry, each of any type and None
+    when missing (server() checks each); `rename` maps a schema name to the upstream's."""
+    return msgspec.defstruct(name, [(field, Any, None) for field in fields.split()], rename=rename)
+
+
+def nested(parents: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any], children: str) -> list[Any]:
+    """(parent, raw child) for each child of each parent (a location's hosts); a parent
+    that does not decode becomes (None, None), which collect() counts as skipped."""
+    pairs: list[Any] = []
+    for raw in parents:
+        try:
+            parent = decoder.decode(raw)
+        except BAD_ENTRY:
+            pairs.append((None, None))
+            continue
+        pairs += [(parent, child) for child in getattr(parent, children) or ()]
+    return pairs
 
 
 def collect(entries: Iterable[Any], convert: Callable[[Any], Server | None]) -> Parsed:
@@ -101,12 +139,12 @@ def country(code: Any, name: Any) -> tuple[str, str]:
     code = _CODE_ALIASES.get(code, code)
     if not (len(code) == 2 and code.isascii() and code.isalpha()):
         raise ValueError("not an ISO country code")
-    name = name.strip()
+    name = name.strip() if name.isprintable() else ""  # a line break in a name could forge a [Peer] line
     return code, _NAME_FIXES.get(name, name) or code
 
 
 def text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
+    return value.strip() or None if isinstance(value, str) and value.isprintable() else None
 
 
 def identifier(value: Any) -> str:
@@ -122,6 +160,11 @@ def load(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
         return None
     return round(value)
+
+
+def flag(value: Any) -> bool | None:
+    """An upstream's 0/1 (or false/true) flag; anything else is unknown."""
+    return bool(value) if value in (0, 1) else None
 
 
 def ipv4(value: Any) -> str | None:

@@ -14,12 +14,7 @@ import msgspec
 from draco.models import Server
 from draco.providers import base
 
-
-class _Host(msgspec.Struct, rename={"identifier": "hostname", "ipv4": "host"}):
-    identifier: Any = None
-    public_key: Any = None
-    ipv4: Any = None
-    load: Any = None
+_Host = base.entry("Host", "identifier public_key ipv4 load", {"identifier": "hostname", "ipv4": "host"})
 
 
 class _Location(msgspec.Struct):
@@ -29,30 +24,17 @@ class _Location(msgspec.Struct):
     hosts: list[msgspec.Raw] = []
 
 
-class _Payload(msgspec.Struct):
-    wireguard: list[msgspec.Raw]
-
-
 def parse(payload: base.Payload) -> base.Parsed:
-    top = base.decode(payload, _Payload)
     location_decoder, host_decoder = msgspec.json.Decoder(_Location), msgspec.json.Decoder(_Host)
-    hosts: list[tuple[_Location | None, msgspec.Raw | None]] = []  # location None: a malformed one
-    for raw in top.wireguard:
-        try:
-            location = location_decoder.decode(raw)
-        except base.BAD_ENTRY:
-            hosts.append((None, None))
-            continue
-        hosts += [(location, host) for host in location.hosts]
 
-    def server(item: tuple[_Location, msgspec.Raw]) -> Server:
+    def server(item: tuple[Any, Any]) -> Server:
         location, raw = item
-        host = host_decoder.decode(raw)
-        return base.server(
-            "ivpn", host, country_code=location.country_code, country=location.country, city=location.city
-        )
+        place = {"country_code": location.country_code, "country": location.country, "city": location.city}
+        return base.server("ivpn", host_decoder.decode(raw), **place)
 
-    return base.collect(hosts, server)
+    return base.collect(base.nested(base.listed(payload, "wireguard"), location_decoder, "hosts"), server)
 
 
-PROVIDER = base.Provider("ivpn", "ivpn_api_url", parse, reports_load=True, reports_status=False, ordering="upstream")
+# gluetun's IVPN default WireGuard port: qdm12/gluetun internal/provider/ivpn/connection.go,
+# "const defaultPort = 58237" (IVPN's WireGuard ports: 2049, 2050, 53, 30587, 41893, 48574, 58237).
+PROVIDER = base.Provider("ivpn", parse, "load city ipv4", reports_status=False, wireguard_port=58237)

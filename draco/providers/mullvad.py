@@ -15,15 +15,11 @@ import msgspec
 from draco.models import Server
 from draco.providers import base
 
-
-class _Relay(msgspec.Struct, rename={"identifier": "hostname", "ipv4": "ipv4_addr_in"}):
-    identifier: Any = None
-    active: Any = None
-    location: Any = None
-    public_key: Any = None
-    weight: Any = 0
-    include_in_country: Any = True
-    ipv4: Any = None
+_Relay = base.entry(
+    "Relay",
+    "identifier active location public_key weight include_in_country ipv4 owned",
+    {"identifier": "hostname", "ipv4": "ipv4_addr_in"},
+)
 
 
 class _WireGuard(msgspec.Struct):
@@ -35,7 +31,7 @@ class _Payload(msgspec.Struct):
     wireguard: _WireGuard
 
 
-def _server(relay: _Relay | None, locations: dict[str, Any]) -> Server | None:
+def _server(relay: Any, locations: dict[str, Any]) -> Server | None:
     if relay is None:
         raise ValueError("a malformed relay")
     if relay.active is not True:
@@ -48,10 +44,11 @@ def _server(relay: _Relay | None, locations: dict[str, Any]) -> Server | None:
         country=place["country"],
         city=place.get("city"),
         include_in_country=relay.include_in_country is not False,
+        owned=base.flag(relay.owned),
     )
 
 
-def _weight(relay: _Relay | None) -> float:
+def _weight(relay: Any) -> float:
     weight = getattr(relay, "weight", 0)
     return weight if isinstance(weight, int | float) and not isinstance(weight, bool) else 0
 
@@ -59,7 +56,7 @@ def _weight(relay: _Relay | None) -> float:
 def parse(payload: base.Payload) -> base.Parsed:
     top = base.decode(payload, _Payload)
     decoder = msgspec.json.Decoder(_Relay)
-    relays: list[_Relay | None] = []
+    relays: list[Any] = []
     for raw in top.wireguard.relays:
         try:
             relays.append(decoder.decode(raw))
@@ -69,6 +66,6 @@ def parse(payload: base.Payload) -> base.Parsed:
     return base.collect(relays, lambda relay: _server(relay, top.locations))
 
 
-PROVIDER = base.Provider(
-    "mullvad", "mullvad_api_url", parse, reports_load=False, reports_status=True, ordering="weight"
-)
+# gluetun's Mullvad default WireGuard port: qdm12/gluetun internal/provider/mullvad/connection.go,
+# NewConnectionDefaults(443, 1194, 51820); 51820 lies in the relay list's wireguard port_ranges.
+PROVIDER = base.Provider("mullvad", parse, "city ipv4 owned", ordering="weight", wireguard_port=51820)

@@ -55,14 +55,17 @@ def _server(entry: _Entry) -> Server | None:
         return None
     if msgspec.json.decode(wireguard.pivot, type=_Pivot).status != "online":
         return None
-    # Dedicated-IP servers carry a key but only serve whoever bought that IP.
-    if any(group.identifier == "legacy_dedicated_ip" for group in entry.groups):
+    groups = {group.identifier for group in entry.groups}
+    if "legacy_dedicated_ip" in groups:  # it has a key, but serves only whoever bought that IP
         return None
     metadata = msgspec.json.decode(wireguard.metadata, type=list[_Metadata])
     key = next((m.value for m in metadata if m.name == "public_key"), None)
     where = msgspec.json.decode(entry.locations, type=list[_Location])[0].country
     city = where.city.get("name") if isinstance(where.city, dict) else None
-    return base.server("nordvpn", entry, public_key=key, country_code=where.code, country=where.name, city=city)
+    p2p = "legacy_p2p" in groups
+    return base.server(
+        "nordvpn", entry, public_key=key, country_code=where.code, country=where.name, city=city, p2p=p2p
+    )
 
 
 def parse(payload: base.Payload) -> base.Parsed:
@@ -78,6 +81,6 @@ def _params(settings: Any) -> dict[str, Any]:
     return {"filters[servers_technologies][identifier]": "wireguard_udp", "limit": settings.nordvpn_server_limit}
 
 
-PROVIDER = base.Provider(
-    "nordvpn", "nordvpn_api_url", parse, reports_load=True, reports_status=True, ordering="load", params=_params
-)
+# NordLynx (NordVPN's WireGuard) listens on UDP 51820: gluetun's default, qdm12/gluetun
+# internal/provider/nordvpn/connection.go, NewConnectionDefaults(443, 1194, 51820).
+PROVIDER = base.Provider("nordvpn", parse, "load city ipv4 p2p", ordering="load", wireguard_port=51820, params=_params)

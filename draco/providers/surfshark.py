@@ -13,21 +13,14 @@ from draco.models import Server
 from draco.providers import base
 
 _WIREGUARD_TYPES = ("wireguard", "generic")
-_UPSTREAM_NAMES = {"identifier": "connectionName", "public_key": "pubKey", "country_code": "countryCode",
-                   "city": "location"}  # fmt: skip
+_Cluster = base.entry(
+    "Cluster",
+    "identifier type public_key country country_code city load",
+    {"identifier": "connectionName", "public_key": "pubKey", "country_code": "countryCode", "city": "location"},
+)
 
 
-class _Cluster(msgspec.Struct, rename=_UPSTREAM_NAMES):
-    identifier: Any = None
-    type: Any = None
-    public_key: Any = None
-    country: Any = None
-    country_code: Any = None
-    city: Any = None
-    load: Any = None
-
-
-def _server(cluster: _Cluster) -> Server | None:
+def _server(cluster: Any) -> Server | None:
     return base.server("surfshark", cluster) if cluster.type in _WIREGUARD_TYPES else None
 
 
@@ -36,6 +29,8 @@ def parse(payload: base.Payload) -> base.Parsed:
     return base.collect(base.decode(payload, list[msgspec.Raw]), lambda raw: _server(decoder.decode(raw)))
 
 
-PROVIDER = base.Provider(
-    "surfshark", "surfshark_api_url", parse, reports_load=True, reports_status=False, ordering="upstream"
-)
+# NordLynx-style default port: gluetun's Surfshark WireGuard default, qdm12/gluetun
+# internal/provider/surfshark/connection.go, NewConnectionDefaults(1443, 1194, 51820); Surfshark's
+# own configurations say `Endpoint = …:51820`. The list gives no address: the Endpoint is the hostname.
+PROVIDER = base.Provider("surfshark", parse, "load city", reports_status=False, wireguard_port=51820,
+                         endpoint="identifier")  # fmt: skip

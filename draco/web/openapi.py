@@ -17,9 +17,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from draco import models
 from draco.models import Error
 from draco.providers import REGISTRY
 from draco.settings import Settings
+from draco.web.params import FILTERS
 from draco.web.routes import ALL, Endpoint
 
 _ERRORS = {
@@ -36,8 +38,12 @@ _CATALOG_HEADERS = {
     "Age": {"schema": {"type": "integer"}, "description": "seconds since the list was fetched"},
     "X-Data-Status": {"schema": {"enum": ["fresh", "stale"]}},
 }
-_PROVIDER = {"name": "provider", "in": "path", "required": True, "schema": {"enum": [*REGISTRY, ALL]},
-             "description": "a provider, or `all` for all in one list"}  # fmt: skip
+
+
+def answers_filter(provider: str | None, name: str) -> bool:
+    """Whether `provider` can answer the parameter `name` (True for what is not a filter)."""
+    needs = next((f.needs for f in FILTERS if f.param.name == name), None)
+    return needs is None or provider in (None, ALL) or needs in REGISTRY[provider].reports
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -47,25 +53,29 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     types = [endpoint.answer for endpoint in endpoints] + [Error]
     answers, schemas = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
-    for name, schema in schemas.items():  # msgspec sends every field, so every one is required in an answer
-        if name != "Error":
+    for name, schema in schemas.items():  # msgspec sends every field, unless told to omit defaults
+        if not getattr(models, name).__struct_config__.omit_defaults:
             schema["required"] = list(schema["properties"])
     error = _json(answers[-1])
     paths = {}
     for endpoint, answer in zip(endpoints, answers, strict=False):
         ok: dict[str, Any] = {"description": "OK", "content": _json(answer)}
+        if endpoint.text:
+            ok["content"]["text/plain"] = {"schema": {"type": "string"}}
         responses = {"200": ok}
         if endpoint.catalog:
             ok["headers"] = _CATALOG_HEADERS
             responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
         responses |= {code: {"description": text, "content": error} for code, text in _ERRORS.items()}
-        parameters = [param.document() for param in endpoint.params]
-        if "{provider}" in endpoint.path:
-            parameters.insert(0, _PROVIDER)
-        operation = {"summary": endpoint.summary, "parameters": parameters, "responses": responses}
+        operation: dict[str, Any] = {"summary": endpoint.summary, "responses": responses}
         if endpoint.path.startswith("/api/") and settings.enable_api_key_auth:
             operation["security"] = [{"ApiKey": []}]
-        paths[endpoint.path] = {"get": operation}
+        # One path per provider, each with exactly the filters that provider's list answers.
+        providers: list[str | None] = [*REGISTRY, ALL] if "{provider}" in endpoint.path else [None]
+        for provider in providers:
+            parameters = [param.document() for param in endpoint.params if answers_filter(provider, param.name)]
+            path = endpoint.path.replace("{provider}", provider or "")
+            paths[path] = {"get": operation | {"parameters": parameters}}
     return {
         "openapi": "3.1.0",
         "info": {"title": settings.app_name, "version": settings.app_version},

@@ -5,6 +5,7 @@ the OpenAPI document describes them from the same declarations."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
@@ -12,7 +13,7 @@ import attrs
 import msgspec
 from msgspec import Meta
 
-from draco.models import CountryCode, Detail
+from draco.models import CountryCode, Detail, Server
 from draco.web.errors import RequestValidationError
 
 
@@ -49,6 +50,38 @@ EXCLUDE = Param(
 )
 PAGE = Param("page", integer(1, 1_000_000, "page number, from 1"), 1)
 TOP_LIMIT = Param("limit", integer(1, 50, "how many"), 10)
+
+
+def text(longest: int, description: str) -> Any:
+    return Annotated[str, Meta(min_length=1, max_length=longest, description=description)]
+
+
+@attrs.frozen
+class Filter:
+    """A filter: its parameter, the Server field a provider must report for it to be
+    answered (None: every provider can), and which servers it keeps."""
+
+    param: Param
+    needs: str | None
+    keep: Callable[[Server, Any], bool]
+
+
+FILTERS = (
+    Filter(Param("city", text(100, "the city, compared case-insensitively")), "city",
+           lambda s, city: (s.city or "").casefold() == city.casefold()),
+    Filter(Param("identifier", text(253, "exactly this server")), None, lambda s, name: s.identifier == name.lower()),
+    Filter(Param("identifier_prefix", text(253, "servers whose identifier starts so")), None,
+           lambda s, prefix: s.identifier.startswith(prefix.lower())),
+    Filter(Param("max_load", integer(0, 100, "load at most this; servers of unknown load are left out")), "load",
+           lambda s, most: s.load is not None and s.load <= most),
+    Filter(Param("p2p", Annotated[bool, Meta(description="peer-to-peer allowed")]), "p2p", lambda s, v: s.p2p is v),
+    Filter(Param("owned", Annotated[bool, Meta(description="the provider's own hardware")]), "owned",
+           lambda s, v: s.owned is v),
+    Filter(Param("free", Annotated[bool, Meta(description="open to free accounts")]), "free",
+           lambda s, v: s.free is v),
+)  # fmt: skip
+FILTER_PARAMS = tuple(f.param for f in FILTERS)
+
 
 # The `type` of a detail, in the words of the original service (pydantic's), by what msgspec said.
 _KINDS = {

@@ -21,10 +21,38 @@ from starlette.types import Receive, Scope, Send
 
 from draco.catalog.cache import Catalog
 from draco.catalog.dataset import Dataset, Rendered, render
-from draco.models import Country, Freshness, Health, LatencyRun, Page, Provider, Server, encode, gzipped, paginate
+from draco.models import (
+    Changes,
+    Country,
+    Detail,
+    Freshness,
+    Health,
+    LatencyRun,
+    Page,
+    Peer,
+    Provider,
+    Server,
+    encode,
+    gzipped,
+    paginate,
+)
 from draco.probe.runs import Latencies
 from draco.settings import Settings
-from draco.web.params import COUNTRY, EXCLUDE, PAGE, TOP_LIMIT, Param, choice, integer, read
+from draco.web.errors import RequestValidationError
+from draco.web.params import (
+    COUNTRY,
+    EXCLUDE,
+    FILTER_PARAMS,
+    FILTERS,
+    PAGE,
+    TOP_LIMIT,
+    Filter,
+    Param,
+    choice,
+    integer,
+    read,
+    text,
+)
 
 ALL = "all"  # every provider at once
 _UNKNOWN = float("inf")
@@ -41,6 +69,7 @@ class Endpoint:
     answer: Any  # the type of a 200 answer (models.py), for the document
     params: tuple[Param, ...] = ()
     catalog: bool = True  # a catalog answer: ETag, Age, X-Data-Status, 304
+    text: bool = False  # text/plain too, when JSON is not asked for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -68,6 +97,10 @@ def _json(request: Request, body: Any, status: int = 200) -> Response:
 def _matches(header: str, etags: tuple[str, ...]) -> bool:
     tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
     return "*" in tags or not tags.isdisjoint(etags)
+
+
+def matching(servers: Sequence[Server], chosen: list[tuple[Filter, Any]]) -> Sequence[Server]:
+    return [s for s in servers if all(f.keep(s, value) for f, value in chosen)] if chosen else servers
 
 
 def operational(servers: Iterable[Server], exclude: frozenset[str] = frozenset()) -> list[Server]:
@@ -100,25 +133,45 @@ class Api:
         # Starlette tries routes in order: the catalog first; each named /servers/... route
         # before /servers/{country_code}, which would match it too.
         self.endpoints = [
-            Endpoint(f"{base}/servers", self.servers, "A page of servers", list[Server], paging),
-            Endpoint(f"{base}/servers/paginated", self.servers_paginated, "A page with totals", Page, paging),
+            Endpoint(f"{base}/servers", self.servers, "A page of servers", list[Server], paging + FILTER_PARAMS),
+            Endpoint(f"{base}/servers/paginated", self.servers_paginated, "A page with totals", Page,
+                     paging + FILTER_PARAMS),
             Endpoint(f"{base}/servers/top", self.servers_top,
                      "Operational servers (load above 3) ranked by latency, then load", list[Server],
-                     (TOP_LIMIT, COUNTRY)),
+                     (TOP_LIMIT, COUNTRY, *FILTER_PARAMS)),
             Endpoint(f"{base}/servers/latency", self.servers_latency,
                      "Measure latency (costs LATENCY_WEIGHT requests); fastest first, unreachable last", LatencyRun,
                      (COUNTRY, Param("limit", integer(0, 5000, "how many to measure; 0 for all"), 100), method),
                      catalog=False),
             Endpoint(f"{base}/servers/fastest", self.servers_fastest,
                      "The fastest operational servers that answered (costs LATENCY_WEIGHT requests)", list[Server],
-                     (TOP_LIMIT, COUNTRY, Param("measure_count", measure, 100), EXCLUDE, method), catalog=False),
+                     (TOP_LIMIT, COUNTRY, Param("measure_count", measure, 100), EXCLUDE, method, *FILTER_PARAMS),
+                     catalog=False),
             Endpoint(f"{base}/servers/{{country_code}}", self.servers_by_country, "The servers of one country",
-                     list[Server], (attrs.evolve(COUNTRY, where="path"),)),
+                     list[Server], (attrs.evolve(COUNTRY, where="path"), *FILTER_PARAMS)),
+            Endpoint(f"{base}/servers/{{identifier}}/wireguard", self.wireguard,
+                     "The [Peer] section for a WireGuard client (JSON with Accept: application/json)", Peer,
+                     (Param("identifier", text(253, "the server's identifier"), where="path"),), False, True),
             Endpoint(f"{base}/countries", self.countries, "Countries with servers, by code", list[Country]),
+            Endpoint(f"{base}/changes", self.changes, "What changed between the last two accepted lists", Changes,
+                     catalog=False),
             Endpoint("/api/providers", self.providers, "The providers and the freshness of their lists",
                      list[Provider], catalog=False),
             Endpoint("/health", self.health, "Service health", Health, catalog=False),
         ]  # fmt: skip
+
+    def active(self, request: Request, filters: dict[str, Any]) -> list[tuple[Filter, Any]]:
+        """The filters asked for; a 422 for one the provider's list cannot answer."""
+        chosen = [(f, filters[f.param.name]) for f in FILTERS if filters[f.param.name] is not None]
+        name, details = request.path_params["provider"], []
+        for f, _ in chosen:
+            able = [p.name for p in self.catalog.providers.values() if f.needs in p.reports]
+            if f.needs and name != ALL and name not in able:
+                message = f"{name} does not say {f.needs}; the providers that do: {', '.join(able)}"
+                details.append(Detail(["query", f.param.name], message, "unsupported_filter"))
+        if details:
+            raise RequestValidationError(details)
+        return chosen
 
     async def dataset(self, request: Request) -> Dataset:
         name = request.path_params["provider"]
@@ -157,35 +210,44 @@ class Api:
         index = []
         for name, p in self.catalog.providers.items():
             data = self.catalog.status[name].data
-            sizes = (len(data.servers), len(data.countries)) if data else (0, 0)
+            servers, countries = (len(data.servers), len(data.countries)) if data else (0, 0)
             status: Freshness = "none" if data is None else "stale" if self.catalog.is_stale(data) else "fresh"
             age = self.catalog.age(data) if data else None
-            index.append(Provider(name, *sizes, p.reports_load, p.reports_status, p.ordering, age, status))
+            filters = [f.param.name for f in FILTERS if f.needs is None or f.needs in p.reports]
+            index.append(Provider(name, servers, countries, "load" in p.reports, p.reports_status, p.ordering, age,
+                                  status, filters))  # fmt: skip
         return _json(request, index)
 
-    async def servers(self, request: Request, page: int, page_size: int) -> Response:
+    async def servers(self, request: Request, page: int, page_size: int, **filters: Any) -> Response:
+        chosen = self.active(request, filters)
         data = await self.dataset(request)
-        rendered = render(data, ("servers", page, page_size), lambda: paginate(data.servers, page, page_size).data)
+        key = ("servers", page, page_size, *filters.values())
+        rendered = render(data, key, lambda: paginate(matching(data.servers, chosen), page, page_size).data)
         return self.respond(request, data, rendered)
 
-    async def servers_paginated(self, request: Request, page: int, page_size: int) -> Response:
+    async def servers_paginated(self, request: Request, page: int, page_size: int, **filters: Any) -> Response:
+        chosen = self.active(request, filters)
         data = await self.dataset(request)
-        result = paginate(data.servers, page, page_size)
+        result = paginate(matching(data.servers, chosen), page, page_size)
         if page > max(result.total_pages, 1):
             raise HTTPException(404, f"Page {page} is past the last page ({result.total_pages}).")
-        return self.respond(request, data, render(data, ("paginated", page, page_size), lambda: result))
+        key = ("paginated", page, page_size, *filters.values())
+        return self.respond(request, data, render(data, key, lambda: result))
 
-    async def servers_by_country(self, request: Request, country_code: str) -> Response:
+    async def servers_by_country(self, request: Request, country_code: str, **filters: Any) -> Response:
+        chosen = self.active(request, filters)
         data = await self.dataset(request)
-        if country_code not in data.by_country:
-            raise HTTPException(404, f"No servers in country {country_code}.")
-        rendered = render(data, ("country", country_code), lambda: data.by_country[country_code])
-        return self.respond(request, data, rendered)
+        found = matching(data.by_country.get(country_code, ()), chosen)
+        if not found:
+            raise HTTPException(404, f"No servers in country {country_code}" + (" match." if chosen else "."))
+        return self.respond(request, data, render(data, ("country", country_code, *filters.values()), lambda: found))
 
-    async def servers_top(self, request: Request, limit: int, country_code: str | None) -> Response:
+    async def servers_top(self, request: Request, limit: int, country_code: str | None, **filters: Any) -> Response:
+        chosen = self.active(request, filters)
         data = await self.dataset(request)
-        key = ("top", country_code, limit, self.latencies.runs_done)  # a new measurement may change the ranking
-        pool = data.by_country.get(country_code, ()) if country_code else data.servers
+        # a new measurement may change the ranking
+        key = ("top", country_code, limit, self.latencies.runs_done, *filters.values())
+        pool = matching(data.by_country.get(country_code, ()) if country_code else data.servers, chosen)
         rendered = render(data, key, lambda: with_latency(operational(pool), self.latencies.known())[:limit])
         if rendered.body == b"[]":
             raise HTTPException(404, "No operational servers match.")
@@ -219,16 +281,46 @@ class Api:
         measure_count: int,
         exclude: str,
         method: str,
+        **filters: Any,
     ) -> Response:
         method = self.methods[0] if method == "auto" else method
+        chosen = self.active(request, filters)
         data = await self.dataset(request)
-        pool = data.by_country.get(country_code, ()) if country_code else data.servers
+        pool = matching(data.by_country.get(country_code, ()) if country_code else data.servers, chosen)
         excluded = frozenset(code for code in exclude.replace(",", "-").split("-") if code)
         candidates = operational(pool, excluded)  # lowest load first: measured first
         if not candidates:
             raise HTTPException(404, "No operational servers match.")
-        chosen = candidates[:measure_count] if measure_count else candidates
-        fastest = [s for s in await self._measured(data, chosen, method) if s.latency is not None][:limit]
+        measured = await self._measured(data, candidates[:measure_count] if measure_count else candidates, method)
+        fastest = [s for s in measured if s.latency is not None][:limit]
         if not fastest:
             raise HTTPException(404, "No server answered the latency probe.")
         return _json(request, fastest)
+
+    async def wireguard(self, request: Request, identifier: str) -> Response:
+        """The [Peer] a client pastes under its own [Interface]. draco never asks for,
+        takes or returns a private key: this endpoint takes no query parameter at all."""
+        data = await self.dataset(request)
+        wanted = identifier.lower()
+        server = next((s for s in data.servers if s.identifier == wanted), None)
+        if server is None:
+            raise HTTPException(404, f"No server {wanted}.")
+        provider = self.catalog.providers[server.provider]
+        host = server.ipv4 if provider.endpoint == "ipv4" and server.ipv4 else server.identifier
+        peer = Peer(server.public_key, f"{host}:{provider.wireguard_port}", "0.0.0.0/0, ::/0", provider.peer_note)
+        if "application/json" in request.headers.get("accept", ""):
+            return _json(request, peer)
+        about = f"# {server.provider} {server.identifier}, {server.country}"
+        lines = ["[Peer]", about, f"PublicKey = {peer.public_key}", f"Endpoint = {peer.endpoint}",
+                 f"AllowedIPs = {peer.allowed_ips}"]  # fmt: skip
+        lines += [f"# {peer.note}"] if peer.note else []
+        return Response("\n".join(lines) + "\n", 200, {"Cache-Control": "no-store"}, "text/plain")
+
+    async def changes(self, request: Request) -> Response:
+        name = request.path_params["provider"]
+        if name not in self.catalog.providers:
+            raise HTTPException(404, "Changes are kept per provider." if name == ALL else "Unknown provider.")
+        changes = self.catalog.status[name].changes
+        if changes is None:
+            raise HTTPException(404, "Fewer than two lists have been accepted so far.")
+        return _json(request, changes)

@@ -1,0 +1,46 @@
+"""AirVPN's public status list: servers whose health is "ok".
+
+The list carries no WireGuard key: AirVPN uses one server public key for every
+server (below). Country codes arrive in lower case; the load is `currentload`.
+A client also needs its account's own preshared key, which no list carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from draco.models import Server
+from draco.providers import base
+
+# AirVPN's one WireGuard server public key, the same in every configuration AirVPN's
+# generator writes; gluetun holds it too (qdm12/gluetun internal/provider/airvpn), and
+# the project's tests/fixtures/SOURCES.md records both sources.
+PUBLIC_KEY = "PyLCXAQT8KkM4T+dUsOQfn+Ub3pGxfGlxkIApuig+hk="
+
+_Server = base.entry(
+    "AirServer",
+    "identifier health country country_code city load ipv4",
+    {"identifier": "public_name", "country": "country_name", "city": "location", "load": "currentload",
+     "ipv4": "ip_v4_in1"},
+)  # fmt: skip
+
+
+def _server(entry: Any) -> Server | None:
+    if entry.health != "ok":
+        return None
+    # currentload is the bandwidth used over the server's, above 100 when it is over capacity: full.
+    load = min(entry.load, 100) if isinstance(entry.load, int) and not isinstance(entry.load, bool) else entry.load
+    return base.server("airvpn", entry, public_key=PUBLIC_KEY, load=load)
+
+
+def parse(payload: base.Payload) -> base.Parsed:
+    decoder = msgspec.json.Decoder(_Server)
+    return base.collect(base.listed(payload, "servers"), lambda raw: _server(decoder.decode(raw)))
+
+
+# gluetun's AirVPN default WireGuard port: qdm12/gluetun internal/provider/airvpn/connection.go,
+# NewConnectionDefaults(443, 1194, 1637).
+NOTE = "AirVPN also needs your account's PresharedKey, from your AirVPN configuration."
+PROVIDER = base.Provider("airvpn", parse, "load city ipv4", wireguard_port=1637, peer_note=NOTE)

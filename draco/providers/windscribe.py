@@ -1,0 +1,59 @@
+"""Windscribe's mobile server list: one WireGuard server per datacenter group.
+
+A location (`US Central`) holds groups; each group is one datacenter with its own
+WireGuard key and endpoint hostname. The list carries no country names, only
+ISO codes, so names come from ISO 3166. Windscribe reports no load. `p2p` is the
+location's flag; a group with `pro: 0` is open to free accounts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import iso3166
+import msgspec
+
+from draco.models import Server
+from draco.providers import base
+
+# ISO's formal short names, but the common one where every other provider uses it.
+_COMMON = {"GB": "United Kingdom", "US": "United States", "KR": "South Korea", "MD": "Moldova", "RU": "Russia",
+           "VN": "Vietnam"}  # fmt: skip
+_Group = base.entry("Group", "identifier public_key ipv4 city pro",
+                    {"identifier": "wg_endpoint", "public_key": "wg_pubkey", "ipv4": "ping_ip"})  # fmt: skip
+
+
+class _Location(msgspec.Struct):
+    country_code: Any = None
+    status: Any = None
+    p2p: Any = None
+    groups: list[msgspec.Raw] = []
+
+
+def country_name(code: Any) -> str:
+    found = iso3166.countries_by_alpha2.get(code.strip().upper()) if isinstance(code, str) else None
+    if found is None:
+        raise ValueError("not an ISO country code")
+    return _COMMON.get(found.alpha2, found.name)
+
+
+def parse(payload: base.Payload) -> base.Parsed:
+    location_decoder, group_decoder = msgspec.json.Decoder(_Location), msgspec.json.Decoder(_Group)
+    groups = base.nested(base.listed(payload, "data"), location_decoder, "groups")
+
+    def server(item: tuple[Any, Any]) -> Server | None:
+        location, raw = item
+        if location.status != 1:  # 1: up
+            return None
+        group = group_decoder.decode(raw)
+        pro, code = base.flag(group.pro), location.country_code
+        flags = {"p2p": base.flag(location.p2p), "free": None if pro is None else not pro}
+        return base.server("windscribe", group, country_code=code, country=country_name(code), **flags)
+
+    return base.collect(groups, server)
+
+
+# gluetun's Windscribe default WireGuard port: qdm12/gluetun internal/provider/windscribe/connection.go,
+# NewConnectionDefaults(443, 1194, 1194). The group's wg_endpoint hostname is the WireGuard endpoint
+# (its ping_ip is where latency is measured), so the Endpoint is the hostname.
+PROVIDER = base.Provider("windscribe", parse, "city ipv4 p2p free", wireguard_port=1194, endpoint="identifier")
