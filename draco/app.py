@@ -82,7 +82,8 @@ def create_app(
         (settings.metrics_enabled, Middleware(MetricsMiddleware, metrics=metrics, routes=routes)),
         (True, Middleware(CORSMiddleware, origins=settings.cors_origins,
                           allow_credentials=settings.cors_allow_credentials)),
-        (settings.rate_limit_enabled, Middleware(RateLimitMiddleware, limiter=limiter, exempt=("/health", *docs),
+        (settings.rate_limit_enabled, Middleware(RateLimitMiddleware, limiter=limiter,
+                                                 exempt=("/health", "/health/ready", *docs),
                                                  costs=weighty)),
         (settings.enable_api_key_auth, Middleware(ApiKeyMiddleware, ring=ring, prefixes=protected)),
     ]  # fmt: skip
@@ -90,6 +91,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         catalog.restore()
+        catalog.warm(settings.ready_providers)
         if settings.enable_api_key_auth:
             log.info("API keys in use: %s", ", ".join(fingerprint(key) for key in settings.api_keys))
         background = [asyncio.create_task(_sweep(limiter))]

@@ -111,6 +111,11 @@ class Changes(msgspec.Struct, frozen=True):
     rekeyed: list[KeyChange]
 
 
+class Ready(msgspec.Struct, frozen=True):
+    status: Literal["ready"]
+    providers: Annotated[list[str], Meta(description="READY_PROVIDERS: each has a list to serve")]
+
+
 class Detail(msgspec.Struct, frozen=True):
     loc: list[str]
     msg: str

@@ -19,6 +19,7 @@ import attrs
 import cattrs
 
 from draco import __version__
+from draco.providers import REGISTRY
 from draco.security.keys import key_problems, read_key_file
 
 
@@ -156,6 +157,12 @@ class Settings:
     latency_weight: int = _between(1, 1000, 10)
     latency_allow_private: bool = False
     latency_tcp_port: int = _between(1, 65535, 443)
+
+    ready_providers: tuple[str, ...] = _rule(
+        f"must be a JSON array of provider names ({', '.join(REGISTRY)})",
+        lambda names: bool(names) and set(names) <= set(REGISTRY),
+        default=tuple(REGISTRY),
+    )
 
     metrics_enabled: bool = False
     metrics_public: bool = False

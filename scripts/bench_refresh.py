@@ -35,6 +35,8 @@ FIXTURES = {
     "surfshark": "surfshark/v4_server_clusters_generic_108clusters_2021-11.json",
     "mullvad": "mullvad/app_v1_relays_563wg_2026-06.json",
     "ivpn": "ivpn/v5_servers_90wghosts_2025-10-17.json",
+    "windscribe": "windscribe/serverlist_mob-v2_0+1_75locations_201groups_2026-08-22.json",
+    "airvpn": "airvpn/api_status_255servers_2026.json",
 }
 
 

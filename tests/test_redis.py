@@ -236,6 +236,7 @@ def test_three_instances_under_load_make_one_upstream_fetch_per_ttl(shared_env, 
 
 def test_when_the_lease_holder_dies_mid_refresh_another_takes_over_after_the_lease(shared_env, upstreams):
     server, env = shared_env
+    env = {**env, "READY_PROVIDERS": '["nordvpn"]'}  # ivpn stays cold until asked for
     processes: list[Draco] = []
     try:
         a, b = start(env, processes), start(env, processes)

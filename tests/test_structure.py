@@ -20,7 +20,7 @@ MAY_IMPORT = {
     "security": set(),
     "probe": set(),
     "providers": {"models", "exceptions"},
-    "settings": {"security"},  # the rules for API keys
+    "settings": {"security", "providers"},  # the rules for API keys, the provider names
     "logs": {"settings"},
     "checklist": {"settings"},
     "catalog": {"providers", "models", "exceptions", "settings"},

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -80,6 +80,18 @@ class Catalog:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.shared:
             await self.shared.close()
+
+    def warm(self, names: Iterable[str]) -> None:
+        """Fetch `names` in the background, each unless it is backing off from a failure:
+        at start, and from the readiness probe, so being ready needs no client request."""
+        for name in names:
+            if self.clock() >= self.status[name].retry_at:
+                self._refresh_task(name)
+
+    def servable(self, name: str) -> bool:
+        """Whether `name` has a list to serve: fresh, stale within CACHE_MAX_STALE, or restored."""
+        data = self.status[name].data
+        return data is not None and self.clock() - data.fetched_at <= self.settings.cache_max_stale
 
     def is_stale(self, data: Dataset) -> bool:
         return data.provisional or self.clock() - data.fetched_at >= self.settings.cache_ttl

@@ -31,6 +31,7 @@ from draco.models import (
     Page,
     Peer,
     Provider,
+    Ready,
     Server,
     encode,
     gzipped,
@@ -157,7 +158,9 @@ class Api:
                      catalog=False),
             Endpoint("/api/providers", self.providers, "The providers and the freshness of their lists",
                      list[Provider], catalog=False),
-            Endpoint("/health", self.health, "Service health", Health, catalog=False),
+            Endpoint("/health", self.health, "Liveness: the process runs", Health, catalog=False),
+            Endpoint("/health/ready", self.ready, "Readiness: every provider the deployment uses can be served",
+                     Ready, catalog=False),
         ]  # fmt: skip
 
     def active(self, request: Request, filters: dict[str, Any]) -> list[tuple[Filter, Any]]:
@@ -204,6 +207,13 @@ class Api:
         down = all(p.servers == 0 and p.last_failure for p in providers.values())
         body = Health("unhealthy" if down else "healthy", self.settings.app_version, providers)
         return _json(request, body, 503 if down else 200)
+
+    async def ready(self, request: Request) -> Response:
+        waiting = [name for name in self.settings.ready_providers if not self.catalog.servable(name)]
+        self.catalog.warm(waiting)  # the probe itself drives their retries
+        if waiting:
+            raise HTTPException(503, f"Not ready: nothing to serve yet for {', '.join(waiting)}.")
+        return _json(request, Ready("ready", list(self.settings.ready_providers)))
 
     async def providers(self, request: Request) -> Response:
         """What each provider offers and how fresh its list is, without fetching anything."""

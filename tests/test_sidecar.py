@@ -1,0 +1,212 @@
+"""draco as a sidecar: readiness through a real `draco serve`, and the Kubernetes manifests,
+validated offline and checked field by field, with their memory limit held under load."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from pathlib import Path
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+from bench_refresh import payloads
+from conftest import KEY, ROOT, upstream_env
+from fake_upstream import FakeUpstream
+
+from draco.catalog.dataset import make_dataset
+from draco.catalog.snapshot import snapshot_bytes, write_snapshot
+from draco.providers import REGISTRY
+
+MANIFESTS = sorted((ROOT / "conf" / "kubernetes").glob("*.yaml"))
+
+
+def ready(draco) -> httpx.Response:
+    return httpx.get(draco.url("/health/ready"), timeout=5)
+
+
+def until(condition, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def snapshot(folder: Path, provider: str, age: float) -> None:
+    servers = REGISTRY[provider].parse((ROOT / "draco" / "demo_data" / f"{provider}.json").read_bytes())[0]
+    write_snapshot(folder, provider, snapshot_bytes(make_dataset(provider, servers, time.time() - age)))
+
+
+# --- /health/ready -------------------------------------------------------------------------------
+
+
+def test_not_ready_while_a_listed_provider_has_nothing_then_ready_once_it_has(start_draco, upstreams):
+    upstreams["mullvad"].set("refused")
+    env = {**upstream_env(upstreams), "READY_PROVIDERS": '["mullvad", "ivpn"]', "REFRESH_BACKOFF_MAX": "1"}
+    draco = start_draco(env)
+    refused = ready(draco)
+    assert refused.status_code == 503 and refused.json()["error"] == "Service Unavailable"
+    assert "mullvad" in refused.json()["message"] and "ivpn" not in refused.json()["message"]
+    assert httpx.get(draco.url("/health")).status_code == 200  # alive all the same
+    upstreams["mullvad"].set("ok")
+    assert until(lambda: ready(draco).status_code == 200)  # the probe itself drives the retries
+    assert ready(draco).json() == {"status": "ready", "providers": ["mullvad", "ivpn"]}
+
+
+def test_ready_at_start_without_any_client_request(start_draco, upstreams):
+    draco = start_draco({**upstream_env(upstreams), "READY_PROVIDERS": '["ivpn"]'})
+    assert until(lambda: upstreams["ivpn"].hits == 1, 5)  # fetched in the background at start
+    assert ready(draco).status_code == 200
+
+
+def test_ready_on_a_stale_snapshot_within_cache_max_stale_then_not_past_it(start_draco, upstreams, tmp_path):
+    upstreams["surfshark"].set("refused")
+    snapshot(tmp_path, "surfshark", age=57)
+    env = {**upstream_env(upstreams), "SNAPSHOT_DIR": str(tmp_path), "READY_PROVIDERS": '["surfshark"]',
+           "CACHE_TTL": "60", "CACHE_MAX_STALE": "60"}  # fmt: skip
+    draco = start_draco(env)
+    assert ready(draco).status_code == 200  # stale, within CACHE_MAX_STALE
+    assert httpx.get(draco.url("/api/surfshark/servers")).headers["x-data-status"] == "stale"
+    assert until(lambda: ready(draco).status_code == 503, 10)  # past it
+    assert "surfshark" in ready(draco).json()["message"]
+
+
+def test_readiness_needs_no_key_and_is_never_limited(start_draco, upstreams):
+    env = {**upstream_env(upstreams), "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]',
+           "RATE_LIMIT_REQUESTS": "10", "READY_PROVIDERS": '["ivpn"]'}  # fmt: skip
+    draco = start_draco(env)
+    until(lambda: ready(draco).status_code == 200, 5)
+    assert {ready(draco).status_code for _ in range(25)} == {200}
+
+
+# --- the manifests --------------------------------------------------------------------------------
+
+
+def documents() -> list[dict]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda path: path.name)
+def test_every_manifest_validates_against_the_kubernetes_schemas(path):
+    for doc in yaml.safe_load_all(path.read_text()):
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+
+
+def deployment() -> dict:
+    return next(doc for doc in documents() if doc["kind"] == "Deployment")
+
+
+def sidecar(spec: dict) -> dict:
+    return next(c for c in spec["initContainers"] if c["name"] == "draco")
+
+
+def probe(container: dict, name: str) -> str:
+    return " ".join(container.get(name, {}).get("exec", {}).get("command", []))
+
+
+def problems(deployment: dict, policy: dict) -> list[str]:
+    """What a reviewer checks, field by field; empty when every one is there."""
+    pod = deployment["spec"]["template"]["spec"]
+    context, draco = pod.get("securityContext", {}), sidecar(pod)
+    own, resources = draco.get("securityContext", {}), draco.get("resources", {})
+    env = {e["name"]: e.get("value", "") for e in draco.get("env", [])}
+    mounted = {m["mountPath"]: next(v for v in pod["volumes"] if v["name"] == m["name"]) for m in draco["volumeMounts"]}
+    egress = sorted(port["port"] for rule in policy["spec"].get("egress", []) for port in rule.get("ports", []))
+    checks = {
+        "runAsNonRoot": context.get("runAsNonRoot") is True,
+        "uid 65532": context.get("runAsUser") == 65532,
+        "gid 65532": context.get("runAsGroup") == 65532,
+        "seccomp RuntimeDefault": context.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+        "no privilege escalation": own.get("allowPrivilegeEscalation") is False,
+        "read-only root": own.get("readOnlyRootFilesystem") is True,
+        "every capability dropped": own.get("capabilities", {}).get("drop") == ["ALL"],
+        "native sidecar": draco.get("restartPolicy") == "Always",
+        "loopback only": "127.0.0.1:" in " ".join(draco.get("command", [])) and not draco.get("ports"),
+        "keys from a Secret file": "secret" in mounted.get("/run/secrets/draco", {}) and "API_KEYS" not in env
+        and env.get("API_KEYS_FILE", "").startswith("/run/secrets/draco/"),
+        "snapshots on an emptyDir": "emptyDir" in mounted.get(env.get("SNAPSHOT_DIR", ""), {}),
+        "memory and CPU requests and limits": all(
+            resources.get(kind, {}).get(what) for kind in ("requests", "limits") for what in ("memory", "cpu")
+        ),
+        "startup and readiness on /health/ready": "/health/ready" in probe(draco, "startupProbe")
+        and "/health/ready" in probe(draco, "readinessProbe"),
+        "liveness on /health": "/health'" in probe(draco, "livenessProbe"),
+        "egress: DNS and 443 only": egress == [53, 53, 443],
+        "no ingress": policy["spec"].get("ingress") == [] and "Ingress" in policy["spec"].get("policyTypes", []),
+    }  # fmt: skip
+    return [name for name, ok in checks.items() if not ok]
+
+
+def policy() -> dict:
+    return next(doc for doc in documents() if doc["kind"] == "NetworkPolicy")
+
+
+def test_the_pod_has_every_security_field():
+    assert problems(deployment(), policy()) == []
+
+
+REMOVALS = {
+    "runAsNonRoot": ("pod", "securityContext", "runAsNonRoot"),
+    "uid 65532": ("pod", "securityContext", "runAsUser"),
+    "seccomp RuntimeDefault": ("pod", "securityContext", "seccompProfile"),
+    "no privilege escalation": ("draco", "securityContext", "allowPrivilegeEscalation"),
+    "read-only root": ("draco", "securityContext", "readOnlyRootFilesystem"),
+    "every capability dropped": ("draco", "securityContext", "capabilities"),
+    "native sidecar": ("draco", "restartPolicy"),
+    "memory and CPU requests and limits": ("draco", "resources"),
+    "startup and readiness on /health/ready": ("draco", "startupProbe"),
+    "liveness on /health": ("draco", "livenessProbe"),
+}
+
+
+@pytest.mark.parametrize("check", REMOVALS)
+def test_removing_a_security_field_is_caught(check):
+    changed = copy.deepcopy(deployment())
+    where, *path = REMOVALS[check]
+    node = changed["spec"]["template"]["spec"] if where == "pod" else sidecar(changed["spec"]["template"]["spec"])
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    assert check in problems(changed, policy())
+
+
+def memory_limit_kib() -> int:
+    limit = sidecar(deployment()["spec"]["template"]["spec"])["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    return int(limit[:-2]) * 1024
+
+
+async def load(base: str, seconds: float = 8.0, clients: int = 32) -> int:
+    paths = [f"/api/{p}/servers?page_size=500" for p in (*REGISTRY, "all")]
+    paths += ["/api/all/countries", "/api/nordvpn/servers/top", "/api/all/servers?city=London", "/health/ready"]
+    done, stop = 0, time.monotonic() + seconds
+
+    async def client(n: int) -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            while time.monotonic() < stop:
+                response = await http.get(paths[(n + done) % len(paths)], headers={"Accept-Encoding": "gzip"})
+                assert response.status_code == 200
+                done += 1
+
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    return done
+
+
+def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(start_draco):
+    fakes = {name: FakeUpstream(body) for name, body in payloads().items()}  # NordVPN: 6,300 servers
+    try:
+        draco = start_draco({**upstream_env(fakes), "RATE_LIMIT_ENABLED": "false"})
+        assert until(lambda: ready(draco).status_code == 200, 30)
+        requests = asyncio.run(load(draco.base))
+        peak = draco.rss_peak_kb()
+    finally:
+        for fake in fakes.values():
+            fake.stop()
+    limit = memory_limit_kib()
+    print(f"peak RSS {peak / 1024:.1f} MiB after {requests} requests; the manifest's limit {limit // 1024} MiB")
+    assert requests > 1000 and peak < limit
