@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from conftest import PROVIDERS, demo_payload, upstream_env
+from conftest import PROVIDERS, demo_payload
 
 from draco.providers import REGISTRY
 
