@@ -75,7 +75,7 @@ class SecurityHeadersMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                kept = [h for h in message.get("headers", []) if h[0].lower() not in self.dropped]
+                kept = [h for h in message.get("headers", []) if h[0] not in self.dropped]  # ASGI: lower case
                 message["headers"] = kept + self.headers
             await send(message)
 

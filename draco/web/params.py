@@ -17,7 +17,7 @@ from draco.models import CountryCode, Detail, Server
 from draco.web.errors import RequestValidationError
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)  # compared and hashed by identity: each is declared once
 class Param:
     name: str
     type: Any  # a type msgspec converts to, its bounds and description in Annotated[..., Meta(...)]

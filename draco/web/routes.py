@@ -188,18 +188,16 @@ class Api:
         """200 with the encoded body (gzipped when asked), or 304 when the client's copy is current."""
         use_gzip = rendered.gzipped is not None and accepts_gzip(request)
         etag = rendered.etag[:-1] + '-gzip"' if use_gzip else rendered.etag
-        headers = {
-            "ETag": etag,
-            "Age": str(self.catalog.age(data)),
-            "X-Data-Status": "stale" if self.catalog.is_stale(data) else "fresh",
-            "Cache-Control": "private, no-cache",
-            "Vary": "Accept-Encoding",
-        }
+        status = b"stale" if self.catalog.is_stale(data) else b"fresh"
+        headers = [(b"etag", etag.encode()), (b"age", b"%d" % self.catalog.age(data)), (b"x-data-status", status),
+                   (b"cache-control", b"private, no-cache"), (b"vary", b"Accept-Encoding")]  # fmt: skip
         if "if-none-match" in request.headers and _matches(request.headers["if-none-match"], (rendered.etag, etag)):
-            return Response(status_code=304, headers=headers)
-        if use_gzip:
-            headers["Content-Encoding"] = "gzip"
-        return Response(rendered.gzipped if use_gzip else rendered.body, 200, headers, "application/json")
+            response = Response(status_code=304)
+        else:
+            response = Response(rendered.gzipped if use_gzip else rendered.body, media_type="application/json")
+            headers += [(b"content-encoding", b"gzip")] if use_gzip else []
+        response.raw_headers += headers
+        return response
 
     async def health(self, request: Request) -> Response:
         providers = self.catalog.health()
