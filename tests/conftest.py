@@ -40,6 +40,16 @@ def need(tool: str) -> str:
     return path
 
 
+def eventually(predicate, seconds: float = 8.0) -> bool:
+    """Whether `predicate()` comes true within `seconds`, asked every tenth of a second."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def demo_payload(provider: str) -> bytes:
     return (DEMO / f"{provider}.json").read_bytes()
 

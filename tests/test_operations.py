@@ -11,12 +11,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import KEY, OTHER_KEY, ROOT, need, upstream_env
+from conftest import KEY, OTHER_KEY, ROOT, eventually, need, upstream_env
 from fake_upstream import free_port, wait_for_port
 
 CONF = ROOT / "conf"
@@ -323,21 +322,12 @@ def _status(draco, key: str) -> int:
     return httpx.get(draco.url("/api/nordvpn/countries"), headers={"X-API-Key": key}).status_code
 
 
-def _eventually(predicate, seconds: float = 8.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_sighup_swaps_the_key_ring_without_a_restart(rotating):
     draco, keys = rotating
     assert _status(draco, KEY) == 200 and _status(draco, OTHER_KEY) == 403
     keys.write_text(f"{OTHER_KEY}\n")
     draco.proc.send_signal(signal.SIGHUP)
-    assert _eventually(lambda: _status(draco, OTHER_KEY) == 200)
+    assert eventually(lambda: _status(draco, OTHER_KEY) == 200)
     assert _status(draco, KEY) == 403 and draco.proc.poll() is None
     assert "API keys reloaded" in draco.logs() and OTHER_KEY not in draco.logs()
 
@@ -345,7 +335,7 @@ def test_sighup_swaps_the_key_ring_without_a_restart(rotating):
 def test_a_changed_key_file_is_picked_up_by_itself(rotating):
     draco, keys = rotating
     keys.write_text(f"{KEY}\n{OTHER_KEY}\n")
-    assert _eventually(lambda: _status(draco, OTHER_KEY) == 200)
+    assert eventually(lambda: _status(draco, OTHER_KEY) == 200)
     assert _status(draco, KEY) == 200
 
 
@@ -354,7 +344,7 @@ def test_a_bad_new_key_file_keeps_the_old_ring_and_says_why(rotating, content):
     draco, keys = rotating
     keys.write_text(content)
     draco.proc.send_signal(signal.SIGHUP)
-    assert _eventually(lambda: "API_KEYS_FILE rejected" in draco.logs())
+    assert eventually(lambda: "API_KEYS_FILE rejected" in draco.logs())
     assert _status(draco, KEY) == 200
     assert "short-key" not in draco.logs()
 

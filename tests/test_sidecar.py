@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from bench_refresh import payloads
-from conftest import KEY, ROOT, upstream_env
+from conftest import KEY, ROOT, eventually, upstream_env
 from fake_upstream import FakeUpstream
 
 from draco.catalog.dataset import make_dataset
@@ -25,15 +25,6 @@ MANIFESTS = sorted((ROOT / "conf" / "kubernetes").glob("*.yaml"))
 
 def ready(draco) -> httpx.Response:
     return httpx.get(draco.url("/health/ready"), timeout=5)
-
-
-def until(condition, seconds: float = 15) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def snapshot(folder: Path, provider: str, age: float) -> None:
@@ -53,13 +44,13 @@ def test_not_ready_while_a_listed_provider_has_nothing_then_ready_once_it_has(st
     assert "mullvad" in refused.json()["message"] and "ivpn" not in refused.json()["message"]
     assert httpx.get(draco.url("/health")).status_code == 200  # alive all the same
     upstreams["mullvad"].set("ok")
-    assert until(lambda: ready(draco).status_code == 200)  # the probe itself drives the retries
+    assert eventually(lambda: ready(draco).status_code == 200, 15)  # the probe itself drives the retries
     assert ready(draco).json() == {"status": "ready", "providers": ["mullvad", "ivpn"]}
 
 
 def test_ready_at_start_without_any_client_request(start_draco, upstreams):
     draco = start_draco({**upstream_env(upstreams), "READY_PROVIDERS": '["ivpn"]'})
-    assert until(lambda: upstreams["ivpn"].hits == 1, 5)  # fetched in the background at start
+    assert eventually(lambda: upstreams["ivpn"].hits == 1, 5)  # fetched in the background at start
     assert ready(draco).status_code == 200
 
 
@@ -71,7 +62,7 @@ def test_ready_on_a_stale_snapshot_within_cache_max_stale_then_not_past_it(start
     draco = start_draco(env)
     assert ready(draco).status_code == 200  # stale, within CACHE_MAX_STALE
     assert httpx.get(draco.url("/api/surfshark/servers")).headers["x-data-status"] == "stale"
-    assert until(lambda: ready(draco).status_code == 503, 10)  # past it
+    assert eventually(lambda: ready(draco).status_code == 503, 10)  # past it
     assert "surfshark" in ready(draco).json()["message"]
 
 
@@ -79,7 +70,7 @@ def test_readiness_needs_no_key_and_is_never_limited(start_draco, upstreams):
     env = {**upstream_env(upstreams), "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]',
            "RATE_LIMIT_REQUESTS": "10", "READY_PROVIDERS": '["ivpn"]'}  # fmt: skip
     draco = start_draco(env)
-    until(lambda: ready(draco).status_code == 200, 5)
+    eventually(lambda: ready(draco).status_code == 200, 5)
     assert {ready(draco).status_code for _ in range(25)} == {200}
 
 
@@ -201,7 +192,7 @@ def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_lim
     fakes = {name: FakeUpstream(body) for name, body in payloads().items()}  # NordVPN: 6,300 servers
     try:
         draco = start_draco({**upstream_env(fakes), "RATE_LIMIT_ENABLED": "false"})
-        assert until(lambda: ready(draco).status_code == 200, 30)
+        assert eventually(lambda: ready(draco).status_code == 200, 30)
         requests = asyncio.run(load(draco.base))
         peak = draco.rss_peak_kb()
     finally:

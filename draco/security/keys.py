@@ -1,10 +1,7 @@
-"""The API-key ring: SHA-256 digests, a constant-time check over all keys, fingerprints,
-and the key file, reloaded without a restart.
-
-Only digests are held. A presented key is hashed once and compared with every
-digest, with no early exit, so the time taken does not depend on which key (if
-any) matched. Logs name a key by its fingerprint, never by the key.
-"""
+"""The API-key ring and its key file, reloaded without a restart. Only SHA-256 digests
+are held; a presented key is hashed once and compared with every digest, with no
+early exit, so the time taken does not depend on which key (if any) matched. Logs
+name a key by its fingerprint, never by the key."""
 
 from __future__ import annotations
 

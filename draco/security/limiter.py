@@ -1,10 +1,8 @@
-"""Exact sliding-window rate limiting.
-
-A request is admitted iff fewer than `limit` requests were admitted for that client
-in the preceding `period` seconds (a request at time t counts while t > now -
-period). Denied requests are not counted. Times are integer microseconds, so
-the algorithm is exact; the clock is an argument.
-"""
+"""Exact sliding-window rate limiting: a request is admitted iff fewer than `limit`
+requests of that client were admitted in the preceding `period` seconds (one at t
+counts while t > now - period); denied ones are not counted. Times are integer
+microseconds; the clock is an argument. (`limits`' moving window is the nearest
+library; scripts/bench_limiter.py compares them.)"""
 
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ class RequestGuardMiddleware:
 class ClientAddressMiddleware:
     """Resolves the client once, into scope["client"] (as uvicorn's proxy-headers
     middleware does): the socket peer, or behind a trusted proxy the rightmost
-    untrusted X-Forwarded-For entry (security/address.py)."""
+    untrusted X-Forwarded-For entry (security/address.py). (hypercorn's
+    ProxyFixMiddleware trusts a number of hops, not the proxies' addresses.)"""
 
     def __init__(self, app: ASGIApp, *, trusted: TrustedHosts):
         self.app, self.trusted = app, trusted
@@ -136,7 +137,9 @@ class ClientAddressMiddleware:
 class CORSMiddleware:
     """An exact origin allow-list. A preflight from an allowed origin is answered here,
     before any key check (browsers never send custom headers on a preflight); a
-    preflight from any other origin gets 400 and no Access-Control-Allow-Origin."""
+    preflight from any other origin gets 400 and no Access-Control-Allow-Origin.
+    (Starlette's CORSMiddleware answers a refused preflight in plain text, outside
+    the one error envelope.)"""
 
     METHODS = ("GET", "HEAD", "OPTIONS")
     HEADERS = ("x-api-key", "content-type", "accept")
