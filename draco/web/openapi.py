@@ -21,7 +21,7 @@ from draco import models
 from draco.models import Error
 from draco.providers import REGISTRY
 from draco.settings import Settings
-from draco.web.params import FILTERS
+from draco.web.params import FILTER_OF
 from draco.web.routes import ALL, Endpoint
 
 _ERRORS = {
@@ -40,10 +40,9 @@ _CATALOG_HEADERS = {
 }
 
 
-def answers_filter(provider: str | None, name: str) -> bool:
-    """Whether `provider` can answer the parameter `name` (True for what is not a filter)."""
-    needs = next((f.needs for f in FILTERS if f.param.name == name), None)
-    return needs is None or provider in (None, ALL) or needs in REGISTRY[provider].reports
+def accepted(provider: str | None, name: str) -> bool:
+    """Whether `provider` accepts the parameter `name`: any but a filter its list cannot answer."""
+    return name not in FILTER_OF or FILTER_OF[name].answered_by(REGISTRY.get(provider or ALL))
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +72,7 @@ def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any
         # One path per provider, each with exactly the filters that provider's list answers.
         providers: list[str | None] = [*REGISTRY, ALL] if "{provider}" in endpoint.path else [None]
         for provider in providers:
-            parameters = [param.document() for param in endpoint.params if answers_filter(provider, param.name)]
+            parameters = [param.document() for param in endpoint.params if accepted(provider, param.name)]
             path = endpoint.path.replace("{provider}", provider or "")
             paths[path] = {"get": operation | {"parameters": parameters}}
     return {

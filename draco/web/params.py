@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from draco.models import CountryCode, Detail, Server
+from draco.providers import Provider
 from draco.web.errors import RequestValidationError
 
 
@@ -65,6 +66,10 @@ class Filter:
     needs: str | None
     keep: Callable[[Server, Any], bool]
 
+    def answered_by(self, provider: Provider | None) -> bool:
+        """Whether `provider`'s list says what this filter needs (None: every list, as `all`)."""
+        return self.needs is None or provider is None or self.needs in provider.reports
+
 
 FILTERS = (
     Filter(Param("city", text(100, "the city, compared case-insensitively")), "city",
@@ -81,6 +86,7 @@ FILTERS = (
            lambda s, v: s.free is v),
 )  # fmt: skip
 FILTER_PARAMS = tuple(f.param for f in FILTERS)
+FILTER_OF = {f.param.name: f for f in FILTERS}
 
 
 # The `type` of a detail, in the words of the original service (pydantic's), by what msgspec said.

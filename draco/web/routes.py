@@ -168,9 +168,9 @@ class Api:
         chosen = [(f, filters[f.param.name]) for f in FILTERS if filters[f.param.name] is not None]
         name, details = request.path_params["provider"], []
         for f, _ in chosen:
-            able = [p.name for p in self.catalog.providers.values() if f.needs in p.reports]
-            if f.needs and name != ALL and name not in able:
-                message = f"{name} does not say {f.needs}; the providers that do: {', '.join(able)}"
+            if not f.answered_by(self.catalog.providers.get(name)):
+                able = ", ".join(p.name for p in self.catalog.providers.values() if f.answered_by(p))
+                message = f"{name} does not say {f.needs}; the providers that do: {able}"
                 details.append(Detail(["query", f.param.name], message, "unsupported_filter"))
         if details:
             raise RequestValidationError(details)
@@ -221,7 +221,7 @@ class Api:
             servers, countries = (len(data.servers), len(data.countries)) if data else (0, 0)
             status: Freshness = "none" if data is None else "stale" if self.catalog.is_stale(data) else "fresh"
             age = self.catalog.age(data) if data else None
-            filters = [f.param.name for f in FILTERS if f.needs is None or f.needs in p.reports]
+            filters = [f.param.name for f in FILTERS if f.answered_by(p)]
             index.append(Provider(name, servers, countries, "load" in p.reports, p.reports_status, p.ordering, age,
                                   status, filters))  # fmt: skip
         return _json(request, index)
