@@ -109,10 +109,9 @@ class Catalog:
                 raise status.error_type(status.last_failure or "unavailable")
         elif self.is_stale(status.data) and now >= status.retry_at:
             self._refresh_task(name)
-        data = status.data
-        if now - data.fetched_at > self.settings.cache_max_stale:
+        if not self.servable(name):
             raise VPNAPIError("too_stale")
-        return data
+        return status.data
 
     async def union(self) -> Dataset:
         """Every provider's list in one dataset (`provider=all`). A provider that cannot

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -34,6 +34,10 @@ class Dataset:
     by_country: dict[str, tuple[Server, ...]] = attrs.field(factory=dict)
     countries: tuple[Country, ...] = ()
     rendered: dict[Any, Rendered] = attrs.field(factory=dict)
+
+    def pool(self, country_code: str | None) -> Sequence[Server]:
+        """The servers of one country (those listed for it), or all of them."""
+        return self.by_country.get(country_code, ()) if country_code else self.servers
 
 
 def make_dataset(
@@ -82,8 +86,8 @@ def rekeyed(old: Dataset, new: Dataset) -> tuple[int, list[KeyChange]]:
     """How many servers of `old` are still in `new`, and those whose key changed."""
     before = {s.identifier: s.public_key for s in old.servers}
     kept = [s for s in new.servers if s.identifier in before]
-    swapped = [KeyChange(s.identifier, before[s.identifier], s.public_key) for s in kept]
-    return len(kept), [change for change in swapped if change.old_key != change.new_key]
+    return len(kept), [KeyChange(s.identifier, before[s.identifier], s.public_key)
+                       for s in kept if s.public_key != before[s.identifier]]  # fmt: skip
 
 
 def changes(old: Dataset, new: Dataset) -> Changes:

@@ -78,17 +78,25 @@ def entry(name: str, fields: str, rename: dict[str, str] | None = None) -> Any:
     return msgspec.defstruct(name, [(field, Any, None) for field in fields.split()], rename=rename)
 
 
+def decoded(raws: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any]) -> list[Any]:
+    """Each entry decoded, or None where it does not decode (collect() counts it as skipped)."""
+    entries: list[Any] = []
+    for raw in raws:
+        try:
+            entries.append(decoder.decode(raw))
+        except BAD_ENTRY:
+            entries.append(None)
+    return entries
+
+
 def nested(parents: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any], children: str) -> list[Any]:
     """(parent, raw child) for each child of each parent (a location's hosts); a parent
     that does not decode becomes (None, None), which collect() counts as skipped."""
     pairs: list[Any] = []
-    for raw in parents:
-        try:
-            parent = decoder.decode(raw)
-        except BAD_ENTRY:
-            pairs.append((None, None))
-            continue
-        pairs += [(parent, child) for child in getattr(parent, children) or ()]
+    for parent in decoded(parents, decoder):
+        pairs += (
+            [(parent, child) for child in getattr(parent, children) or ()] if parent is not None else [(None, None)]
+        )
     return pairs
 
 

@@ -55,13 +55,7 @@ def _weight(relay: Any) -> float:
 
 def parse(payload: base.Payload) -> base.Parsed:
     top = base.decode(payload, _Payload)
-    decoder = msgspec.json.Decoder(_Relay)
-    relays: list[Any] = []
-    for raw in top.wireguard.relays:
-        try:
-            relays.append(decoder.decode(raw))
-        except base.BAD_ENTRY:
-            relays.append(None)  # a malformed relay: collect() counts it as skipped
+    relays = base.decoded(top.wireguard.relays, msgspec.json.Decoder(_Relay))
     relays.sort(key=_weight, reverse=True)  # heaviest first; a stable sort keeps ties in upstream order
     return base.collect(relays, lambda relay: _server(relay, top.locations))
 

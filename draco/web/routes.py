@@ -245,7 +245,7 @@ class Api:
     async def servers_by_country(self, request: Request, country_code: str, **filters: Any) -> Response:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
-        found = matching(data.by_country.get(country_code, ()), chosen)
+        found = matching(data.pool(country_code), chosen)
         if not found:
             raise HTTPException(404, f"No servers in country {country_code}" + (" match." if chosen else "."))
         return self.respond(request, data, render(data, ("country", country_code, *filters.values()), lambda: found))
@@ -255,7 +255,7 @@ class Api:
         data = await self.dataset(request)
         # a new measurement may change the ranking
         key = ("top", country_code, limit, self.latencies.runs_done, *filters.values())
-        pool = matching(data.by_country.get(country_code, ()) if country_code else data.servers, chosen)
+        pool = matching(data.pool(country_code), chosen)
         rendered = render(data, key, lambda: with_latency(operational(pool), self.latencies.known())[:limit])
         if rendered.body == b"[]":
             raise HTTPException(404, "No operational servers match.")
@@ -273,7 +273,7 @@ class Api:
     async def servers_latency(self, request: Request, country_code: str | None, limit: int, method: str) -> Response:
         method = self.methods[0] if method == "auto" else method
         data = await self.dataset(request)
-        pool = data.by_country.get(country_code, ()) if country_code else data.servers
+        pool = data.pool(country_code)
         if not pool:
             raise HTTPException(404, f"No servers in country {country_code}.")
         chosen = pool[:limit] if limit else pool
@@ -294,7 +294,7 @@ class Api:
         method = self.methods[0] if method == "auto" else method
         chosen = self.active(request, filters)
         data = await self.dataset(request)
-        pool = matching(data.by_country.get(country_code, ()) if country_code else data.servers, chosen)
+        pool = matching(data.pool(country_code), chosen)
         excluded = frozenset(code for code in exclude.replace(",", "-").split("-") if code)
         candidates = operational(pool, excluded)  # lowest load first: measured first
         if not candidates:
