@@ -51,9 +51,8 @@ def create_app(
     ring = KeyRing(settings.api_keys)
     store: Store = MemoryStore(settings.rate_limit_max_clients)
     if settings.rate_limit_storage != "memory":  # one window per client across every instance
-        store = RedisStore(
-            settings.rate_limit_storage, settings.rate_limit_redis_failure, settings.rate_limit_max_clients
-        )
+        store = RedisStore(settings.rate_limit_storage, settings.rate_limit_redis_failure,
+                           settings.rate_limit_max_clients)  # fmt: skip
     limiter = Limiter(settings.rate_limit_requests, settings.rate_limit_period, store, clock)
     shared = None
     if settings.catalog_storage != "memory":  # a refresh may take HTTP_TIMEOUT; the lease outlives it
@@ -63,8 +62,7 @@ def create_app(
     api = Api(settings, catalog, latencies, methods_available())
     metrics = Metrics(catalog, latencies, store)
 
-    # /docs, /redoc and /openapi.json exist only in debug mode, /metrics only when enabled:
-    # otherwise they are 404 like any unknown path.
+    # /docs, /redoc and /openapi.json only in debug mode, /metrics only when enabled: else 404.
     routes: list[BaseRoute] = [endpoint.route() for endpoint in api.endpoints]
     if settings.debug:
         routes += openapi.routes(settings, api.endpoints)
@@ -107,13 +105,9 @@ def create_app(
             if isinstance(store, RedisStore):
                 await store.client.aclose()
 
-    app = Starlette(
-        debug=False,  # never Starlette's traceback pages, whatever DEBUG says
-        routes=routes,
-        middleware=[layer for enabled, layer in layers if enabled],
-        exception_handlers=HANDLERS,  # the error envelope (web/errors.py)
-        lifespan=lifespan,
-    )
+    # debug=False: never Starlette's traceback pages, whatever DEBUG says. HANDLERS: the error envelope.
+    app = Starlette(debug=False, routes=routes, middleware=[layer for enabled, layer in layers if enabled],
+                    exception_handlers=HANDLERS, lifespan=lifespan)  # fmt: skip
     app.router.redirect_slashes = False  # Starlette would build the redirect from the client's Host header
     return app
 

@@ -31,10 +31,7 @@ def _narrow(entry: str) -> bool:
 
 
 def _bind_is_private(bind: str, tls: bool) -> bool:
-    if bind.startswith("unix:") or tls:
-        return True
-    host = bind.rpartition(":")[0].strip("[]")
-    return is_loopback(host)
+    return bind.startswith("unix:") or tls or is_loopback(bind.rpartition(":")[0].strip("[]"))
 
 
 def evaluate(settings: Settings, *, bind: str, tls: bool = False, env_file: str | None = None) -> list[Item]:
@@ -42,37 +39,21 @@ def evaluate(settings: Settings, *, bind: str, tls: bool = False, env_file: str 
     key_files = [f for f in (settings.api_keys_file, env_file if keys_in_env_file else None) if f]
     return [
         Item(not settings.debug, "DEBUG is off", "set DEBUG=false: debug mode serves /docs and drops HSTS and CSP"),
-        Item(
-            settings.enable_api_key_auth and bool(settings.api_keys),
-            "API key authentication is on, with keys of at least 32 characters",
-            "set ENABLE_API_KEY_AUTH=true and API_KEYS_FILE (keys from `draco keygen`)",
-        ),
+        Item(settings.enable_api_key_auth and bool(settings.api_keys),
+             "API key authentication is on, with keys of at least 32 characters",
+             "set ENABLE_API_KEY_AUTH=true and API_KEYS_FILE (keys from `draco keygen`)"),
         Item(settings.enable_security_headers, "security headers are on", "set ENABLE_SECURITY_HEADERS=true"),
         Item(settings.rate_limit_enabled, "rate limiting is on", "set RATE_LIMIT_ENABLED=true"),
-        Item(
-            all(urlsplit(origin).scheme == "https" for origin in settings.cors_origins),
-            "CORS origins are explicit https origins",
-            'list only your frontends\' https origins in CORS_ORIGINS, e.g. ["https://app.example.com"]',
-        ),
-        Item(
-            settings.log_level in ("WARNING", "ERROR"),
-            "LOG_LEVEL is WARNING or ERROR",
-            "set LOG_LEVEL=WARNING",
-        ),
-        Item(
-            all(map(_narrow, settings.trusted_hosts)),
-            "TRUSTED_HOSTS names only your proxies (nothing wider than a /8, or /32 for IPv6)",
-            "list the reverse proxy's addresses in TRUSTED_HOSTS, never 0.0.0.0/0",
-        ),
-        Item(
-            all(map(_private_file, key_files)),
-            "files holding API keys are readable by their owner only",
-            f"chmod 600 {' '.join(key_files)}",
-        ),
-        Item(
-            _bind_is_private(bind, tls),
-            "plain HTTP is served on loopback or a unix socket only",
-            "bind to 127.0.0.1 behind your TLS-terminating proxy, or give --certfile and --keyfile "
-            "(inside a container, bind 0.0.0.0 and publish the port to the proxy alone)",
-        ),
-    ]
+        Item(all(urlsplit(origin).scheme == "https" for origin in settings.cors_origins),
+             "CORS origins are explicit https origins",
+             'list only your frontends\' https origins in CORS_ORIGINS, e.g. ["https://app.example.com"]'),
+        Item(settings.log_level in ("WARNING", "ERROR"), "LOG_LEVEL is WARNING or ERROR", "set LOG_LEVEL=WARNING"),
+        Item(all(map(_narrow, settings.trusted_hosts)),
+             "TRUSTED_HOSTS names only your proxies (nothing wider than a /8, or /32 for IPv6)",
+             "list the reverse proxy's addresses in TRUSTED_HOSTS, never 0.0.0.0/0"),
+        Item(all(map(_private_file, key_files)), "files holding API keys are readable by their owner only",
+             f"chmod 600 {' '.join(key_files)}"),
+        Item(_bind_is_private(bind, tls), "plain HTTP is served on loopback or a unix socket only",
+             "bind to 127.0.0.1 behind your TLS-terminating proxy, or give --certfile and --keyfile "
+             "(inside a container, bind 0.0.0.0 and publish the port to the proxy alone)"),
+    ]  # fmt: skip

@@ -28,17 +28,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = load(os.environ, args.env_file)
     except ConfigError as exc:
         problems, settings = exc.problems, Settings()
-    if getattr(args, "bind", None) is not None and not _valid_bind(args.bind):
+    if args.bind is not None and not _valid_bind(args.bind):
         problems.append("--bind: must be HOST:PORT with a port from 1 to 65535, or unix:PATH")
-    for option in ("certfile", "keyfile"):
-        path = getattr(args, option, None)
-        if path and not os.access(path, os.R_OK):
-            problems.append(f"--{option}: must name a readable file")
-    if bool(getattr(args, "certfile", None)) != bool(getattr(args, "keyfile", None)):
+    problems += [f"--{option}: must name a readable file" for option in ("certfile", "keyfile")
+                 if getattr(args, option) and not os.access(getattr(args, option), os.R_OK)]  # fmt: skip
+    if bool(args.certfile) != bool(args.keyfile):
         problems.append("--certfile and --keyfile: must be given together")
-    if getattr(args, "quic_bind", None) and not (args.certfile and _valid_bind(args.quic_bind)):
+    if args.quic_bind and not (args.certfile and _valid_bind(args.quic_bind)):
         problems.append("--quic-bind: must be HOST:PORT, and HTTP/3 needs --certfile and --keyfile")
-    if getattr(args, "config", None):
+    if args.config:
         try:
             _config_file(args.config)
         except ValueError as exc:
@@ -161,6 +159,7 @@ def keygen(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="draco", description="A security-first WireGuard server-list API.")
     parser.add_argument("--version", action="version", version=f"draco {__version__}")
+    parser.set_defaults(bind=None, certfile=None, keyfile=None, quic_bind=None, config=None)  # what a command lacks
     commands = parser.add_subparsers(dest="command", required=True)
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument("--env-file", help="read settings from this file; the environment wins")

@@ -24,6 +24,3 @@ class VPNAPIError(VPNServiceError):
 
 class VPNDataError(VPNServiceError):
     """The upstream sent a payload of the wrong shape, or a list the sanity guard refused."""
-
-    def __init__(self, reason: str = "invalid_data", detail: str = ""):
-        super().__init__(reason, detail)

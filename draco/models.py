@@ -3,6 +3,7 @@ the one JSON encoder. The OpenAPI document takes its schemas from these classes.
 
 from __future__ import annotations
 
+import collections
 import gzip
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -139,15 +140,10 @@ def gzipped(body: bytes) -> bytes | None:
 
 def countries(servers: Sequence[Server]) -> list[Country]:
     """Distinct countries sorted by code; the most common spelling of a name wins."""
-    names: dict[str, dict[str, int]] = {}
-    for s in servers:
-        spellings = names.setdefault(s.country_code, {})
-        spellings[s.country] = spellings.get(s.country, 0) + 1
-    result = []
-    for code in sorted(names):
-        name = max(names[code], key=names[code].__getitem__)
-        result.append(Country(code, name, f"{code} - {name}"))
-    return result
+    names: dict[str, str] = {}
+    for (code, name), _ in collections.Counter((s.country_code, s.country) for s in servers).most_common():
+        names.setdefault(code, name)  # most common first; ties in the order first seen
+    return [Country(code, names[code], f"{code} - {names[code]}") for code in sorted(names)]
 
 
 def paginate(items: Sequence[Server], page: int, page_size: int) -> Page:

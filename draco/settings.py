@@ -1,9 +1,6 @@
-"""Settings: one frozen class, read from the environment and an optional env file.
-
-Every field is named after its variable (lower case). `load` checks all of them
-and raises one ConfigError listing every problem; a message names the variable
-and its rule, never the value, so a secret cannot leak into a log.
-"""
+"""Settings: one frozen class, each field named after its variable (lower case), read from
+the environment and an optional env file. `load` raises one ConfigError listing every
+problem, each naming the variable and its rule, never the value (it may be a secret)."""
 
 from __future__ import annotations
 
@@ -55,21 +52,15 @@ def is_loopback(host: str | None) -> bool:
 
 
 def _upstream_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return bool(parts.hostname) and (
-        parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
-    )
+    scheme, host = urlsplit(url).scheme, urlsplit(url).hostname
+    return (scheme == "https" and bool(host)) or (scheme == "http" and is_loopback(host))
 
 
 def _origin(origin: str) -> bool:
+    """Exactly scheme://host[:port]: no path, pattern or credentials."""
     parts = urlsplit(origin)
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and "*" not in origin
-        and f"{parts.scheme}://{parts.netloc}" == origin
-        and not (parts.username or parts.password)
-    )
+    exact = f"{parts.scheme}://{parts.netloc}" == origin and not (parts.username or parts.password)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "*" not in origin and exact
 
 
 def _network(entry: str) -> bool:
@@ -126,9 +117,7 @@ class Settings:
 
     cors_origins: tuple[str, ...] = _rule(
         "must be a JSON array of origins like https://app.example.com ('*', 'null' and patterns are refused)",
-        lambda origins: all(map(_origin, origins)),
-        default=(),
-    )
+        lambda origins: all(map(_origin, origins)), default=())  # fmt: skip
     cors_allow_credentials: bool = False
 
     enable_api_key_auth: bool = False
@@ -144,11 +133,8 @@ class Settings:
     catalog_storage: str = _storage()
 
     enable_security_headers: bool = True
-    trusted_hosts: tuple[str, ...] = _rule(
-        "must be a JSON array of IP addresses or CIDR ranges",
-        lambda entries: all(map(_network, entries)),
-        default=(),
-    )
+    trusted_hosts: tuple[str, ...] = _rule("must be a JSON array of IP addresses or CIDR ranges",
+                                           lambda entries: all(map(_network, entries)), default=())  # fmt: skip
 
     latency_concurrency: int = _between(1, 4096, 256)
     latency_timeout: float = _between(0.05, 30, 1.0, "a number of seconds")
@@ -158,11 +144,9 @@ class Settings:
     latency_allow_private: bool = False
     latency_tcp_port: int = _between(1, 65535, 443)
 
-    ready_providers: tuple[str, ...] = _rule(
-        f"must be a JSON array of provider names ({', '.join(REGISTRY)})",
-        lambda names: bool(names) and set(names) <= set(REGISTRY),
-        default=tuple(REGISTRY),
-    )
+    ready_providers: tuple[str, ...] = _rule(f"must be a JSON array of provider names ({', '.join(REGISTRY)})",
+                                             lambda names: bool(names) and set(names) <= set(REGISTRY),
+                                             default=tuple(REGISTRY))  # fmt: skip
 
     metrics_enabled: bool = False
     metrics_public: bool = False

@@ -1,12 +1,8 @@
-"""The per-provider cache policy.
-
-A list is fresh for CACHE_TTL. After that, requests still get it at once while one
-background refresh runs (stale-while-revalidate); only a cold provider with
-nothing stored waits on the upstream. Any number of concurrent requests cause one
-upstream request (single flight). A failed refresh keeps the previous list and
-backs off exponentially, so a down upstream is asked once per backoff step, not
-once per client request. A list older than CACHE_MAX_STALE is no longer served.
-"""
+"""The per-provider cache policy. A list is fresh for CACHE_TTL; after that, requests
+still get it at once while one background refresh runs (stale-while-revalidate), and
+only a provider with nothing stored waits on the upstream. Concurrent requests cause
+one upstream request (single flight). A failed refresh keeps the previous list and
+backs off exponentially. A list older than CACHE_MAX_STALE is no longer served."""
 
 from __future__ import annotations
 
@@ -50,14 +46,8 @@ class Status:
 
 
 class Catalog:
-    def __init__(
-        self,
-        settings: Settings,
-        client: httpx.AsyncClient,
-        providers: Mapping[str, Provider] = REGISTRY,
-        clock: Callable[[], float] = time.time,
-        shared: SharedCatalog | None = None,
-    ):
+    def __init__(self, settings: Settings, client: httpx.AsyncClient, providers: Mapping[str, Provider] = REGISTRY,
+                 clock: Callable[[], float] = time.time, shared: SharedCatalog | None = None):  # fmt: skip
         self.settings, self.client, self.providers, self.clock = settings, client, providers, clock
         self.shared = shared  # when several instances share one Redis
         self.status = {name: Status() for name in providers}
@@ -82,8 +72,7 @@ class Catalog:
             await self.shared.close()
 
     def warm(self, names: Iterable[str]) -> None:
-        """Fetch `names` in the background, each unless it is backing off from a failure:
-        at start, and from the readiness probe, so being ready needs no client request."""
+        """Fetch `names` in the background unless backing off (at start, and from /health/ready)."""
         for name in names:
             if self.clock() >= self.status[name].retry_at:
                 self._refresh_task(name)
@@ -187,9 +176,8 @@ class Catalog:
                 log.error("cannot write %s snapshot: %s", name, exc)
 
     async def _take_turn(self, name: str, shared: SharedCatalog) -> bool:
-        """With a shared catalog: True when this instance is the one to ask the upstream.
-        Adopts a newer shared list first; waits (while it has nothing to serve) for
-        another instance's refresh, up to one lease."""
+        """True when this instance is the one to ask the upstream. Adopts a newer shared list
+        first; with nothing to serve, waits up to one lease for another instance's refresh."""
         status = self.status[name]
         give_up = self.clock() + shared.lease_ms / 1000
         while True:
@@ -223,23 +211,19 @@ class Catalog:
         status.last_failure, status.last_failure_at = failure_class(exc), self.clock()
         status.outcomes[status.last_failure] += 1
         status.error_type = VPNDataError if isinstance(exc, VPNDataError) else VPNAPIError
-        delay = min(self.settings.refresh_backoff_max, 2.0 ** (status.failures - 1))
-        delay = delay * random.uniform(0.5, 1.0)
-        asked = exc.retry_after if isinstance(exc, VPNServiceError) else None
-        if asked:
-            delay = max(delay, min(asked, self.settings.refresh_backoff_max))
+        most = self.settings.refresh_backoff_max  # exponential, jittered; at least what the upstream asked
+        delay = min(most, 2.0 ** (status.failures - 1)) * random.uniform(0.5, 1.0)
+        delay = max(delay, min(exc.retry_after or 0, most) if isinstance(exc, VPNServiceError) else 0)
         status.retry_at = self.clock() + delay
         why = f"{status.last_failure}: {getattr(exc, 'detail', '') or exc}"
         message = "refresh of %s failed (%s), attempt %d, next in %.1fs"
         log.warning(message, name, why, status.failures, delay, exc_info=status.last_failure == "error")
 
     def _check(self, status: Status, new: Dataset) -> None:
-        """The sanity guard: while the previous list may still be served, an empty list,
-        one shrunk by more than CACHE_MAX_SHRINK, or one that swaps the keys of more than
-        CACHE_MAX_REKEY of the servers still present is an upstream fault. Providers
-        rotate keys a few at a time; a mass swap is what a tampered upstream or a
-        hijacked name would look like, so it is held back until the upstream has sent
-        the same keys on CACHE_REKEY_CONFIRMATIONS refreshes in a row."""
+        """The sanity guard, while the previous list may still be served: an empty list, or one
+        shrunk by more than CACHE_MAX_SHRINK, is an upstream fault; one that swaps the keys of
+        more than CACHE_MAX_REKEY of the servers still present (what a tampered upstream would
+        send) is held back until sent alike on CACHE_REKEY_CONFIRMATIONS refreshes in a row."""
         old, s = status.data, self.settings
         if not new.servers:
             raise VPNDataError("empty")
@@ -259,14 +243,8 @@ class Catalog:
             raise VPNDataError("rekeyed", detail)
 
     def health(self) -> dict[str, ProviderHealth]:
-        return {
-            name: ProviderHealth(
-                servers=len(s.data.servers) if s.data else 0,
-                data_age=self.age(s.data) if s.data else None,
-                serving_stale=bool(s.data and self.is_stale(s.data)),
-                last_success=s.last_success,
-                last_failure=s.last_failure,
-                last_failure_at=s.last_failure_at,
-            )
-            for name, s in self.status.items()
-        }
+        return {name: ProviderHealth(servers=len(s.data.servers) if s.data else 0,
+                                     data_age=self.age(s.data) if s.data else None,
+                                     serving_stale=bool(s.data and self.is_stale(s.data)),
+                                     last_success=s.last_success, last_failure=s.last_failure,
+                                     last_failure_at=s.last_failure_at) for name, s in self.status.items()}  # fmt: skip

@@ -40,32 +40,19 @@ class Dataset:
         return self.by_country.get(country_code, ()) if country_code else self.servers
 
 
-def make_dataset(
-    provider: str,
-    servers: Iterable[Server],
-    fetched_at: float,
-    *,
-    etag: str | None = None,
-    last_modified: str | None = None,
-    provisional: bool = False,
-    version: str | None = None,
-) -> Dataset:
+def make_dataset(provider: str, servers: Iterable[Server], fetched_at: float, *, etag: str | None = None,
+                 last_modified: str | None = None, provisional: bool = False,
+                 version: str | None = None) -> Dataset:  # fmt: skip
+    """`servers`, indexed by country; `version` defaults to a digest of them."""
     servers = tuple(servers)
     by_country: dict[str, list[Server]] = {}
     for s in servers:
         if s.include_in_country:
             by_country.setdefault(s.country_code, []).append(s)
-    return Dataset(
-        provider,
-        servers,
-        fetched_at,
-        version or hashlib.blake2b(encode(servers), digest_size=12).hexdigest(),
-        etag,
-        last_modified,
-        provisional,
-        {code: tuple(group) for code, group in by_country.items()},
-        tuple(countries(servers)),
-    )
+    version = version or hashlib.blake2b(encode(servers), digest_size=12).hexdigest()
+    by_code = {code: tuple(group) for code, group in by_country.items()}
+    return Dataset(provider, servers, fetched_at, version, etag, last_modified, provisional, by_code,
+                   tuple(countries(servers)))  # fmt: skip
 
 
 def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:

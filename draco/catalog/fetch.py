@@ -22,13 +22,10 @@ log = logging.getLogger("draco.catalog")
 
 def upstream_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The one client for every upstream: HTTP/2, TLS verification always on."""
-    limits = httpx.Limits(
-        max_connections=settings.http_max_connections, max_keepalive_connections=settings.http_max_keepalive_connections
-    )
-    agent = {"User-Agent": f"draco/{__version__}"}
-    # verify=True: never configurable
-    return httpx.AsyncClient(http2=True, verify=True, timeout=settings.http_timeout, limits=limits, headers=agent,
-                             transport=transport)  # fmt: skip
+    limits = httpx.Limits(max_connections=settings.http_max_connections,
+                          max_keepalive_connections=settings.http_max_keepalive_connections)  # fmt: skip
+    return httpx.AsyncClient(http2=True, verify=True, timeout=settings.http_timeout, limits=limits,  # verify: always
+                             headers={"User-Agent": f"draco/{__version__}"}, transport=transport)  # fmt: skip
 
 
 def failure_class(exc: BaseException) -> str:
@@ -63,19 +60,11 @@ async def read_capped(response: httpx.Response, cap: int) -> bytearray:
     return body
 
 
-async def fetch(
-    client: httpx.AsyncClient,
-    settings: Settings,
-    provider: Provider,
-    current: Dataset | None,
-    clock: Callable[[], float],
-) -> Dataset:
+async def fetch(client: httpx.AsyncClient, settings: Settings, provider: Provider, current: Dataset | None,
+                clock: Callable[[], float]) -> Dataset:  # fmt: skip
     """The provider's list, parsed; `current` renewed when the upstream answers 304."""
-    headers = {}
-    if current and current.etag:
-        headers["If-None-Match"] = current.etag
-    if current and current.last_modified:
-        headers["If-Modified-Since"] = current.last_modified
+    etag, modified = (current.etag, current.last_modified) if current else (None, None)
+    headers = {name: value for name, value in (("If-None-Match", etag), ("If-Modified-Since", modified)) if value}
     # One deadline for the whole exchange: httpx's own timeouts are per read, and
     # a body trickling a byte at a time would never trip them.
     async with asyncio.timeout(settings.http_timeout):

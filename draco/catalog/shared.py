@@ -1,12 +1,8 @@
-"""The catalog shared through Redis (CATALOG_STORAGE=redis://...), for several instances.
-
-Each provider's list lives in Redis in the snapshot format, with a small record of
-its version and fetch time beside it. One instance at a time refreshes a provider,
-holding a lease (SET NX PX) that expires by itself, so a crashed holder blocks no
-one for longer than the lease. When Redis cannot be reached every call answers as
-if no other instance existed (nothing shared, the lease granted): each instance
-then falls back to its own catalog and snapshots. State changes are logged once.
-"""
+"""The catalog shared through Redis (CATALOG_STORAGE=redis://...) by several instances.
+Each list is kept in the snapshot format, with its version and fetch time beside it.
+One instance at a time refreshes a provider, under a lease (SET NX PX) that expires by
+itself. Without Redis every call answers as if no other instance existed (nothing
+shared, the lease granted); state changes are logged once."""
 
 from __future__ import annotations
 
@@ -61,10 +57,6 @@ class SharedCatalog:
             return None
         return found[0].decode(), float(found[1])
 
-    async def load(self, provider: str) -> bytes | None:
-        content: bytes | None = await self._call(None, "get", f"draco:catalog:{provider}")
-        return content
-
     async def save(self, provider: str, content: bytes, version: str, fetched_at: float) -> None:
         pipe = self.client.pipeline(transaction=True)  # the list and its record change together
         pipe.set(f"draco:catalog:{provider}", content)
@@ -84,7 +76,7 @@ class SharedCatalog:
         if current is not None and (current.version == version or fetched_at <= current.fetched_at):
             renewed = current.version == version and fetched_at > current.fetched_at
             return attrs.evolve(current, fetched_at=fetched_at, provisional=False) if renewed else None
-        content = await self.load(provider)
+        content = await self._call(None, "get", f"draco:catalog:{provider}")
         try:
             return await asyncio.to_thread(from_snapshot, content, provider, False) if content else None
         except ValueError as exc:

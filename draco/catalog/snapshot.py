@@ -38,14 +38,8 @@ def from_snapshot(content: bytes, provider: str, provisional: bool) -> Dataset:
         raise ValueError("not a snapshot of this provider")
     if any(s.provider != provider for s in snap.servers):
         raise ValueError("holds another provider's servers")
-    return make_dataset(
-        provider,
-        snap.servers,
-        snap.fetched_at,
-        etag=snap.etag,
-        last_modified=snap.last_modified,
-        provisional=provisional,
-    )
+    return make_dataset(provider, snap.servers, snap.fetched_at, etag=snap.etag, last_modified=snap.last_modified,
+                        provisional=provisional)  # fmt: skip
 
 
 def write_snapshot(directory: Path, provider: str, content: bytes) -> None:

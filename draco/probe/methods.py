@@ -1,12 +1,8 @@
-"""Measuring latency to many hosts at once, at a bounded cost.
-
-Methods: `icmp` (echo over one datagram socket per address family where the kernel
-permits it, else a raw socket when privileged), `fping` when installed, and `tcp`
-(connect time; a refused connection is an answer too, since its RST took one round
-trip). At most `concurrency` probes run at once, each gives up after `timeout`
-seconds, and a whole run ends at `deadline`: what has not answered by then is
-unreachable (None).
-"""
+"""Measuring latency to many hosts at once, at a bounded cost. Methods: `icmp` (echo over
+one datagram socket per address family where the kernel permits it, else a raw socket
+when privileged), `fping` when installed, and `tcp` (connect time; a refusal is an
+answer too: its RST took one round trip). At most `concurrency` probes run at once,
+each gives up after `timeout`, and a run ends at `deadline`: no answer by then is None."""
 
 from __future__ import annotations
 
@@ -108,11 +104,9 @@ class Pinger:
 
 
 async def tcp_connect(address: str, port: int, timeout: float) -> float | None:
-    """Connect time in milliseconds; a refusal (RST) is an answer, silence is None.
-
-    For a completed handshake the kernel's own round-trip measurement (TCP_INFO) is
-    used, so hundreds of probes in flight do not inflate each other's times; else
-    the clock stops in the loop's writability callback."""
+    """Connect time in milliseconds; a refusal (RST) is an answer, silence is None. A completed
+    handshake reports the kernel's own RTT (TCP_INFO), which hundreds of probes in flight do
+    not inflate; else the clock stops in the loop's writability callback."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -156,17 +150,9 @@ _FPING_LINE = re.compile(r"^(\S+)\s*:\s*(\S+)")
 
 async def fping(addresses: list[str], timeout: float, deadline: float) -> dict[str, float | None]:
     """One fping run for every address (`-C 1`: one echo each, results on stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        shutil.which("fping") or "fping",
-        "-C1",
-        "-q",
-        "-i1",
-        "-r0",
-        f"-t{int(timeout * 1000)}",
-        *addresses,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    command = [shutil.which("fping") or "fping", "-C1", "-q", "-i1", "-r0", f"-t{int(timeout * 1000)}", *addresses]
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.PIPE)  # fmt: skip
     try:
         async with asyncio.timeout(deadline):
             _, err = await process.communicate()
@@ -174,13 +160,8 @@ async def fping(addresses: list[str], timeout: float, deadline: float) -> dict[s
         process.kill()
         await process.wait()
         return {}
-    results = {}
-    for line in err.decode(errors="replace").splitlines():
-        found = _FPING_LINE.match(line)
-        if found:
-            value = found.group(2)
-            results[found.group(1)] = float(value) if value.replace(".", "", 1).isdigit() else None
-    return results
+    lines = (_FPING_LINE.match(line) for line in err.decode(errors="replace").splitlines())
+    return {found[1]: float(found[2]) if found[2].replace(".", "", 1).isdigit() else None for found in lines if found}
 
 
 def methods_available() -> list[str]:
@@ -193,15 +174,8 @@ def methods_available() -> list[str]:
     return [*found, "tcp"]
 
 
-async def measure(
-    targets: Iterable[tuple[K, str | None]],
-    method: str,
-    *,
-    concurrency: int,
-    timeout: float,
-    deadline: float,
-    port: int,
-) -> dict[K, float | None]:
+async def measure(targets: Iterable[tuple[K, str | None]], method: str, *, concurrency: int, timeout: float,
+                  deadline: float, port: int) -> dict[K, float | None]:  # fmt: skip
     """Latency in milliseconds for each (key, address); None for no answer, no
     address, or no answer before the deadline."""
     targets = list(targets)
@@ -215,10 +189,7 @@ async def measure(
 
     async def probe(key: K, address: str) -> None:
         async with gate:
-            if pinger:
-                results[key] = await pinger.ping(address, timeout)
-            else:
-                results[key] = await tcp_connect(address, port, timeout)
+            results[key] = await (pinger.ping(address, timeout) if pinger else tcp_connect(address, port, timeout))
 
     tasks = [asyncio.ensure_future(probe(key, address)) for key, address in addressed]
     try:

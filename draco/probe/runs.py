@@ -38,9 +38,8 @@ class Resolver:
 
 
 class Latencies:
-    """Runs for the routes: addresses checked, results cached for `ttl` seconds,
-    identical concurrent requests sharing one run, and at most one run per provider
-    in flight."""
+    """Runs for the routes: addresses checked, results cached for `ttl` seconds, identical
+    concurrent requests sharing one run, at most one run per provider in flight."""
 
     def __init__(self, settings: Any):
         self.settings = settings
@@ -77,14 +76,8 @@ class Latencies:
             todo = [t for t in targets if t[:2] not in fresh]
             addresses = await self._addresses(todo, s.latency_deadline)
             remaining = max(0.0, s.latency_deadline - (time.monotonic() - started))
-            results = await measure(
-                addresses.items(),
-                method,
-                concurrency=s.latency_concurrency,
-                timeout=s.latency_timeout,
-                deadline=remaining,
-                port=s.latency_tcp_port,
-            )
+            results = await measure(addresses.items(), method, concurrency=s.latency_concurrency,
+                                    timeout=s.latency_timeout, deadline=remaining, port=s.latency_tcp_port)  # fmt: skip
             now = time.monotonic()
             self.cache.update({k: (now, ms) for k, ms in results.items()})
             self.runs_done += 1
@@ -102,11 +95,9 @@ class Latencies:
             else:
                 async with gate:
                     candidates = await self.resolver.resolve(hostname, self.settings.latency_timeout)
-            for candidate in candidates:  # every address a name resolves to must be allowed
-                if not probeable(
-                    ipaddress.ip_address(candidate.partition("%")[0]), self.settings.latency_allow_private
-                ):
-                    return
+            allow_private = self.settings.latency_allow_private  # every address a name resolves to must pass:
+            if not all(probeable(ipaddress.ip_address(c.partition("%")[0]), allow_private) for c in candidates):
+                return
             found[(provider, identifier)] = candidates[0] if candidates else None
 
         tasks = [asyncio.ensure_future(pick(*t)) for t in targets]

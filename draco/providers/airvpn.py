@@ -1,9 +1,6 @@
-"""AirVPN's public status list: servers whose health is "ok".
-
-The list carries no WireGuard key: AirVPN uses one server public key for every
-server (below). Country codes arrive in lower case; the load is `currentload`.
-A client also needs its account's own preshared key, which no list carries.
-"""
+"""AirVPN's public status list: servers whose health is "ok". The list carries no
+WireGuard key: AirVPN uses one server public key for every server (below). A client
+also needs its account's own preshared key, which no list carries."""
 
 from __future__ import annotations
 
@@ -19,12 +16,9 @@ from draco.providers import base
 # the project's tests/fixtures/SOURCES.md records both sources.
 PUBLIC_KEY = "PyLCXAQT8KkM4T+dUsOQfn+Ub3pGxfGlxkIApuig+hk="
 
-_Server = base.entry(
-    "AirServer",
-    "identifier health country country_code city load ipv4",
-    {"identifier": "public_name", "country": "country_name", "city": "location", "load": "currentload",
-     "ipv4": "ip_v4_in1"},
-)  # fmt: skip
+_Server = base.entry("AirServer", "identifier health country country_code city load ipv4",
+                     {"identifier": "public_name", "country": "country_name", "city": "location",
+                      "load": "currentload", "ipv4": "ip_v4_in1"})  # fmt: skip
 
 
 def _server(entry: Any) -> Server | None:

@@ -1,12 +1,10 @@
 """What a provider module declares, and the checks every parser shares.
 
-A parser is pure: bytes in, `(servers, skipped)` out. A payload of the wrong
-overall shape, or one nested deeper than the decoder goes, raises VPNDataError;
-one bad entry is skipped and counted. Entries
-are first split as raw JSON and then decoded one at a time into typed structs
-that hold only the fields a provider needs, so memory stays near the body size
-and one malformed entry cannot spoil the others.
-"""
+A parser is pure: bytes in, `(servers, skipped)` out. A payload of the wrong overall
+shape, or nested deeper than the decoder goes, raises VPNDataError; a bad entry is
+skipped and counted. Entries are split as raw JSON, then decoded one at a time into
+structs of only the fields a provider needs: memory stays near the body size, and
+one malformed entry cannot spoil the others."""
 
 from __future__ import annotations
 
@@ -94,9 +92,7 @@ def nested(parents: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any], c
     that does not decode becomes (None, None), which collect() counts as skipped."""
     pairs: list[Any] = []
     for parent in decoded(parents, decoder):
-        pairs += (
-            [(parent, child) for child in getattr(parent, children) or ()] if parent is not None else [(None, None)]
-        )
+        pairs += [(parent, child) for child in getattr(parent, children) or ()] if parent else [(None, None)]
     return pairs
 
 
@@ -188,17 +184,9 @@ def server(provider: str, entry: Any, **given: Any) -> Server:
     every provider alike. ValueError when a required one is missing or malformed."""
     raw: dict[str, Any] = {field: getattr(entry, field, None) for field in _RAW} | given
     code, name = country(raw.pop("country_code"), raw.pop("country"))
-    return Server(
-        provider,
-        name,
-        code,
-        identifier(raw.pop("identifier")),
-        wireguard_key(raw.pop("public_key")),
-        load(raw.pop("load")),
-        city=text(raw.pop("city")),
-        ipv4=ipv4(raw.pop("ipv4")),
-        **raw,
-    )
+    key, name_of_host = wireguard_key(raw.pop("public_key")), identifier(raw.pop("identifier"))
+    return Server(provider, name, code, name_of_host, key, load(raw.pop("load")), city=text(raw.pop("city")),
+                  ipv4=ipv4(raw.pop("ipv4")), **raw)  # fmt: skip
 
 
 _RAW = ("country_code", "country", "identifier", "public_key", "load", "city", "ipv4")

@@ -1,9 +1,6 @@
-"""IVPN servers.json: every host of every WireGuard location.
-
-IVPN has no status field (being listed is the only sign of being online), and its
-load is a float percentage, rounded here to the schema's integer; files before
-mid-2022 have no load at all.
-"""
+"""IVPN servers.json: every host of every WireGuard location. No status field (being
+listed is the only sign of being online); the load is a float percentage, rounded to
+the schema's integer (files before mid-2022 have none)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Mullvad's app relay list: active WireGuard relays, ordered by their weight.
-
-A relay carries no country: its `location` key (`gb-lon`) points into the
-`locations` map, whose country names are sometimes not proper ("UK", "USA"); the
-ISO code is the key's prefix. Mullvad reports no load. Relays marked
-`include_in_country: false` are listed but left out of country queries.
-"""
+"""Mullvad's app relay list: active WireGuard relays, ordered by their weight. A relay's
+`location` key (`gb-lon`) points into the `locations` map (country names there are
+sometimes "UK", "USA"); the ISO code is the key's prefix. No load. Relays marked
+`include_in_country: false` are listed but left out of country queries."""
 
 from __future__ import annotations
 
@@ -15,11 +12,8 @@ import msgspec
 from draco.models import Server
 from draco.providers import base
 
-_Relay = base.entry(
-    "Relay",
-    "identifier active location public_key weight include_in_country ipv4 owned",
-    {"identifier": "hostname", "ipv4": "ipv4_addr_in"},
-)
+_Relay = base.entry("Relay", "identifier active location public_key weight include_in_country ipv4 owned",
+                    {"identifier": "hostname", "ipv4": "ipv4_addr_in"})  # fmt: skip
 
 
 class _WireGuard(msgspec.Struct):
@@ -37,15 +31,9 @@ def _server(relay: Any, locations: dict[str, Any]) -> Server | None:
     if relay.active is not True:
         return None
     place = locations[relay.location]
-    return base.server(
-        "mullvad",
-        relay,
-        country_code=relay.location.partition("-")[0],
-        country=place["country"],
-        city=place.get("city"),
-        include_in_country=relay.include_in_country is not False,
-        owned=base.flag(relay.owned),
-    )
+    return base.server("mullvad", relay, country_code=relay.location.partition("-")[0], country=place["country"],
+                       city=place.get("city"), include_in_country=relay.include_in_country is not False,
+                       owned=base.flag(relay.owned))  # fmt: skip
 
 
 def _weight(relay: Any) -> float:

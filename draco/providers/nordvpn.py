@@ -63,9 +63,8 @@ def _server(entry: _Entry) -> Server | None:
     where = msgspec.json.decode(entry.locations, type=list[_Location])[0].country
     city = where.city.get("name") if isinstance(where.city, dict) else None
     p2p = "legacy_p2p" in groups
-    return base.server(
-        "nordvpn", entry, public_key=key, country_code=where.code, country=where.name, city=city, p2p=p2p
-    )
+    return base.server("nordvpn", entry, public_key=key, country_code=where.code, country=where.name, city=city,
+                       p2p=p2p)  # fmt: skip
 
 
 def parse(payload: base.Payload) -> base.Parsed:

@@ -1,7 +1,5 @@
 """Surfshark server clusters: WireGuard-capable clusters (`wireguard`, `generic`) with a key.
-
-Surfshark has no status field: being listed is the only sign of being online.
-"""
+There is no status field: being listed is the only sign of being online."""
 
 from __future__ import annotations
 
@@ -13,11 +11,9 @@ from draco.models import Server
 from draco.providers import base
 
 _WIREGUARD_TYPES = ("wireguard", "generic")
-_Cluster = base.entry(
-    "Cluster",
-    "identifier type public_key country country_code city load",
-    {"identifier": "connectionName", "public_key": "pubKey", "country_code": "countryCode", "city": "location"},
-)
+_Cluster = base.entry("Cluster", "identifier type public_key country country_code city load",
+                      {"identifier": "connectionName", "public_key": "pubKey", "country_code": "countryCode",
+                       "city": "location"})  # fmt: skip
 
 
 def _server(cluster: Any) -> Server | None:

@@ -1,10 +1,7 @@
-"""Windscribe's mobile server list: one WireGuard server per datacenter group.
-
-A location (`US Central`) holds groups; each group is one datacenter with its own
-WireGuard key and endpoint hostname. The list carries no country names, only
-ISO codes, so names come from ISO 3166. Windscribe reports no load. `p2p` is the
-location's flag; a group with `pro: 0` is open to free accounts.
-"""
+"""Windscribe's mobile server list: one WireGuard server per datacenter group. A location
+(`US Central`) holds groups, each with its own WireGuard key and endpoint hostname. The
+list has ISO codes but no country names (they come from ISO 3166), and no load. `p2p`
+is the location's flag; a group with `pro: 0` is open to free accounts."""
 
 from __future__ import annotations
 

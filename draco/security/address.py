@@ -1,7 +1,5 @@
 """The client address: the socket peer, or the rightmost untrusted X-Forwarded-For entry.
-
-An address is its packed form, as inet_pton gives it: 4 bytes (IPv4) or 16 (IPv6).
-"""
+An address is its packed form, as inet_pton gives it: 4 bytes (IPv4) or 16 (IPv6)."""
 
 from __future__ import annotations
 
@@ -46,14 +44,10 @@ def parse_address(text: str) -> Address | None:
 
 
 def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedHosts) -> Address | None:
-    """The client: the socket peer, or, when the peer is a trusted proxy, the
-    rightmost X-Forwarded-For entry that is not trusted.
-
-    Entries left of that one are whatever the client chose to send, so they are
-    never believed. An unparsable entry where the client should stand, an empty
-    header or an all-trusted chain fails closed to the peer. A missing peer
-    (a unix socket) counts as the trusted local proxy.
-    """
+    """The socket peer, or, when the peer is a trusted proxy, the rightmost X-Forwarded-For
+    entry that is not trusted (entries left of it are whatever the client chose to send).
+    An unparsable entry where the client should stand, an empty header or an all-trusted
+    chain fails closed to the peer. No peer (a unix socket) counts as the trusted proxy."""
     peer_address = parse_address(peer) if peer else None
     if peer and (peer_address is None or peer_address not in trusted):
         return peer_address

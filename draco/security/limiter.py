@@ -26,11 +26,9 @@ class Decision(NamedTuple):
 
 
 def decide(window: array[int], now: int, limit: int, period: int, cost: int) -> tuple[bool, int]:
-    """The algorithm, on one client's sorted admission times, in place.
-
-    Returns (admitted, microseconds until enough counted requests have left the
-    window to admit this cost, or until the oldest leaves when admitted). Needs
-    cost <= limit."""
+    """The algorithm, on one client's sorted admission times, in place. Returns (admitted,
+    microseconds until enough requests have left the window to admit this cost, or until
+    the oldest leaves when admitted). Needs cost <= limit."""
     del window[: bisect.bisect_right(window, now - period)]
     if len(window) + cost <= limit:
         window.extend([now] * cost)
@@ -53,12 +51,9 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """Per-client admission times in an OrderedDict kept in least-recently-seen order.
-
-    Memory is bounded: clients with nothing left in their window are dropped from
-    the front (a few every 16 requests, and all of them by `sweep`), and beyond
-    `max_clients` the least recently seen client is evicted.
-    """
+    """Per-client admission times, least recently seen first. Memory is bounded: clients with
+    an empty window are dropped from the front (a few every 16 requests, all by `sweep`),
+    and beyond `max_clients` the least recently seen client is evicted."""
 
     def __init__(self, max_clients: int = 100_000):
         self.max_clients = max_clients

@@ -40,11 +40,9 @@ Batch = list[tuple[str, list[int], "asyncio.Future[Any]"]]
 
 
 class RedisStore:
-    """Decisions of one turn of the event loop travel in one pipeline; with `server_time`
-    Redis's clock times them, so instances with differing clocks agree. When Redis
-    cannot be reached, `failure` decides: "local" (this instance's memory store),
-    "open" (admit) or "closed" (refuse); Redis is retried once a second, and each
-    change of state is logged once."""
+    """The decisions of one turn of the event loop travel in one pipeline, timed by Redis's
+    clock (`server_time`) so instances agree. Without Redis, `failure` decides: "local"
+    (a memory store), "open" or "closed"; Redis is retried each second."""
 
     def __init__(self, url: str, failure: str = "local", max_clients: int = 100_000, server_time: bool = True):
         import redis.asyncio  # imported here: only deployments that use Redis load it

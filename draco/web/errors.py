@@ -32,10 +32,7 @@ def error_response(
     return Response(body, status, {**(headers or {}), "Cache-Control": "no-store"}, "application/json")
 
 
-_MESSAGES = {
-    404: "The requested resource was not found.",
-    405: "The method is not allowed for this resource.",
-}
+_MESSAGES = {404: "The requested resource was not found.", 405: "The method is not allowed for this resource."}
 
 
 async def http_error(_request: Request, exc: Exception) -> Response:

@@ -1,9 +1,6 @@
-"""Prometheus metrics (METRICS_ENABLED=true), served at /metrics.
-
-No label ever takes a value the client chose: routes are the templates of the
-route table ("unmatched" otherwise), methods come from a fixed list, and statuses
-are the ones draco sent.
-"""
+"""Prometheus metrics (METRICS_ENABLED=true), served at /metrics. No label ever takes a
+value the client chose: routes are the route table's templates ("unmatched" otherwise),
+methods come from a fixed list, statuses are the ones draco sent."""
 
 from __future__ import annotations
 
@@ -29,22 +26,17 @@ class Metrics:
     def __init__(self, catalog: Catalog, latencies: Latencies, store: Store):
         self.catalog, self.latencies, self.store = catalog, latencies, store
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "draco_requests", "Requests by route template, method and status", ["route", "method", "status"],
-            registry=self.registry,
-        )  # fmt: skip
+        self.requests = Counter("draco_requests", "Requests by route template, method and status",
+                                ["route", "method", "status"], registry=self.registry)  # fmt: skip
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         catalog = self.catalog
-        fetches = CounterMetricFamily(
-            "draco_upstream_fetches", "Upstream refreshes by outcome", labels=["provider", "outcome"]
-        )
-        age = GaugeMetricFamily("draco_catalog_age_seconds", "Age of each provider's list", labels=["provider"])
-        size = GaugeMetricFamily("draco_catalog_servers", "Servers in each provider's list", labels=["provider"])
-        stale = GaugeMetricFamily(
-            "draco_catalog_stale", "1 while a provider's list is served stale", labels=["provider"]
-        )
+        by_provider, by_outcome = ["provider"], ["provider", "outcome"]
+        fetches = CounterMetricFamily("draco_upstream_fetches", "Upstream refreshes by outcome", labels=by_outcome)
+        age = GaugeMetricFamily("draco_catalog_age_seconds", "Age of each provider's list", labels=by_provider)
+        size = GaugeMetricFamily("draco_catalog_servers", "Servers in each provider's list", labels=by_provider)
+        stale = GaugeMetricFamily("draco_catalog_stale", "1 while a provider's list is stale", labels=by_provider)
         for name, status in catalog.status.items():
             for outcome, count in status.outcomes.items():
                 fetches.add_metric([name, outcome], count)

@@ -1,9 +1,6 @@
-"""Pure ASGI middleware: security headers, client address, CORS, rate limit, API key.
-
-Each is a plain class, `__init__(app, ...)` and `async __call__(scope, receive, send)`,
-that works around any inner app and adds its own headers. app.py composes them,
-outermost first, so the cheapest gate rejects first.
-"""
+"""Pure ASGI middleware: security headers, request guard, client address, CORS, rate
+limit, API key. Each works around any inner app and adds its own headers; app.py
+composes them, outermost first."""
 
 from __future__ import annotations
 
@@ -117,10 +114,8 @@ class RequestGuardMiddleware:
 
 
 class ClientAddressMiddleware:
-    """Resolves the client once, into scope["client"] (as uvicorn's proxy-headers
-    middleware does): the socket peer, or behind a trusted proxy the rightmost
-    untrusted X-Forwarded-For entry (security/address.py). (hypercorn's
-    ProxyFixMiddleware trusts a number of hops, not the proxies' addresses.)"""
+    """Resolves the client once, into scope["client"] as uvicorn's proxy-headers middleware does
+    (security/address.py). hypercorn's ProxyFixMiddleware trusts a number of hops, not addresses."""
 
     def __init__(self, app: ASGIApp, *, trusted: TrustedHosts):
         self.app, self.trusted = app, trusted
@@ -135,18 +130,14 @@ class ClientAddressMiddleware:
 
 
 class CORSMiddleware:
-    """An exact origin allow-list. A preflight from an allowed origin is answered here,
-    before any key check (browsers never send custom headers on a preflight); a
-    preflight from any other origin gets 400 and no Access-Control-Allow-Origin.
-    (Starlette's CORSMiddleware answers a refused preflight in plain text, outside
-    the one error envelope.)"""
+    """An exact origin allow-list. A preflight is answered here, before any key check (browsers
+    send no custom header on one): 204 when its origin, method and headers are allowed, else 400
+    in the error envelope (Starlette's answers that in plain text), without Allow-Origin."""
 
     METHODS = ("GET", "HEAD", "OPTIONS")
     HEADERS = ("x-api-key", "content-type", "accept")
-    EXPOSE = (
-        b"ETag, Age, X-Data-Status, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
-        b"RateLimit, RateLimit-Policy"
-    )
+    EXPOSE = (b"ETag, Age, X-Data-Status, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, "
+              b"X-RateLimit-Reset, RateLimit, RateLimit-Policy")  # fmt: skip
 
     def __init__(self, app: ASGIApp, *, origins: Iterable[str], allow_credentials: bool = False):
         self.app = app
@@ -173,14 +164,10 @@ class CORSMiddleware:
         if origin is None or method.decode("latin-1") not in self.METHODS or not asked_headers <= set(self.HEADERS):
             return error_response(400, "CORS preflight refused.", {"Vary": "Origin"})
         response = Response(status_code=204)
-        response.raw_headers = [
-            (b"access-control-allow-origin", origin),
-            (b"access-control-allow-methods", ", ".join(self.METHODS).encode()),
-            (b"access-control-allow-headers", b"X-API-Key, Content-Type, Accept"),
-            (b"access-control-max-age", b"86400"),
-            (b"vary", b"Origin"),
-            *self.credentials,
-        ]
+        response.raw_headers = [(b"access-control-allow-origin", origin), (b"access-control-max-age", b"86400"),
+                                (b"access-control-allow-methods", ", ".join(self.METHODS).encode()),
+                                (b"access-control-allow-headers", b"X-API-Key, Content-Type, Accept"),
+                                (b"vary", b"Origin"), *self.credentials]  # fmt: skip
         return response
 
 
@@ -190,14 +177,8 @@ class RateLimitMiddleware:
     the rate-limit headers to every counted response, and answers 429 with
     Retry-After once the window is full."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        limiter: Limiter,
-        exempt: Iterable[str] = ("/health",),
-        costs: Mapping[str, int] | None = None,
-    ):
+    def __init__(self, app: ASGIApp, *, limiter: Limiter, exempt: Iterable[str] = ("/health",),
+                 costs: Mapping[str, int] | None = None):  # fmt: skip
         self.app, self.limiter, self.exempt, self.costs = app, limiter, frozenset(exempt), dict(costs or {})
         self.policy = (b"ratelimit-policy", b'"default";q=%d;w=%d' % (limiter.limit, limiter.period))
 
@@ -219,13 +200,10 @@ class RateLimitMiddleware:
     def headers(self, decision: Decision) -> Headers:
         """X-RateLimit-* and the IETF fields of draft-ietf-httpapi-ratelimit-headers-10."""
         remaining = max(0, decision.remaining)
-        return [
-            (b"x-ratelimit-limit", b"%d" % decision.limit),
-            (b"x-ratelimit-remaining", b"%d" % remaining),
-            (b"x-ratelimit-reset", b"%d" % (math.ceil(self.limiter.clock()) + decision.reset)),
-            self.policy,
-            (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, decision.reset)),
-        ]
+        reset = math.ceil(self.limiter.clock()) + decision.reset
+        return [(b"x-ratelimit-limit", b"%d" % decision.limit), (b"x-ratelimit-remaining", b"%d" % remaining),
+                (b"x-ratelimit-reset", b"%d" % reset), self.policy,
+                (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, decision.reset))]  # fmt: skip
 
 
 class ApiKeyMiddleware:

@@ -1,19 +1,16 @@
-"""The OpenAPI 3.1 document and the /docs and /redoc pages (DEBUG=true only).
-
-Nothing here is declared a second time: paths, parameters and their bounds come
-from the endpoints (routes.py, params.py), schemas from the models (msgspec).
-"""
+"""The OpenAPI 3.1 document and the /docs and /redoc pages (DEBUG=true only). Nothing is
+declared a second time: paths, parameters and their bounds come from the endpoints
+(routes.py, params.py), schemas from the models (msgspec)."""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import openapi_ui_bundles
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -24,15 +21,9 @@ from draco.settings import Settings
 from draco.web.params import FILTER_OF
 from draco.web.routes import ALL, Endpoint
 
-_ERRORS = {
-    "401": "No X-API-Key header",
-    "403": "The X-API-Key is not valid",
-    "404": "Not found",
-    "422": "Invalid parameters (with details)",
-    "429": "Rate limit exceeded; see Retry-After",
-    "500": "Internal error",
-    "503": "The provider's list is unavailable",
-}
+_ERRORS = {"401": "No X-API-Key header", "403": "The X-API-Key is not valid", "404": "Not found",
+           "422": "Invalid parameters (with details)", "429": "Rate limit exceeded; see Retry-After",
+           "500": "Internal error", "503": "The provider's list is unavailable"}  # fmt: skip
 _CATALOG_HEADERS = {
     "ETag": {"schema": {"type": "string"}},
     "Age": {"schema": {"type": "integer"}, "description": "seconds since the list was fetched"},
@@ -75,15 +66,10 @@ def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any
             parameters = [param.document() for param in endpoint.params if accepted(provider, param.name)]
             path = endpoint.path.replace("{provider}", provider or "")
             paths[path] = {"get": operation | {"parameters": parameters}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": settings.app_name, "version": settings.app_version},
-        "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
-        },
-    }
+    security = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+    info = {"title": settings.app_name, "version": settings.app_version}
+    return {"openapi": "3.1.0", "info": info, "paths": paths,
+            "components": {"schemas": schemas, "securitySchemes": security}}  # fmt: skip
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}</head>
@@ -97,21 +83,13 @@ _REDOC = ("", '<redoc spec-url="/openapi.json"></redoc><script src="/redoc/asset
 
 
 def routes(settings: Settings, endpoints: Sequence[Endpoint]) -> list[BaseRoute]:
-    spec = document(settings, endpoints)
+    """The pages are built once; a response is an ASGI app that can be sent again and again."""
 
-    def page(head: str, body: str) -> Callable[[Request], Awaitable[Response]]:
-        text = _PAGE.format(title=html.escape(settings.app_name), head=head, body=body)
-
-        async def serve(_request: Request) -> Response:
-            return HTMLResponse(text)
-
-        return serve
-
-    async def openapi_json(_request: Request) -> Response:
-        return JSONResponse(spec)
+    def page(head: str, body: str) -> HTMLResponse:
+        return HTMLResponse(_PAGE.format(title=html.escape(settings.app_name), head=head, body=body))
 
     return [
-        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/openapi.json", JSONResponse(document(settings, endpoints)), methods=["GET"]),
         Route("/docs", page(*_SWAGGER), methods=["GET"]),
         Route("/redoc", page(*_REDOC), methods=["GET"]),
         Mount("/docs/assets", StaticFiles(directory=openapi_ui_bundles.swagger_ui.static_path)),

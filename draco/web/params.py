@@ -44,11 +44,8 @@ def choice(options: tuple[str, ...], description: str) -> Any:
 
 
 COUNTRY = Param("country_code", CountryCode)
-EXCLUDE = Param(
-    "exclude",
-    Annotated[str, Meta(pattern="^([A-Z]{2}([-,][A-Z]{2})*)?$", description="country codes to leave out, like BR-US")],
-    "",
-)
+CODES = Meta(pattern="^([A-Z]{2}([-,][A-Z]{2})*)?$", description="country codes to leave out, like BR-US")
+EXCLUDE = Param("exclude", Annotated[str, CODES], "")
 PAGE = Param("page", integer(1, 1_000_000, "page number, from 1"), 1)
 TOP_LIMIT = Param("limit", integer(1, 50, "how many"), 10)
 
@@ -90,14 +87,8 @@ FILTER_OF = {f.param.name: f for f in FILTERS}
 
 
 # The `type` of a detail, in the words of the original service (pydantic's), by what msgspec said.
-_KINDS = {
-    "<=": "less_than_equal",
-    ">=": "greater_than_equal",
-    "regex": "string_pattern_mismatch",
-    "enum": "enum",
-    "`int`": "int_parsing",
-    "`bool`": "bool_parsing",
-}
+_KINDS = {"<=": "less_than_equal", ">=": "greater_than_equal", "regex": "string_pattern_mismatch", "enum": "enum",
+          "`int`": "int_parsing", "`bool`": "bool_parsing"}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1024)  # the same few queries come again and again

@@ -1,10 +1,7 @@
-"""The endpoints: read the declared parameters, ask the catalog, answer.
-
-Catalog answers are encoded once per list version and query (catalog/dataset.py
-`render`) and carry a strong ETag, Age and X-Data-Status; a client whose copy is
-current gets a 304. Every endpoint is declared once, in `Api.endpoints`: the route
-table and the OpenAPI document are both built from it.
-"""
+"""The endpoints, each declared once in `Api.endpoints` (the route table and the OpenAPI
+document are built from it): read the declared parameters, ask the catalog, answer.
+Catalog answers are encoded once per list version and query (dataset.render), carry a
+strong ETag, Age and X-Data-Status, and a client whose copy is current gets a 304."""
 
 from __future__ import annotations
 
@@ -19,41 +16,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from draco import models
 from draco.catalog.cache import Catalog
 from draco.catalog.dataset import Dataset, Rendered, render
-from draco.models import (
-    Changes,
-    Country,
-    Detail,
-    Freshness,
-    Health,
-    LatencyRun,
-    Page,
-    Peer,
-    Provider,
-    Ready,
-    Server,
-    encode,
-    gzipped,
-    paginate,
-)
+from draco.models import Changes, Country, Detail, Freshness, Health, LatencyRun, Page, Peer, Provider, Ready, Server
 from draco.probe.runs import Latencies
 from draco.settings import Settings
+from draco.web import params
 from draco.web.errors import RequestValidationError
-from draco.web.params import (
-    COUNTRY,
-    EXCLUDE,
-    FILTER_PARAMS,
-    FILTERS,
-    PAGE,
-    TOP_LIMIT,
-    Filter,
-    Param,
-    choice,
-    integer,
-    read,
-    text,
-)
+from draco.web.params import COUNTRY, EXCLUDE, FILTER_PARAMS, FILTERS, PAGE, TOP_LIMIT, Filter, Param
 
 ALL = "all"  # every provider at once
 _UNKNOWN = float("inf")
@@ -74,7 +45,7 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        values = read(self.params, scope["query_string"], tuple(request.path_params.items()))
+        values = params.read(self.params, scope["query_string"], tuple(request.path_params.items()))
         response = await self.handler(request, **values)
         await response(scope, receive, send)
 
@@ -88,8 +59,8 @@ def accepts_gzip(request: Request) -> bool:
 
 def _json(request: Request, body: Any, status: int = 200) -> Response:
     """An answer that is not cached (health, the provider index, measurements)."""
-    content, headers = encode(body), {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
-    compressed = gzipped(content) if accepts_gzip(request) else None
+    content, headers = models.encode(body), {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+    compressed = models.gzipped(content) if accepts_gzip(request) else None
     if compressed:
         content, headers["Content-Encoding"] = compressed, "gzip"
     return Response(content, status, headers, "application/json")
@@ -111,12 +82,13 @@ def operational(servers: Iterable[Server], exclude: frozenset[str] = frozenset()
     return pool
 
 
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def with_latency(servers: Iterable[Server], latencies: Mapping[tuple[str, str], float | None]) -> list[Server]:
     """The servers carrying their measured latency, fastest first, unreachable last."""
-    timed = []
-    for s in servers:
-        ms = latencies.get((s.provider, s.identifier))
-        timed.append(msgspec.structs.replace(s, latency=None if ms is None else round(ms, 2)))
+    timed = [msgspec.structs.replace(s, latency=_ms(latencies.get((s.provider, s.identifier)))) for s in servers]
     timed.sort(key=lambda s: _UNKNOWN if s.latency is None else s.latency)
     return timed
 
@@ -126,10 +98,10 @@ class Api:
 
     def __init__(self, settings: Settings, catalog: Catalog, latencies: Latencies, methods: Sequence[str]):
         self.settings, self.catalog, self.latencies, self.methods = settings, catalog, latencies, tuple(methods)
-        paging = (PAGE, Param("page_size", integer(1, settings.max_page_size, "servers per page"),
+        paging = (PAGE, Param("page_size", params.integer(1, settings.max_page_size, "servers per page"),
                               settings.default_page_size))  # fmt: skip
-        method = Param("method", choice(("auto", *methods), "auto: the first of " + ", ".join(methods)), "auto")
-        measure = integer(0, 5000, "how many to measure, least loaded first; 0 for all")
+        method = Param("method", params.choice(("auto", *methods), "auto: the first of " + ", ".join(methods)), "auto")
+        measure = params.integer(0, 5000, "how many to measure, least loaded first; 0 for all")
         base = "/api/{provider}"
         # Starlette tries routes in order: the catalog first; each named /servers/... route
         # before /servers/{country_code}, which would match it too.
@@ -142,7 +114,7 @@ class Api:
                      (TOP_LIMIT, COUNTRY, *FILTER_PARAMS)),
             Endpoint(f"{base}/servers/latency", self.servers_latency,
                      "Measure latency (costs LATENCY_WEIGHT requests); fastest first, unreachable last", LatencyRun,
-                     (COUNTRY, Param("limit", integer(0, 5000, "how many to measure; 0 for all"), 100), method),
+                     (COUNTRY, Param("limit", params.integer(0, 5000, "how many to measure; 0 for all"), 100), method),
                      catalog=False),
             Endpoint(f"{base}/servers/fastest", self.servers_fastest,
                      "The fastest operational servers that answered (costs LATENCY_WEIGHT requests)", list[Server],
@@ -152,7 +124,7 @@ class Api:
                      list[Server], (attrs.evolve(COUNTRY, where="path"), *FILTER_PARAMS)),
             Endpoint(f"{base}/servers/{{identifier}}/wireguard", self.wireguard,
                      "The [Peer] section for a WireGuard client (JSON with Accept: application/json)", Peer,
-                     (Param("identifier", text(253, "the server's identifier"), where="path"),), False, True),
+                     (Param("identifier", params.text(253, "the server's identifier"), where="path"),), False, True),
             Endpoint(f"{base}/countries", self.countries, "Countries with servers, by code", list[Country]),
             Endpoint(f"{base}/changes", self.changes, "What changed between the last two accepted lists", Changes,
                      catalog=False),
@@ -230,13 +202,13 @@ class Api:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
         key = ("servers", page, page_size, *filters.values())
-        rendered = render(data, key, lambda: paginate(matching(data.servers, chosen), page, page_size).data)
+        rendered = render(data, key, lambda: models.paginate(matching(data.servers, chosen), page, page_size).data)
         return self.respond(request, data, rendered)
 
     async def servers_paginated(self, request: Request, page: int, page_size: int, **filters: Any) -> Response:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
-        result = paginate(matching(data.servers, chosen), page, page_size)
+        result = models.paginate(matching(data.servers, chosen), page, page_size)
         if page > max(result.total_pages, 1):
             raise HTTPException(404, f"Page {page} is past the last page ({result.total_pages}).")
         key = ("paginated", page, page_size, *filters.values())
@@ -281,16 +253,8 @@ class Api:
         answered = sum(s.latency is not None for s in measured)
         return _json(request, LatencyRun(len(pool), len(chosen), answered, len(chosen) - answered, method, measured))
 
-    async def servers_fastest(
-        self,
-        request: Request,
-        limit: int,
-        country_code: str | None,
-        measure_count: int,
-        exclude: str,
-        method: str,
-        **filters: Any,
-    ) -> Response:
+    async def servers_fastest(self, request: Request, limit: int, country_code: str | None, measure_count: int,
+                              exclude: str, method: str, **filters: Any) -> Response:  # fmt: skip
         method = self.methods[0] if method == "auto" else method
         chosen = self.active(request, filters)
         data = await self.dataset(request)
