@@ -27,8 +27,10 @@ class TrustedHosts:
 def parse_address(text: str) -> Address | None:
     """An address as proxies write it: brackets, a port or an IPv6 zone may surround it.
     IPv4-mapped IPv6 is unmapped; the unspecified address (0.0.0.0, ::) is no client."""
-    with contextlib.suppress(OSError, ValueError):  # what a proxy writes most: plain IPv4
+    try:  # what a proxy writes most: plain IPv4
         return socket.inet_pton(socket.AF_INET, text) if text != "0.0.0.0" else None
+    except (OSError, ValueError):
+        pass
     text = text.strip()
     if text.startswith("["):
         text = text[1 : text.find("]")] if "]" in text else ""

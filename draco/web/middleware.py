@@ -98,11 +98,13 @@ class RequestGuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        names = [name for name, _ in scope["headers"]]
-        lengths = names.count(b"content-length")
         head = len(scope.get("raw_path") or scope["path"]) + len(scope["query_string"]) + len(scope["method"])
-        head += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
-        if lengths > 1 or (lengths and b"transfer-encoding" in names):
+        lengths = chunked = 0
+        for name, value in scope["headers"]:
+            head += len(name) + len(value) + 4
+            lengths += name == b"content-length"
+            chunked |= name == b"transfer-encoding"
+        if lengths > 1 or (lengths and chunked):
             response = error_response(400, "The request's length is ambiguous (Content-Length with Transfer-Encoding).")
         elif head > self.max_head:
             response = error_response(431, f"The request head is over {self.max_head} bytes.")
