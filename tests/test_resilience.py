@@ -4,6 +4,7 @@ conditional refreshes, driven with an injected clock against a real fake upstrea
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 
@@ -133,6 +134,34 @@ def test_retry_after_from_the_upstream_is_honoured(upstream):
         await catalog.get("surfshark")
         await settle(catalog)
         assert catalog.status["surfshark"].retry_at - clock.now >= 120
+
+    run(scenario, upstream)
+
+
+def test_a_retry_after_date_is_counted_on_the_catalogs_clock(upstream):
+    async def scenario(catalog, clock):
+        await catalog.get("surfshark")
+        clock.now += 301
+        upstream.set(
+            "status", status=503, headers={"Retry-After": email.utils.formatdate(clock.now + 200, usegmt=True)}
+        )
+        await catalog.get("surfshark")
+        await settle(catalog)
+        assert catalog.status["surfshark"].retry_at - clock.now == pytest.approx(200)  # not the wall clock's view
+
+    run(scenario, upstream)
+
+
+@pytest.mark.parametrize("header", ["soon", "Wed, 32 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 99999 07:28:00 GMT"])
+def test_an_unparsable_retry_after_is_ignored_and_the_failure_keeps_its_class(upstream, header):
+    async def scenario(catalog, clock):
+        await catalog.get("surfshark")
+        clock.now += 301
+        upstream.set("status", status=503, headers={"Retry-After": header})
+        await catalog.get("surfshark")
+        await settle(catalog)
+        status = catalog.status["surfshark"]
+        assert status.last_failure == "http_503" and status.retry_at - clock.now <= 1  # the first backoff step
 
     run(scenario, upstream)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import time
 from collections.abc import Callable
 
 import attrs
@@ -39,12 +38,15 @@ def failure_class(exc: BaseException) -> str:
     return "error"
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: a number, or an HTTP date."""
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header: a number, or an HTTP date (from `now`); None if neither."""
     if value and value.isdigit():
         return float(value)
-    when = email.utils.parsedate_to_datetime(value) if value else None
-    return max(0.0, when.timestamp() - time.time()) if when and when.tzinfo else None
+    try:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+    except ValueError:
+        return None
+    return max(0.0, when.timestamp() - now) if when and when.tzinfo else None
 
 
 async def read_capped(response: httpx.Response, cap: int) -> bytearray:
@@ -73,7 +75,7 @@ async def fetch(client: httpx.AsyncClient, settings: Settings, provider: Provide
             if response.status_code == 304 and current:
                 return attrs.evolve(current, fetched_at=clock(), provisional=False)
             if response.status_code != 200:
-                after = retry_after(response.headers.get("retry-after"))
+                after = retry_after(response.headers.get("retry-after"), clock())
                 raise VPNAPIError(f"http_{response.status_code}", retry_after=after)
             body = await read_capped(response, settings.upstream_max_bytes)
     fetched_at = clock()
