@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from draco.catalog.cache import Catalog
 from draco.catalog.fetch import upstream_client
@@ -63,13 +63,12 @@ def create_app(
     metrics = Metrics(catalog, latencies, store)
 
     # /docs, /redoc and /openapi.json only in debug mode, /metrics only when enabled: else 404.
-    routes: list[BaseRoute] = [endpoint.route() for endpoint in api.endpoints]
-    if settings.debug:
-        routes += openapi.routes(settings, api.endpoints)
+    docs = openapi.routes(settings, api.endpoints) if settings.debug else []
+    routes: list[BaseRoute] = [endpoint.route() for endpoint in api.endpoints] + docs
     if settings.metrics_enabled:
         routes.append(metrics.route())
 
-    docs = ("/docs", "/redoc", "/openapi.json") if settings.debug else ()
+    pages = [route.path for route in docs if isinstance(route, Route)]  # not the asset mounts
     weighty = dict.fromkeys(("/servers/latency", "/servers/fastest"), settings.latency_weight)  # they probe hosts
     protected = ("/api/",) if settings.metrics_public else ("/api/", "/metrics")
     layers = [  # outermost first, each with its switch
@@ -81,7 +80,7 @@ def create_app(
         (True, Middleware(CORSMiddleware, origins=settings.cors_origins,
                           allow_credentials=settings.cors_allow_credentials)),
         (settings.rate_limit_enabled, Middleware(RateLimitMiddleware, limiter=limiter,
-                                                 exempt=("/health", "/health/ready", *docs),
+                                                 exempt=("/health", "/health/ready", *pages),
                                                  costs=weighty)),
         (settings.enable_api_key_auth, Middleware(ApiKeyMiddleware, ring=ring, prefixes=protected)),
     ]  # fmt: skip

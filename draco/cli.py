@@ -30,8 +30,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         problems, settings = exc.problems, Settings()
     if args.bind is not None and not _valid_bind(args.bind):
         problems.append("--bind: must be HOST:PORT with a port from 1 to 65535, or unix:PATH")
-    problems += [f"--{option}: must name a readable file" for option in ("certfile", "keyfile")
-                 if getattr(args, option) and not os.access(getattr(args, option), os.R_OK)]  # fmt: skip
+    for option, path in (("certfile", args.certfile), ("keyfile", args.keyfile)):
+        if path and not os.access(path, os.R_OK):
+            problems.append(f"--{option}: must name a readable file")
     if bool(args.certfile) != bool(args.keyfile):
         problems.append("--certfile and --keyfile: must be given together")
     if args.quic_bind and not (args.certfile and _valid_bind(args.quic_bind)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
@@ -142,3 +143,19 @@ def test_the_access_log_is_written_in_debug_mode_only(debug_service, service):
     httpx.get(service.url("/access-log-probe"))
     assert "access-log-probe" in debug_service.logs()
     assert "access-log-probe" not in service.logs()
+
+
+def test_the_doc_pages_are_outside_the_rate_limit_and_their_assets_inside():
+    app = create_app(load({**NOWHERE, "DEBUG": "true", "RATE_LIMIT_REQUESTS": "10"}))
+
+    async def go():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:
+            for path in ("/docs", "/redoc", "/openapi.json"):
+                answers = [await client.get(path) for _ in range(12)]
+                assert {a.status_code for a in answers} == {200}
+                assert "x-ratelimit-limit" not in answers[-1].headers, path
+            asset = await client.get("/docs/assets/swagger-ui.css")
+            assert asset.headers["x-ratelimit-limit"] == "10"
+
+    asyncio.run(go())
