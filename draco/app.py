@@ -76,7 +76,7 @@ def create_app(
                           production=not settings.debug)),
         (True, Middleware(RequestGuardMiddleware)),
         (True, Middleware(ClientAddressMiddleware, trusted=TrustedHosts(settings.trusted_hosts))),
-        (settings.metrics_enabled, Middleware(MetricsMiddleware, metrics=metrics, routes=routes)),
+        (settings.metrics_enabled, Middleware(MetricsMiddleware, requests=metrics.requests, routes=routes)),
         (True, Middleware(CORSMiddleware, origins=settings.cors_origins,
                           allow_credentials=settings.cors_allow_credentials)),
         (settings.rate_limit_enabled, Middleware(RateLimitMiddleware, limiter=limiter,

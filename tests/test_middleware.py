@@ -8,18 +8,22 @@ import logging
 
 import httpx
 import pytest
-from starlette.types import Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from draco.catalog.dataset import make_dataset, render
 from draco.models import GZIP_MINIMUM, gzipped
 from draco.security.address import TrustedHosts
 from draco.security.keys import KeyRing
 from draco.security.limiter import Limiter, MemoryStore
+from draco.web.metrics import MetricsMiddleware
 from draco.web.middleware import (
     ApiKeyMiddleware,
     ClientAddressMiddleware,
     CORSMiddleware,
     RateLimitMiddleware,
+    RequestGuardMiddleware,
     SecurityHeadersMiddleware,
 )
 
@@ -47,6 +51,54 @@ def test_security_headers_alone_harden_every_response():
     response = get(SecurityHeadersMiddleware(bare))
     assert response.headers["x-frame-options"] == "DENY" and "strict-transport-security" in response.headers
     assert response.headers["content-type"] == "text/plain"
+
+
+def sent(app, headers: list[tuple[bytes, bytes]], http_version: str = "1.1") -> tuple[int, dict[bytes, bytes], bytes]:
+    """(status, headers, body) of one request given as a raw ASGI scope: a client library
+    would not send the repeated or conflicting headers these tests need."""
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    scope = {"type": "http", "http_version": http_version, "method": "GET", "path": "/", "raw_path": b"/",
+             "query_string": b"", "headers": headers, "client": ("203.0.113.9", 4000)}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    return messages[0]["status"], dict(messages[0]["headers"]), b"".join(m.get("body", b"") for m in messages[1:])
+
+
+def test_request_guard_alone_refuses_ambiguous_lengths_and_oversized_heads():
+    app = RequestGuardMiddleware(bare, max_head=1024)
+    both = sent(app, [(b"content-length", b"3"), (b"transfer-encoding", b"chunked")])
+    twice = sent(app, [(b"content-length", b"3"), (b"content-length", b"4")])
+    over_h2 = sent(app, [(b"x-filler", b"x" * 1024)], "2")
+    assert both[0] == twice[0] == 400 and both[1][b"connection"] == b"close"  # HTTP/1: nothing read behind it
+    assert b'"error":"Bad Request"' in both[2]
+    assert over_h2[0] == 431 and b"connection" not in over_h2[1]  # no such header in HTTP/2
+    assert sent(app, [(b"content-length", b"3"), (b"x-filler", b"x" * 900)])[0] == 200
+
+
+def test_metrics_alone_count_by_route_template_never_by_what_the_client_chose():
+    registry = CollectorRegistry()
+    requests = Counter("draco_requests", "", ["route", "method", "status"], registry=registry)
+
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("inner")
+
+    routes = [Route("/api/{provider}/servers", bare)]
+    get(MetricsMiddleware(bare, requests=requests, routes=routes), "/api/nordvpn/servers")
+    get(MetricsMiddleware(bare, requests=requests, routes=routes), "/elsewhere", method="BREW")
+    with pytest.raises(RuntimeError):
+        get(MetricsMiddleware(failing, requests=requests, routes=routes), "/api/nordvpn/servers")
+
+    def count(route: str, method: str, status: str) -> float | None:
+        return registry.get_sample_value("draco_requests_total", {"route": route, "method": method, "status": status})
+
+    assert count("/api/{provider}/servers", "GET", "200") == 1 and count("unmatched", "other", "200") == 1
+    assert count("/api/{provider}/servers", "GET", "500") == 1  # an exception counts as the 500 it becomes
 
 
 def test_client_address_alone_puts_the_rightmost_untrusted_entry_in_the_scope():

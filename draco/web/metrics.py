@@ -59,10 +59,10 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts every response, including those refused before routing (401, 403, 429)."""
+    """Counts every response in `requests`, including those refused before routing (401, 403, 429)."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: Sequence[BaseRoute]):
-        self.app, self.metrics, self.routes = app, metrics, routes
+    def __init__(self, app: ASGIApp, *, requests: Counter, routes: Sequence[BaseRoute]):
+        self.app, self.requests, self.routes = app, requests, routes
 
     def template(self, scope: Scope) -> str:
         for route in self.routes:
@@ -85,4 +85,4 @@ class MetricsMiddleware:
             await self.app(scope, receive, counting)
         finally:
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.metrics.requests.labels(self.template(scope), method, str(status)).inc()
+            self.requests.labels(self.template(scope), method, str(status)).inc()
