@@ -7,16 +7,22 @@ import asyncio
 import email.utils
 import json
 import logging
+from unittest import mock
 
 import attrs
 import httpx
 import pytest
 from conftest import demo_payload
 from fake_upstream import FakeUpstream
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from draco.catalog import dataset
 from draco.catalog.cache import Catalog
+from draco.catalog.dataset import make_dataset, render
 from draco.catalog.snapshot import read_snapshot, snapshot_bytes, write_snapshot
 from draco.exceptions import VPNAPIError
+from draco.models import encode
 from draco.providers import REGISTRY
 from draco.settings import load
 
@@ -304,3 +310,28 @@ def test_a_cold_provider_in_backoff_fails_fast_without_asking_again(upstream):
         assert upstream.hits == 1
 
     run(scenario, upstream)
+
+
+# --- the encoded pages kept per list --------------------------------------------------------------
+
+KiB = 1024
+
+
+@example(keys=list(range(0, 2 * dataset.RENDER_CACHE_SIZE + 40, 2)))  # more small answers than the count allows
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 1000), max_size=40))
+def test_the_pages_kept_per_list_stay_within_their_count_and_bytes(keys):
+    """Each key's answer has its own size, up to past the whole budget; whatever the
+    order, every answer is right, and what is kept stays within both bounds."""
+    size = {key: (key % 101) * 2 * KiB if key % 2 else key % 100 for key in keys}  # odd: up to 200 KiB; even: tiny
+    with mock.patch.object(dataset, "RENDER_CACHE_BYTES", 64 * KiB):
+        data = make_dataset("x", [], 0.0)
+        for key in keys:
+            before = dict(data.rendered)
+            answer = "y" * size[key]
+            rendered = render(data, key, lambda: answer)  # noqa: B023 (called here, at once)
+            assert rendered.body == encode(answer)
+            kept = rendered.size <= dataset.RENDER_CACHE_BYTES
+            assert (key in data.rendered) == kept and (kept or data.rendered == before)  # too large: evicts nothing
+            assert len(data.rendered) <= dataset.RENDER_CACHE_SIZE
+            assert sum(r.size for r in data.rendered.values()) <= dataset.RENDER_CACHE_BYTES

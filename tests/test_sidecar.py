@@ -171,9 +171,13 @@ def memory_limit_kib() -> int:
     return int(limit[:-2]) * 1024
 
 
-async def load(base: str, seconds: float = 8.0, clients: int = 32) -> int:
-    paths = [f"/api/{p}/servers?page_size=500" for p in (*REGISTRY, "all")]
-    paths += ["/api/all/countries", "/api/nordvpn/servers/top", "/api/all/servers?city=London", "/health/ready"]
+EVERYDAY = [f"/api/{p}/servers?page_size=500" for p in (*REGISTRY, "all")]
+EVERYDAY += ["/api/all/countries", "/api/nordvpn/servers/top", "/api/all/servers?city=London", "/health/ready"]
+# Each a different page, so each is encoded and compressed anew: 1,200 answers of 100 to 1,000 servers.
+CYCLING = [f"/api/{p}/servers?page_size={size}" for size in range(1000, 400, -1) for p in ("nordvpn", "all")]
+
+
+async def load(base: str, paths: list[str], seconds: float = 8.0, clients: int = 32) -> int:
     done, stop = 0, time.monotonic() + seconds
 
     async def client(n: int) -> None:
@@ -188,12 +192,13 @@ async def load(base: str, seconds: float = 8.0, clients: int = 32) -> int:
     return done
 
 
-def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(start_draco):
+@pytest.mark.parametrize("paths", [EVERYDAY, CYCLING], ids=["everyday", "cycling page sizes"])
+def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(start_draco, paths):
     fakes = {name: FakeUpstream(body) for name, body in payloads().items()}  # NordVPN: 6,300 servers
     try:
         draco = start_draco({**upstream_env(fakes), "RATE_LIMIT_ENABLED": "false"})
         assert eventually(lambda: ready(draco).status_code == 200, 30)
-        requests = asyncio.run(load(draco.base))
+        requests = asyncio.run(load(draco.base, paths))
         peak = draco.rss_peak_kb()
     finally:
         for fake in fakes.values():

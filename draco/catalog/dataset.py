@@ -10,7 +10,10 @@ import attrs
 
 from draco.models import Changes, Country, KeyChange, Server, countries, encode, gzipped
 
-_RENDER_CACHE_SIZE = 512  # encoded responses kept per list version
+# Encoded answers kept per list version: at most this many, and this many bytes, so a client
+# asking for page after page of a new size cannot grow memory past the sidecar's limit.
+RENDER_CACHE_SIZE = 512
+RENDER_CACHE_BYTES = 4 << 20
 
 
 @attrs.frozen
@@ -18,6 +21,10 @@ class Rendered:
     body: bytes
     etag: str
     gzipped: bytes | None  # None when the body is too small to be worth compressing (models.gzipped)
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.gzipped or b"")
 
 
 @attrs.frozen(eq=False)
@@ -56,16 +63,21 @@ def make_dataset(provider: str, servers: Iterable[Server], fetched_at: float, *,
 
 
 def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
-    """The encoded answer for `key` on this list version, encoded and compressed on
-    first use only: a page is compressed once per list version, not once per request."""
+    """The encoded answer for `key` on this list version, encoded and compressed on first
+    use only: a page is compressed once per list version, not once per request. The
+    oldest answers make room for a new one; one larger than the whole budget is not kept."""
     found = data.rendered.get(key)
     if found is None:
         body = encode(build())
         etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
         found = Rendered(body, etag, gzipped(body))
-        if len(data.rendered) >= _RENDER_CACHE_SIZE:
-            data.rendered.pop(next(iter(data.rendered)))
-        data.rendered[key] = found
+        if found.size <= RENDER_CACHE_BYTES:
+            data.rendered[key] = found
+            held = sum(r.size for r in data.rendered.values())
+            for oldest in list(data.rendered):
+                if len(data.rendered) <= RENDER_CACHE_SIZE and held <= RENDER_CACHE_BYTES:
+                    break
+                held -= data.rendered.pop(oldest).size
     return found
 
 
