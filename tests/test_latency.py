@@ -8,7 +8,9 @@ import contextlib
 import ipaddress
 import json
 import os
+import select
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -303,6 +305,29 @@ def test_many_icmp_probes_at_once_are_matched_to_their_hosts():
     targets = [(f"h{i}", f"127.0.{i // 200}.{i % 200 + 1}") for i in range(300)]
     results = asyncio.run(measure(targets, "icmp", concurrency=64, timeout=1.0, deadline=5, port=0))
     assert all(results[k] is not None for k, _ in targets)
+
+
+def test_an_echo_reply_without_the_token_its_request_carried_is_ignored():
+    """A forged reply from the right address with the right sequence, but not the random
+    token: ignored. A UDP socket on loopback stands in for the ICMP datagram socket."""
+
+    async def replies() -> list[bool]:
+        pinger = Pinger("dgram")
+        waiter = pinger.waiting["127.0.0.1", 7] = asyncio.get_running_loop().create_future()
+        seen = []
+        with socket.socket(type=socket.SOCK_DGRAM) as receiver, socket.socket(type=socket.SOCK_DGRAM) as sender:
+            receiver.bind(("127.0.0.1", 0))
+            receiver.setblocking(False)
+            sender.bind(("127.0.0.1", 0))
+            echo_reply = struct.pack("!BBHHH", 0, 0, 0, 0, 7)
+            for payload in (b"draco-latency-probe " + bytes(16), b"draco-latency-probe", pinger.payload):
+                sender.sendto(echo_reply + payload, receiver.getsockname())
+                select.select([receiver], [], [], 1)
+                pinger._read(receiver, socket.AF_INET)
+                seen.append(waiter.done())
+        return seen
+
+    assert asyncio.run(replies()) == [False, False, True]
 
 
 def test_the_resolver_has_a_timeout_and_a_cache():

@@ -11,6 +11,7 @@ import errno
 import itertools
 import os
 import re
+import secrets
 import shutil
 import socket
 import struct
@@ -31,13 +32,16 @@ def _checksum(data: bytes) -> int:
 
 class Pinger:
     """ICMP echo over one socket per address family, replies matched by (address,
-    sequence). A datagram socket lets the kernel fill in identifier and checksum;
-    a raw socket (privileged) needs both, and sees every reply on the host."""
+    sequence) and by a random token each echo carries back, so a host that forges
+    replies without seeing the requests cannot make a server look near. A datagram
+    socket lets the kernel fill in identifier and checksum; a raw socket (privileged)
+    needs both, and sees every reply on the host."""
 
     def __init__(self, kind: str):
         self.kind = kind  # "dgram" or "raw"
         self.ident = os.getpid() & 0xFFFF
         self.sequence = itertools.count()
+        self.payload = b"draco-latency-probe " + secrets.token_bytes(16)
         self.sockets: dict[int, socket.socket] = {}
         self.waiting: dict[tuple[str, int], asyncio.Future[float]] = {}
 
@@ -68,7 +72,7 @@ class Pinger:
             if family == socket.AF_INET and self.kind == "raw":
                 data = data[(data[0] & 0x0F) * 4 :]  # raw IPv4 sockets include the IP header
             reply = 0 if family == socket.AF_INET else 129
-            if len(data) < 8 or data[0] != reply:
+            if len(data) < 8 or data[0] != reply or data[8:] != self.payload:
                 continue
             ident, sequence = struct.unpack("!HH", data[4:8])
             if self.kind == "raw" and ident != self.ident:
@@ -81,14 +85,13 @@ class Pinger:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sequence = next(self.sequence) & 0xFFFF
         header = struct.pack("!BBHHH", 8 if family == socket.AF_INET else 128, 0, 0, self.ident, sequence)
-        payload = b"draco-latency-probe"
         if self.kind == "raw" and family == socket.AF_INET:
-            header = header[:2] + struct.pack("!H", _checksum(header + payload)) + header[4:]
+            header = header[:2] + struct.pack("!H", _checksum(header + self.payload)) + header[4:]
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.waiting[(address, sequence)] = waiter
         try:
             sent = time.perf_counter()
-            self._socket(family).sendto(header + payload, (address, 0))
+            self._socket(family).sendto(header + self.payload, (address, 0))
             async with asyncio.timeout(timeout):
                 return (await waiter - sent) * 1000
         except (OSError, TimeoutError):
