@@ -243,6 +243,8 @@ FAILURES = [
     ({"TRUSTED_HOSTS": '["0.0.0.0/0"]'}, (), "TRUSTED_HOSTS names only your proxies"),
     ({"TRUSTED_HOSTS": '["::/0"]'}, (), "TRUSTED_HOSTS names only your proxies"),
     ({}, ("--bind", "0.0.0.0:8000"), "plain HTTP is served on loopback"),
+    ({"CATALOG_STORAGE": "redis://127.0.0.1:6379/0"}, (), "Redis, where used, is reached with a password"),
+    ({"RATE_LIMIT_STORAGE": "rediss://redis.internal/0"}, (), "Redis, where used, is reached with a password"),
 ]
 
 
@@ -259,7 +261,7 @@ def test_check_passes_a_production_configuration(tmp_path):
     result = _check({}, folder=tmp_path)
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert len(lines) == 9 and all(line.startswith("PASS") for line in lines)
+    assert len(lines) == 10 and all(line.startswith("PASS") for line in lines)
 
 
 @pytest.mark.parametrize("env, args, item", FAILURES)
@@ -289,6 +291,14 @@ def test_check_looks_at_keys_in_an_env_file_too(tmp_path):
         cwd=ROOT,
     )
     assert result.returncode == 1 and "FAIL  files holding API keys" in result.stdout
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:6379/0", "rediss://draco:s3cret@redis.internal/0",
+                                 "unix:///run/redis/redis.sock"])  # fmt: skip
+def test_check_accepts_redis_behind_a_password_or_a_socket(tmp_path, url):
+    result = _check({"RATE_LIMIT_STORAGE": url, "CATALOG_STORAGE": url}, folder=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 def test_check_accepts_tls_on_draco_itself(tmp_path, certificate):
