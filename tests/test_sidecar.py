@@ -12,7 +12,7 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from bench_refresh import payloads
+from bench_refresh import nordvpn_payload, payloads
 from conftest import KEY, ROOT, eventually, upstream_env
 from fake_upstream import FakeUpstream
 
@@ -165,6 +165,18 @@ def test_removing_a_security_field_is_caught(check):
     assert check in problems(changed, policy())
 
 
+def manifest_env() -> dict[str, str]:
+    return {e["name"]: e["value"] for e in sidecar(deployment()["spec"]["template"]["spec"])["env"] if "value" in e}
+
+
+def nordvpn_as_large_as(cap: int) -> bytes:
+    """A NordVPN list just under `cap` bytes."""
+    per_server = len(nordvpn_payload(1000)) / 1000
+    body = nordvpn_payload(int(cap * 0.98 / per_server))
+    assert 0.95 * cap < len(body) <= cap
+    return body
+
+
 def memory_limit_kib() -> int:
     limit = sidecar(deployment()["spec"]["template"]["spec"])["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
@@ -192,11 +204,16 @@ async def load(base: str, paths: list[str], seconds: float = 8.0, clients: int =
     return done
 
 
-@pytest.mark.parametrize("paths", [EVERYDAY, CYCLING], ids=["everyday", "cycling page sizes"])
-def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(start_draco, paths):
-    fakes = {name: FakeUpstream(body) for name, body in payloads().items()}  # NordVPN: 6,300 servers
+@pytest.mark.parametrize("paths, largest", [(EVERYDAY, False), (CYCLING, False), (CYCLING, True)],
+                         ids=["everyday", "cycling page sizes", "cycling, NordVPN at the manifest's cap"])  # fmt: skip
+def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(start_draco, paths, largest):
+    cap = manifest_env()["UPSTREAM_MAX_BYTES"]
+    bodies = payloads()  # NordVPN: 6,300 servers, about 21 MB
+    if largest:
+        bodies["nordvpn"] = nordvpn_as_large_as(int(cap))
+    fakes = {name: FakeUpstream(body) for name, body in bodies.items()}
     try:
-        draco = start_draco({**upstream_env(fakes), "RATE_LIMIT_ENABLED": "false"})
+        draco = start_draco({**upstream_env(fakes), "RATE_LIMIT_ENABLED": "false", "UPSTREAM_MAX_BYTES": cap})
         assert eventually(lambda: ready(draco).status_code == 200, 30)
         requests = asyncio.run(load(draco.base, paths))
         peak = draco.rss_peak_kb()
