@@ -30,11 +30,6 @@ def _narrow(entry: str) -> bool:
     return network.prefixlen >= (8 if network.version == 4 else 32)
 
 
-def _private_redis(url: str) -> bool:
-    """Not in use, or reached only by whoever holds its password or may open its socket."""
-    return url == "memory" or urlsplit(url).scheme == "unix" or bool(urlsplit(url).password)
-
-
 def _bind_is_private(bind: str, tls: bool) -> bool:
     return bind.startswith("unix:") or tls or is_loopback(bind.rpartition(":")[0].strip("[]"))
 
@@ -58,10 +53,11 @@ def evaluate(settings: Settings, *, bind: str, tls: bool = False, env_file: str 
              "list the reverse proxy's addresses in TRUSTED_HOSTS, never 0.0.0.0/0"),
         Item(all(map(_private_file, key_files)), "files holding API keys are readable by their owner only",
              f"chmod 600 {' '.join(key_files)}"),
-        Item(all(map(_private_redis, (settings.rate_limit_storage, settings.catalog_storage))),
+        Item(all(url == "memory" or urlsplit(url).scheme == "unix" or bool(urlsplit(url).password)
+                 for url in (settings.rate_limit_storage, settings.catalog_storage)),
              "Redis, where used, is reached with a password or over a unix socket",
-             "whoever can write to it chooses the limits and the lists served: use rediss://:PASSWORD@HOST/0 "
-             "(in the env file) or unix:///run/redis/redis.sock in RATE_LIMIT_STORAGE and CATALOG_STORAGE"),
+             "who can write to it chooses the lists served: set RATE_LIMIT_STORAGE and CATALOG_STORAGE to "
+             "rediss://:PASSWORD@HOST/0 (in the env file) or unix:///run/redis/redis.sock"),
         Item(_bind_is_private(bind, tls), "plain HTTP is served on loopback or a unix socket only",
              "bind to 127.0.0.1 behind your TLS-terminating proxy, or give --certfile and --keyfile "
              "(inside a container, bind 0.0.0.0 and publish the port to the proxy alone)"),

@@ -152,8 +152,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def keygen(args: argparse.Namespace) -> int:
-    for _ in range(args.n):
-        print(secrets.token_hex(32))
+    print("\n".join(secrets.token_hex(32) for _ in range(args.n)))
     return 0
 
 
@@ -184,5 +183,4 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=keygen)
 
     args = parser.parse_args(argv)
-    code: int = args.run(args)
-    return code
+    return int(args.run(args))

@@ -10,10 +10,8 @@ import attrs
 
 from draco.models import Changes, Country, KeyChange, Server, countries, encode, gzipped
 
-# Encoded answers kept per list version: at most this many, and this many bytes, so a client
-# asking for page after page of a new size cannot grow memory past the sidecar's limit.
-RENDER_CACHE_SIZE = 512
-RENDER_CACHE_BYTES = 4 << 20
+# Encoded answers kept per list version, at most: a client asking for pages of ever new sizes cannot fill memory.
+RENDER_CACHE_SIZE, RENDER_CACHE_BYTES = 512, 4 << 20
 
 
 @attrs.frozen
@@ -21,10 +19,7 @@ class Rendered:
     body: bytes
     etag: str
     gzipped: bytes | None  # None when the body is too small to be worth compressing (models.gzipped)
-
-    @property
-    def size(self) -> int:
-        return len(self.body) + len(self.gzipped or b"")
+    size: int  # bytes held: the body and its gzipped copy
 
 
 @attrs.frozen(eq=False)
@@ -66,18 +61,17 @@ def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
     """The encoded answer for `key` on this list version, encoded and compressed on first
     use only: a page is compressed once per list version, not once per request. The
     oldest answers make room for a new one; one larger than the whole budget is not kept."""
-    found = data.rendered.get(key)
+    kept = data.rendered
+    found = kept.get(key)
     if found is None:
         body = encode(build())
         etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-        found = Rendered(body, etag, gzipped(body))
+        compressed = gzipped(body)
+        found = Rendered(body, etag, compressed, len(body) + len(compressed or b""))
         if found.size <= RENDER_CACHE_BYTES:
-            data.rendered[key] = found
-            held = sum(r.size for r in data.rendered.values())
-            for oldest in list(data.rendered):
-                if len(data.rendered) <= RENDER_CACHE_SIZE and held <= RENDER_CACHE_BYTES:
-                    break
-                held -= data.rendered.pop(oldest).size
+            kept[key] = found
+            while len(kept) > RENDER_CACHE_SIZE or sum(r.size for r in kept.values()) > RENDER_CACHE_BYTES:
+                kept.pop(next(iter(kept)))  # the oldest first
     return found
 
 

@@ -11,7 +11,6 @@ import errno
 import itertools
 import os
 import re
-import secrets
 import shutil
 import socket
 import struct
@@ -31,17 +30,15 @@ def _checksum(data: bytes) -> int:
 
 
 class Pinger:
-    """ICMP echo over one socket per address family, replies matched by (address,
-    sequence) and by a random token each echo carries back, so a host that forges
-    replies without seeing the requests cannot make a server look near. A datagram
-    socket lets the kernel fill in identifier and checksum; a raw socket (privileged)
-    needs both, and sees every reply on the host."""
+    """ICMP echo over one socket per address family. A reply counts only from the address, with
+    the sequence and the random token its echo carried: no one off the path can forge one. A
+    datagram socket lets the kernel fill in identifier and checksum; a raw one needs both."""
 
     def __init__(self, kind: str):
         self.kind = kind  # "dgram" or "raw"
         self.ident = os.getpid() & 0xFFFF
         self.sequence = itertools.count()
-        self.payload = b"draco-latency-probe " + secrets.token_bytes(16)
+        self.payload = b"draco-latency-probe " + os.urandom(16)
         self.sockets: dict[int, socket.socket] = {}
         self.waiting: dict[tuple[str, int], asyncio.Future[float]] = {}
 

@@ -28,10 +28,6 @@ Parsed = tuple[list[Server], int]  # the servers kept, and how many malformed en
 BAD_ENTRY = (ValueError, LookupError, TypeError, AttributeError, RecursionError)
 
 
-def _no_params(_settings: Any) -> dict[str, Any]:
-    return {}
-
-
 def _words(fields: str | frozenset[str]) -> frozenset[str]:
     return fields if isinstance(fields, frozenset) else frozenset(fields.split())
 
@@ -47,7 +43,7 @@ class Provider:
     wireguard_port: int = 51820  # its documented default WireGuard port, with the source beside it
     endpoint: Literal["ipv4", "identifier"] = "ipv4"  # what a [Peer] Endpoint names (ipv4 when known)
     peer_note: str | None = None  # what else a client needs to connect
-    params: Callable[[Any], dict[str, Any]] = _no_params  # the upstream query, from the settings
+    params: Callable[[Any], dict[str, Any]] = lambda _settings: {}  # the upstream query, from the settings
 
     @property
     def url_setting(self) -> str:
