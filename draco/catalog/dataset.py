@@ -58,9 +58,8 @@ def make_dataset(provider: str, servers: Iterable[Server], fetched_at: float, *,
 
 
 def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
-    """The encoded answer for `key` on this list version, encoded and compressed on first
-    use only: a page is compressed once per list version, not once per request. The
-    oldest answers make room for a new one; one larger than the whole budget is not kept."""
+    """The answer for `key` on this list version, encoded and compressed once, not once per request.
+    The oldest answers make room for a new one; one larger than the whole budget is not kept."""
     kept = data.rendered
     found = kept.get(key)
     if found is None:
@@ -70,8 +69,9 @@ def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
         found = Rendered(body, etag, compressed, len(body) + len(compressed or b""))
         if found.size <= RENDER_CACHE_BYTES:
             kept[key] = found
-            while len(kept) > RENDER_CACHE_SIZE or sum(r.size for r in kept.values()) > RENDER_CACHE_BYTES:
-                kept.pop(next(iter(kept)))  # the oldest first
+            held = sum(r.size for r in kept.values())
+            while len(kept) > RENDER_CACHE_SIZE or held > RENDER_CACHE_BYTES:
+                held -= kept.pop(next(iter(kept))).size  # the oldest first
     return found
 
 
