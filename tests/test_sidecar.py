@@ -95,6 +95,14 @@ def sidecar(spec: dict) -> dict:
     return next(c for c in spec["initContainers"] if c["name"] == "draco")
 
 
+def deployed_sidecar() -> dict:
+    return sidecar(deployment()["spec"]["template"]["spec"])
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
 def probe(container: dict, name: str) -> str:
     return " ".join(container.get(name, {}).get("exec", {}).get("command", []))
 
@@ -104,7 +112,7 @@ def problems(deployment: dict, policy: dict) -> list[str]:
     pod = deployment["spec"]["template"]["spec"]
     context, draco = pod.get("securityContext", {}), sidecar(pod)
     own, resources = draco.get("securityContext", {}), draco.get("resources", {})
-    env = {e["name"]: e.get("value", "") for e in draco.get("env", [])}
+    env = env_of(draco)
     mounted = {m["mountPath"]: next(v for v in pod["volumes"] if v["name"] == m["name"]) for m in draco["volumeMounts"]}
     egress = sorted(port["port"] for rule in policy["spec"].get("egress", []) for port in rule.get("ports", []))
     checks = {
@@ -165,10 +173,6 @@ def test_removing_a_security_field_is_caught(check):
     assert check in problems(changed, policy())
 
 
-def manifest_env() -> dict[str, str]:
-    return {e["name"]: e["value"] for e in sidecar(deployment()["spec"]["template"]["spec"])["env"] if "value" in e}
-
-
 def nordvpn_as_large_as(cap: int) -> bytes:
     """A NordVPN list just under `cap` bytes."""
     per_server = len(nordvpn_payload(1000)) / 1000
@@ -178,7 +182,7 @@ def nordvpn_as_large_as(cap: int) -> bytes:
 
 
 def memory_limit_kib() -> int:
-    limit = sidecar(deployment()["spec"]["template"]["spec"])["resources"]["limits"]["memory"]
+    limit = deployed_sidecar()["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
     return int(limit[:-2]) * 1024
 
@@ -207,7 +211,7 @@ async def load(base: str, paths: list[str], seconds: float = 8.0, clients: int =
 @pytest.mark.parametrize("paths, largest", [(EVERYDAY, False), (CYCLING, False), (CYCLING, True)],
                          ids=["everyday", "cycling page sizes", "cycling, NordVPN at the manifest's cap"])  # fmt: skip
 def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(start_draco, paths, largest):
-    cap = manifest_env()["UPSTREAM_MAX_BYTES"]
+    cap = env_of(deployed_sidecar())["UPSTREAM_MAX_BYTES"]
     bodies = payloads()  # NordVPN: 6,300 servers, about 21 MB
     if largest:
         bodies["nordvpn"] = nordvpn_as_large_as(int(cap))
