@@ -8,7 +8,10 @@ import logging
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
+from starlette._utils import get_route_path  # private: pinned here, so a change in Starlette fails this test
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
@@ -25,6 +28,7 @@ from draco.web.middleware import (
     RateLimitMiddleware,
     RequestGuardMiddleware,
     SecurityHeadersMiddleware,
+    route_path,
 )
 
 ORIGIN = "https://app.example.com"
@@ -38,9 +42,9 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def get(app, path: str = "/api/x", *, peer: str = "203.0.113.9", method: str = "GET", **headers: str):
+def get(app, path: str = "/api/x", *, peer: str = "203.0.113.9", method: str = "GET", root: str = "", **headers: str):
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, client=(peer, 4000))
+        transport = httpx.ASGITransport(app=app, client=(peer, 4000), root_path=root)
         async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:
             return await client.request(method, path, headers=headers)
 
@@ -153,6 +157,25 @@ def test_api_key_alone_refuses_a_missing_or_wrong_key(caplog):
     assert statuses == [401, 403] and get(app, **{"X-API-Key": KEY}).status_code == 200
     assert get(app, "/health").status_code == 200  # outside its prefixes
     assert "from 203.0.113.9" in caplog.text  # whom it names is the scope's client
+
+
+def test_behind_a_root_path_the_layers_judge_the_path_the_router_matches():
+    """hypercorn's root_path: Starlette routes /draco/api/x as /api/x, so the key check
+    and the rate limit must see /api/x too, or the prefix would route around them."""
+    keyed = ApiKeyMiddleware(bare, ring=KeyRing([KEY]))
+    assert [get(keyed, path, root="/draco").status_code for path in ("/draco/api/x", "/api/x")] == [401, 401]
+    assert get(keyed, "/draco/api/x", root="/draco", **{"X-API-Key": KEY}).status_code == 200
+    limited = RateLimitMiddleware(bare, limiter=Limiter(10, 60, MemoryStore(), Clock()), costs={"/servers/latency": 4})
+    assert "x-ratelimit-limit" not in get(limited, "/draco/health", root="/draco").headers  # exempt
+    weighed = get(limited, "/draco/api/x/servers/latency", root="/draco")
+    assert weighed.headers["x-ratelimit-remaining"] == "6"
+
+
+@given(root=st.sampled_from(["", "/", "/draco", "/draco/"]), path=st.text("/dracoapi", max_size=16).map("/".__add__))
+def test_route_path_is_starlettes(root, path):
+    """The path the layers judge is the one Starlette's router matches, for any root_path."""
+    scope = {"type": "http", "path": path, "root_path": root}
+    assert route_path(scope) == get_route_path(scope)
 
 
 @pytest.mark.parametrize("size, compressed", [(GZIP_MINIMUM - 1, False), (GZIP_MINIMUM, True)])

@@ -96,6 +96,18 @@ def test_the_example_hypercorn_config_is_read(start_draco):
         assert sock.recv(1024).split(b" ")[1] in (b"400", b"431")
 
 
+def test_a_root_path_in_the_config_routes_nothing_around_the_key_check(start_draco, tmp_path):
+    """With hypercorn's root_path, /draco/api/... reaches the same routes as /api/..., and the
+    same key check: a real hypercorn, the path prefixed and not."""
+    config = tmp_path / "hypercorn.toml"
+    config.write_text('root_path = "/draco"\n')
+    keyed = {"ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]'}
+    draco = start_draco(keyed, args=["--demo", "--config", str(config)])
+    for path in ("/draco/api/nordvpn/countries", "/api/nordvpn/countries"):
+        assert httpx.get(draco.url(path)).status_code == 401
+        assert httpx.get(draco.url(path), headers={"X-API-Key": KEY}).status_code == 200
+
+
 def test_max_requests_ends_the_process_for_its_supervisor(start_draco, tmp_path):
     config = tmp_path / "hypercorn.toml"
     config.write_text("max_requests = 20\nmax_requests_jitter = 5\n")

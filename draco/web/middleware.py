@@ -25,6 +25,14 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return next((value for key, value in scope["headers"] if key == name), None)
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: scope["path"] less the server's root_path, by Starlette's
+    rule. The rate limit and the key check judge this path, so a prefix cannot route around them."""
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    rest = path.removeprefix(root)
+    return rest if rest[:1] in ("", "/") else path
+
+
 def client(scope: Scope) -> str:
     """Whom the rate limit counts and the logs name (see ClientAddressMiddleware)."""
     peer = scope.get("client")
@@ -185,9 +193,9 @@ class RateLimitMiddleware:
         self.policy = (b"ratelimit-policy", b'"default";q=%d;w=%d' % (limiter.limit, limiter.period))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        if scope["type"] != "http" or route_path(scope) in self.exempt:
             return await self.app(scope, receive, send)
-        path = scope["path"].rstrip("/")
+        path = route_path(scope).rstrip("/")
         cost = next((c for suffix, c in self.costs.items() if path.endswith(suffix)), 1)
         who = client(scope)
         decision = await self.limiter.hit(who, cost)
@@ -215,7 +223,7 @@ class ApiKeyMiddleware:
         self.app, self.ring, self.prefixes = app, ring, prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+        if scope["type"] != "http" or not route_path(scope).startswith(self.prefixes):
             return await self.app(scope, receive, send)
         presented = [value for name, value in scope["headers"] if name == b"x-api-key"]
         if len(presented) == 1 and self.ring.verify(presented[0]):
