@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 
 import httpx
 import pytest
-from conftest import upstream_env
+from conftest import demo_payload, upstream_env
+
+from draco.providers import REGISTRY
 
 MiB = 1 << 20
 
@@ -47,6 +50,46 @@ def test_a_300_mb_upstream_body_is_a_503_and_memory_stays_bounded(start_draco, u
     }
     assert draco.rss_peak_kb() - before < 40 * 1024  # the 8 MiB cap plus slack, never the 300 MB
     assert "oversized" in httpx.get(draco.url("/health")).text
+
+
+def gzip_of(chunks, layers: int = 1) -> bytes:
+    """`chunks`, gzipped `layers` times over, compressed as they come."""
+    for _ in range(layers):
+        packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        chunks = [b"".join([*(packer.compress(chunk) for chunk in chunks), packer.flush()])]
+    return chunks[0]
+
+
+def test_a_gzipped_list_is_inflated_and_served(start_draco, upstreams):
+    payload = demo_payload("nordvpn")
+    upstreams["nordvpn"].set("ok", body=gzip_of([payload]), headers={"Content-Encoding": "gzip"})
+    draco = start_draco(upstream_env(upstreams))
+    served = httpx.get(draco.url("/api/nordvpn/servers/paginated")).json()["total"]
+    assert served == len(REGISTRY["nordvpn"].parse(payload)[0]) > 0  # as if it came uncompressed
+    assert upstreams["nordvpn"].requests[0][1]["Accept-Encoding"] == "gzip"  # the one encoding it inflates
+
+
+@pytest.mark.parametrize(
+    "layers, encoding, failure", [(1, "gzip", "oversized"), (2, "gzip, gzip", "unsupported_encoding")]
+)
+def test_a_gzip_bomb_is_refused_within_the_cap(start_draco, upstreams, layers, encoding, failure):
+    """1 GiB of zeros in 1 MB of gzip, or in 2 KB of gzip twice over: httpx's own decoders
+    would inflate each chunk whole (over 2 GiB for the second) before any cap was checked."""
+    bomb = gzip_of((bytes(16 * MiB) for _ in range(64)), layers)
+    upstreams["nordvpn"].set("ok", body=bomb, headers={"Content-Encoding": encoding})
+    draco = start_draco({**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(8 * MiB), "READY_PROVIDERS": '["ivpn"]'})
+    before = draco.rss_peak_kb()
+    assert httpx.get(draco.url("/api/nordvpn/servers"), timeout=60).status_code == 503
+    assert draco.rss_peak_kb() - before < 24 * 1024  # the 8 MiB cap and a MiB of inflation, with slack
+    assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == failure
+
+
+@pytest.mark.parametrize("cut", [slice(0, -64), slice(16, None)], ids=["cut short", "corrupt"])
+def test_a_broken_gzip_stream_is_refused(start_draco, upstreams, cut):
+    upstreams["nordvpn"].set("ok", body=gzip_of([demo_payload("nordvpn")])[cut], headers={"Content-Encoding": "gzip"})
+    draco = start_draco(upstream_env(upstreams))
+    assert httpx.get(draco.url("/api/nordvpn/servers")).status_code == 503
+    assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "invalid_encoding"
 
 
 def test_a_declared_length_over_the_cap_is_refused_without_reading(start_draco, upstreams):

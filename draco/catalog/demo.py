@@ -26,6 +26,7 @@ def transport() -> httpx.MockTransport:
         if name not in REGISTRY:
             return httpx.Response(404)
         body = (resources.files("draco") / "demo_data" / f"{name}.json").read_bytes()
-        return httpx.Response(200, content=body, headers={"Content-Type": "application/json"})
+        # streamed, as a real upstream's body is (content= would arrive already read)
+        return httpx.Response(200, stream=httpx.ByteStream(body), headers={"Content-Type": "application/json"})
 
     return httpx.MockTransport(handle)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import zlib
 from collections.abc import Callable
 
 import attrs
@@ -24,7 +25,8 @@ def upstream_client(settings: Settings, transport: httpx.AsyncBaseTransport | No
     limits = httpx.Limits(max_connections=settings.http_max_connections,
                           max_keepalive_connections=settings.http_max_keepalive_connections)  # fmt: skip
     return httpx.AsyncClient(http2=True, verify=True, timeout=settings.http_timeout, limits=limits,  # verify: always
-                             headers={"User-Agent": f"draco/{__version__}"}, transport=transport)  # fmt: skip
+                             headers={"User-Agent": f"draco/{__version__}", "Accept-Encoding": "gzip"},
+                             transport=transport)  # fmt: skip
 
 
 def failure_class(exc: BaseException) -> str:
@@ -50,15 +52,28 @@ def retry_after(value: str | None, now: float) -> float | None:
 
 
 async def read_capped(response: httpx.Response, cap: int) -> bytearray:
-    """The decoded body, refusing more than `cap` bytes: declared, before reading any, or actual."""
+    """The body, refusing more than `cap` bytes: declared, before reading any, or actual, after
+    gzip. Inflated here a MiB at a time: httpx's decoders inflate each chunk whole, so a few
+    KiB of nested gzip would take gigabytes before any cap is checked."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise VPNAPIError("oversized")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise VPNAPIError("unsupported_encoding")
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 16) if encoding == "gzip" else None
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > cap:
-            raise VPNAPIError("oversized")
+    try:
+        async for raw in response.aiter_raw():
+            while raw:
+                chunk, raw = (inflate.decompress(raw, 1 << 20), inflate.unconsumed_tail) if inflate else (raw, b"")
+                body += chunk
+                if len(body) > cap:
+                    raise VPNAPIError("oversized")
+    except zlib.error:
+        raise VPNAPIError("invalid_encoding") from None
+    if inflate and not inflate.eof:
+        raise VPNAPIError("invalid_encoding")  # a gzip stream cut short
     return body
 
 
