@@ -27,17 +27,9 @@ from draco.security.keys import KeyRing, fingerprint, watch
 from draco.security.limiter import Limiter, MemoryStore, Store
 from draco.security.redis_store import RedisStore
 from draco.settings import Settings
-from draco.web import openapi
+from draco.web import middleware, openapi
 from draco.web.errors import HANDLERS
 from draco.web.metrics import Metrics, MetricsMiddleware
-from draco.web.middleware import (
-    ApiKeyMiddleware,
-    ClientAddressMiddleware,
-    CORSMiddleware,
-    RateLimitMiddleware,
-    RequestGuardMiddleware,
-    SecurityHeadersMiddleware,
-)
 from draco.web.routes import Api
 
 SWEEP_EVERY = 300  # seconds between sweeps of idle rate-limit entries
@@ -72,17 +64,16 @@ def create_app(
     weighty = dict.fromkeys(("/servers/latency", "/servers/fastest"), settings.latency_weight)  # they probe hosts
     protected = ("/api/",) if settings.metrics_public else ("/api/", "/metrics")
     layers = [  # outermost first, each with its switch
-        (True, Middleware(SecurityHeadersMiddleware, enabled=settings.enable_security_headers,
+        (True, Middleware(middleware.SecurityHeadersMiddleware, enabled=settings.enable_security_headers,
                           production=not settings.debug)),
-        (True, Middleware(RequestGuardMiddleware)),
-        (True, Middleware(ClientAddressMiddleware, trusted=TrustedHosts(settings.trusted_hosts))),
+        (True, Middleware(middleware.RequestGuardMiddleware)),
+        (True, Middleware(middleware.ClientAddressMiddleware, trusted=TrustedHosts(settings.trusted_hosts))),
         (settings.metrics_enabled, Middleware(MetricsMiddleware, requests=metrics.requests, routes=routes)),
-        (True, Middleware(CORSMiddleware, origins=settings.cors_origins,
+        (True, Middleware(middleware.CORSMiddleware, origins=settings.cors_origins,
                           allow_credentials=settings.cors_allow_credentials)),
-        (settings.rate_limit_enabled, Middleware(RateLimitMiddleware, limiter=limiter,
-                                                 exempt=("/health", "/health/ready", *pages),
-                                                 costs=weighty)),
-        (settings.enable_api_key_auth, Middleware(ApiKeyMiddleware, ring=ring, prefixes=protected)),
+        (settings.rate_limit_enabled, Middleware(middleware.RateLimitMiddleware, limiter=limiter,
+                                                 exempt=("/health", "/health/ready", *pages), costs=weighty)),
+        (settings.enable_api_key_auth, Middleware(middleware.ApiKeyMiddleware, ring=ring, prefixes=protected)),
     ]  # fmt: skip
 
     @contextlib.asynccontextmanager
