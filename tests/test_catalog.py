@@ -60,9 +60,14 @@ def gzip_of(chunks, layers: int = 1) -> bytes:
     return chunks[0]
 
 
-def test_a_gzipped_list_is_inflated_and_served(start_draco, upstreams):
+@pytest.mark.parametrize("members", [1, 3])
+def test_a_gzipped_list_is_inflated_and_served(start_draco, upstreams, members):
+    """One gzip member, or several one after another (RFC 1952), which httpx would cut to the first."""
     payload = demo_payload("nordvpn")
-    upstreams["nordvpn"].set("ok", body=gzip_of([payload]), headers={"Content-Encoding": "gzip"})
+    parts = [payload[i * len(payload) // members : (i + 1) * len(payload) // members] for i in range(members)]
+    upstreams["nordvpn"].set(
+        "ok", body=b"".join(gzip_of([part]) for part in parts), headers={"Content-Encoding": "gzip"}
+    )
     draco = start_draco(upstream_env(upstreams))
     served = httpx.get(draco.url("/api/nordvpn/servers/paginated")).json()["total"]
     assert served == len(REGISTRY["nordvpn"].parse(payload)[0]) > 0  # as if it came uncompressed
@@ -84,9 +89,14 @@ def test_a_gzip_bomb_is_refused_within_the_cap(start_draco, upstreams, layers, e
     assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == failure
 
 
-@pytest.mark.parametrize("cut", [slice(0, -64), slice(16, None)], ids=["cut short", "corrupt"])
-def test_a_broken_gzip_stream_is_refused(start_draco, upstreams, cut):
-    upstreams["nordvpn"].set("ok", body=gzip_of([demo_payload("nordvpn")])[cut], headers={"Content-Encoding": "gzip"})
+@pytest.mark.parametrize(
+    "broken",
+    [lambda body: body[:-64], lambda body: body[16:], lambda body: body + b"\0" * 8],
+    ids=["cut short", "corrupt", "trailing bytes"],
+)
+def test_a_broken_gzip_stream_is_refused(start_draco, upstreams, broken):
+    body = broken(gzip_of([demo_payload("nordvpn")]))
+    upstreams["nordvpn"].set("ok", body=body, headers={"Content-Encoding": "gzip"})
     draco = start_draco(upstream_env(upstreams))
     assert httpx.get(draco.url("/api/nordvpn/servers")).status_code == 503
     assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "invalid_encoding"

@@ -42,7 +42,7 @@ def failure_class(exc: BaseException) -> str:
 
 def retry_after(value: str | None, now: float) -> float | None:
     """Seconds from a Retry-After header: a number, or an HTTP date (from `now`); None if neither."""
-    if value and value.isdigit():
+    if value and value.isdecimal():  # isdigit() would pass "²", which float() refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value) if value else None
@@ -54,9 +54,10 @@ def retry_after(value: str | None, now: float) -> float | None:
 async def read_capped(response: httpx.Response, cap: int) -> bytearray:
     """The body, refusing more than `cap` bytes: declared, before reading any, or actual, after
     gzip. Inflated here a MiB at a time: httpx's decoders inflate each chunk whole, so a few
-    KiB of nested gzip would take gigabytes before any cap is checked."""
+    KiB of nested gzip would take gigabytes before any cap is checked; and they drop every
+    gzip member after the first, where RFC 1952 makes a body a series of members."""
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
+    if declared.isdecimal() and int(declared) > cap:
         raise VPNAPIError("oversized")
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
@@ -66,7 +67,13 @@ async def read_capped(response: httpx.Response, cap: int) -> bytearray:
     try:
         async for raw in response.aiter_raw():
             while raw:
-                chunk, raw = (inflate.decompress(raw, 1 << 20), inflate.unconsumed_tail) if inflate else (raw, b"")
+                if inflate is None:
+                    chunk, raw = raw, b""
+                else:
+                    if inflate.eof:  # the next member
+                        inflate = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                    chunk = inflate.decompress(raw, 1 << 20)
+                    raw = inflate.unconsumed_tail or inflate.unused_data
                 body += chunk
                 if len(body) > cap:
                     raise VPNAPIError("oversized")
