@@ -135,6 +135,15 @@ def test_pipelined_requests_are_answered_in_order(target):
     assert statuses(exchange(target, one + two)) == [200, 200]
 
 
+def test_a_websocket_upgrade_reaches_no_route_even_with_the_key(target):
+    """The layers judge HTTP requests and let a websocket scope pass: safe only while draco
+    routes no websocket, so Starlette's router refuses every handshake (403, no body)."""
+    upgrade = (b"GET /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-API-Key: ")  # fmt: skip
+    answer = exchange(target, upgrade + KEY.encode() + b"\r\n\r\n", wait=1)
+    assert statuses(answer) == [403] and answer.endswith(b"\r\n\r\n")
+
+
 def test_connect_is_refused_and_opens_no_tunnel(target):
     answer = exchange(target, b"CONNECT victim.example:443 HTTP/1.1\r\nHost: victim.example:443\r\n\r\n", wait=1)
     assert statuses(answer)[0] in (400, 404, 405)
