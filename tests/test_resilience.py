@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
 import json
 import logging
 from unittest import mock
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from draco.catalog import dataset
 from draco.catalog.cache import Catalog
 from draco.catalog.dataset import make_dataset, render
+from draco.catalog.fetch import read_capped
 from draco.catalog.snapshot import read_snapshot, snapshot_bytes, write_snapshot
 from draco.exceptions import VPNAPIError
 from draco.models import encode
@@ -335,3 +337,35 @@ def test_the_pages_kept_per_list_stay_within_their_count_and_bytes(keys):
             assert (key in data.rendered) == kept and (kept or data.rendered == before)  # too large: evicts nothing
             assert len(data.rendered) <= dataset.RENDER_CACHE_SIZE
             assert sum(r.size for r in data.rendered.values()) <= dataset.RENDER_CACHE_BYTES
+
+
+class _Chunks(httpx.AsyncByteStream):
+    def __init__(self, chunks: list[bytes]):
+        self.chunks = chunks
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            yield chunk
+
+
+_MiB = 1 << 20
+_SIZES = st.sampled_from([_MiB - 1, _MiB, _MiB + 1, 3 * _MiB]) | st.integers(0, 3 * _MiB)
+_PART = st.binary(max_size=2000) | st.builds(lambda n, byte: bytes([byte]) * n, _SIZES, st.integers(0, 255))
+
+
+@settings(max_examples=80, deadline=None)
+@given(parts=st.lists(_PART, min_size=1, max_size=3), cuts=st.lists(st.integers(0, _MiB), max_size=6),
+       over=st.integers(-2, 2) | st.integers(-4 * _MiB, 4 * _MiB))  # fmt: skip
+def test_gzip_members_inflate_whole_however_the_body_arrives_cut(parts, cuts, over):
+    """Any gzip members (some larger than the MiB inflated per step), cut anywhere, under a cap
+    near their size or not: the body they hold, or `oversized` exactly when it is larger."""
+    cap = max(0, len(b"".join(parts)) - over)
+    body = b"".join(gzip.compress(part, 1) for part in parts)
+    bounds = sorted({0, len(body), *(cut % (len(body) + 1) for cut in cuts)})
+    chunks = [body[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+    response = httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=_Chunks(chunks))
+    whole = b"".join(parts)
+    try:
+        assert asyncio.run(read_capped(response, cap)) == whole and len(whole) <= cap
+    except VPNAPIError as exc:
+        assert exc.reason == "oversized" and len(whole) > cap
