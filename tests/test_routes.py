@@ -86,6 +86,8 @@ def test_page_and_page_size_select_a_slice(service, client, provider):
         ({"page": "0"}, "page", "greater_than_equal"),
         ({"page": "x"}, "page", "int_parsing"),
         ({"page": "1.5"}, "page", "int_parsing"),
+        ({"page": "1.0"}, "page", "int_parsing"),
+        ({"page_size": "1e2"}, "page_size", "int_parsing"),
         ({"page_size": "0"}, "page_size", "greater_than_equal"),
         ({"page_size": "1001"}, "page_size", "less_than_equal"),
         ({"page_size": "99999999999999999999"}, "page_size", "less_than_equal"),

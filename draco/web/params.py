@@ -103,7 +103,10 @@ def read(params: tuple[Param, ...], query_string: bytes, path: tuple[tuple[str, 
     for param in params:
         raw = (dict(path) if param.where == "path" else query).get(param.name)
         try:
-            values[param.name] = param.default if raw is None else msgspec.convert(raw, param.type, strict=False)
+            value = param.default if raw is None else msgspec.convert(raw, param.type, strict=False)
+            if raw is not None and type(value) is int and str(value) != raw:  # msgspec reads "1.0", "1e2" too
+                raise msgspec.ValidationError("Expected `int`, got `str`")
+            values[param.name] = value
         except msgspec.ValidationError as exc:
             kind = next((kind for mark, kind in _KINDS.items() if mark in str(exc)), "value_error")
             details.append(Detail([param.where, param.name], str(exc), kind))
