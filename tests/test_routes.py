@@ -88,12 +88,14 @@ def test_page_and_page_size_select_a_slice(service, client, provider):
         ({"page": "1.5"}, "page", "int_parsing"),
         ({"page": "1.0"}, "page", "int_parsing"),
         ({"page_size": "1e2"}, "page_size", "int_parsing"),
+        ({"p2p": "1"}, "p2p", "bool_parsing"),
+        ({"p2p": "True"}, "p2p", "bool_parsing"),
         ({"page_size": "0"}, "page_size", "greater_than_equal"),
         ({"page_size": "1001"}, "page_size", "less_than_equal"),
         ({"page_size": "99999999999999999999"}, "page_size", "less_than_equal"),
     ],
 )
-def test_bad_paging_parameters_are_422_with_details(service, client, params, loc, kind):
+def test_bad_parameters_are_422_with_details(service, client, params, loc, kind):
     response = client.get(service.url("/api/nordvpn/servers"), params=params)
     assert response.status_code == 422
     body = response.json()

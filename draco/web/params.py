@@ -104,8 +104,10 @@ def read(params: tuple[Param, ...], query_string: bytes, path: tuple[tuple[str, 
         raw = (dict(path) if param.where == "path" else query).get(param.name)
         try:
             value = param.default if raw is None else msgspec.convert(raw, param.type, strict=False)
-            if raw is not None and type(value) is int and str(value) != raw:  # msgspec reads "1.0", "1e2" too
-                raise msgspec.ValidationError("Expected `int`, got `str`")
+            # Numbers and booleans only as JSON writes them: msgspec would also read "1.0" and "1e2"
+            # as the integer, and "1" and "True" as true, which the document does not declare.
+            if raw is not None and not isinstance(value, str) and msgspec.json.encode(value) != raw.encode():
+                raise msgspec.ValidationError(f"Expected `{type(value).__name__}`, got `str`")
             values[param.name] = value
         except msgspec.ValidationError as exc:
             kind = next((kind for mark, kind in _KINDS.items() if mark in str(exc)), "value_error")
