@@ -8,6 +8,9 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 
+# The rate limit and the key check judge the path the router matches (scope["path"] less
+# root_path), by the router's own function, so no prefix can route around them.
+from starlette._utils import get_route_path as route_path
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,14 +26,6 @@ Headers = list[tuple[bytes, bytes]]
 
 def header(scope: Scope, name: bytes) -> bytes | None:
     return next((value for key, value in scope["headers"] if key == name), None)
-
-
-def route_path(scope: Scope) -> str:
-    """The path the router matches: scope["path"] less the server's root_path, by Starlette's
-    rule. The rate limit and the key check judge this path, so a prefix cannot route around them."""
-    path, root = str(scope["path"]), str(scope.get("root_path", ""))
-    rest = path.removeprefix(root)
-    return rest if rest[:1] in ("", "/") else path
 
 
 def client(scope: Scope) -> str:
