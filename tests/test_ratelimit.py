@@ -24,14 +24,15 @@ class Clock:
 
 def model(trace, limit: int, period: int):
     """Brute force: keep every admission time; admit iff fewer than `limit` in (t - period, t].
+    Time never goes back: a clock that steps back counts as still at the latest time seen.
 
     The reset is found by trying whole seconds one after the other: when denied, the
     first second at which this request would be admitted; when admitted, the first
     at which the oldest admission has left the window."""
     admitted: dict[str, list[int]] = {}
-    decisions = []
+    decisions, latest = [], 0
     for client, t, cost in trace:
-        now = round(t * MICROS)
+        now = latest = max(latest, round(t * MICROS))
 
         def counted(at: int, times: list[int]) -> int:
             return sum(1 for s in times if at - period * MICROS < s <= at)
@@ -54,12 +55,15 @@ def model(trace, limit: int, period: int):
 
 
 @st.composite
-def traces(draw, max_cost: int = 1):
+def traces(draw, max_cost: int = 1, back: bool = False):
+    """(limit, period, [(client, time, cost)]). With `back`, the clock also steps back."""
     limit = draw(st.integers(1, 6))
     period = draw(st.integers(1, 5))
     steps = draw(
         st.lists(
-            st.tuples(st.sampled_from("abc"), st.integers(0, 2500), st.integers(1, min(max_cost, limit))),
+            st.tuples(
+                st.sampled_from("abc"), st.integers(-2500 if back else 0, 2500), st.integers(1, min(max_cost, limit))
+            ),
             max_size=80,
         )
     )
@@ -90,6 +94,30 @@ def run(store, trace, limit, period):
 def test_decisions_and_retry_after_equal_the_brute_force_model(case):
     limit, period, trace = case
     assert run(MemoryStore(), trace, limit, period) == model(trace, limit, period)
+
+
+@settings(max_examples=300, deadline=None)
+@given(traces(max_cost=3, back=True))
+def test_a_clock_stepping_back_decides_as_at_the_latest_time_seen(case):
+    limit, period, trace = case
+    assert run(MemoryStore(), trace, limit, period) == model(trace, limit, period)
+
+
+@settings(max_examples=200, deadline=None)
+@given(traces(max_cost=3, back=True))
+def test_sweeping_idle_clients_never_changes_a_decision(case):
+    limit, period, trace = case
+    store = MemoryStore()
+
+    async def go():
+        out = []
+        for client, t, cost in trace:
+            await store.sweep(t, period)
+            d = store.hit_now(client, t, limit, period, cost)
+            out.append((d.allowed, d.remaining, d.reset))
+        return out
+
+    assert asyncio.run(go()) == model(trace, limit, period)
 
 
 @settings(max_examples=300, deadline=None)

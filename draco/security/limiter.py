@@ -59,12 +59,19 @@ class MemoryStore:
         self.max_clients = max_clients
         self.windows: OrderedDict[str, array[int]] = OrderedDict()
         self._count = 0
+        self.latest = 0  # microseconds: the latest time this store has decided at
+
+    def _now(self, now: float) -> int:
+        """`now` in microseconds, but never before a time already decided at: a clock that
+        stepped back must neither reorder a window nor find a client idle that still counts."""
+        self.latest = max(self.latest, round(now * MICROS))
+        return self.latest
 
     async def hit(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
         return self.hit_now(key, now, limit, period, cost)
 
     def hit_now(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
-        now_us, period_us = round(now * MICROS), period * MICROS
+        now_us, period_us = self._now(now), period * MICROS
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = array("q")
@@ -72,8 +79,6 @@ class MemoryStore:
                 self.windows.popitem(last=False)
         else:
             self.windows.move_to_end(key)
-            if window and window[-1] > now_us:
-                now_us = window[-1]  # a clock that stepped back must not reorder the window
         allowed, wait = decide(window, now_us, limit, period_us, cost)
         self._count += 1
         if self._count % 16 == 0:
@@ -90,7 +95,7 @@ class MemoryStore:
 
     async def sweep(self, now: float, period: int) -> None:
         """Drop every idle client at the front, yielding to the loop between batches."""
-        while self._expire(round(now * MICROS) - period * MICROS, 1000) == 1000:
+        while self._expire(self._now(now) - period * MICROS, 1000) == 1000:
             await asyncio.sleep(0)
 
     def tracked(self) -> int:
