@@ -53,7 +53,29 @@ def test_security_headers_alone_harden_every_response():
     assert response.headers["content-type"] == "text/plain"
 
 
-def sent(app, headers: list[tuple[bytes, bytes]], http_version: str = "1.1") -> tuple[int, dict[bytes, bytes], bytes]:
+def test_security_headers_alone_let_an_error_after_the_start_end_the_response():
+    """Once the status has gone out no 500 can follow it: the error goes on to the
+    server, which cuts the response short."""
+
+    async def breaks_midway(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("midway")
+
+    messages: list[Message] = []
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    with pytest.raises(RuntimeError, match="midway"):
+        asyncio.run(
+            SecurityHeadersMiddleware(breaks_midway)({"type": "http", "method": "GET", "path": "/"}, None, send)
+        )
+    assert [m["status"] for m in messages] == [200]
+
+
+def sent(
+    app, headers: list[tuple[bytes, bytes]], http_version: str = "1.1", query: bytes = b""
+) -> tuple[int, dict[bytes, bytes], bytes]:
     """(status, headers, body) of one request given as a raw ASGI scope: a client library
     would not send the repeated or conflicting headers these tests need."""
     messages: list[Message] = []
@@ -65,7 +87,7 @@ def sent(app, headers: list[tuple[bytes, bytes]], http_version: str = "1.1") -> 
         messages.append(message)
 
     scope = {"type": "http", "http_version": http_version, "method": "GET", "path": "/", "raw_path": b"/",
-             "query_string": b"", "headers": headers, "client": ("203.0.113.9", 4000)}  # fmt: skip
+             "query_string": query, "headers": headers, "client": ("203.0.113.9", 4000)}  # fmt: skip
     asyncio.run(app(scope, receive, send))
     return messages[0]["status"], dict(messages[0]["headers"]), b"".join(m.get("body", b"") for m in messages[1:])
 
@@ -79,6 +101,25 @@ def test_request_guard_alone_refuses_ambiguous_lengths_and_oversized_heads():
     assert b'"error":"Bad Request"' in both[2]
     assert over_h2[0] == 431 and b"connection" not in over_h2[1]  # no such header in HTTP/2
     assert sent(app, [(b"content-length", b"3"), (b"x-filler", b"x" * 900)])[0] == 200
+
+
+def test_request_guard_judges_every_header_whatever_its_place():
+    app = RequestGuardMiddleware(bare, max_head=1024)
+    late = sent(app, [(b"transfer-encoding", b"chunked"), (b"content-length", b"3"), (b"accept", b"*/*")])
+    many = sent(app, [(b"x-%d" % i, b"y" * 20) for i in range(60)])  # 60 small fields, 1,620 bytes in all
+    old = sent(app, [(b"content-length", b"3"), (b"content-length", b"3")], "1.0")
+    assert late[0] == 400 and many[0] == 431 and old[0] == 400 and old[1][b"connection"] == b"close"
+
+
+def test_request_guard_counts_the_head_as_it_arrives():
+    """Request line and fields: method, path and query, and each field's name, value, ": " and CRLF."""
+    app = RequestGuardMiddleware(bare, max_head=100)
+
+    def status(filler: int) -> int:
+        return sent(app, [(b"x-filler", b"x" * filler)], query=b"q=1")[0]
+
+    assert status(100 - len(b"GET/q=1") - len(b"x-filler") - 4) == 200
+    assert status(100 - len(b"GET/q=1") - len(b"x-filler") - 3) == 431
 
 
 def test_metrics_alone_count_by_route_template_never_by_what_the_client_chose():
@@ -150,6 +191,8 @@ def test_api_key_alone_refuses_a_missing_or_wrong_key(caplog):
     app = ApiKeyMiddleware(bare, ring=KeyRing([KEY]))
     with caplog.at_level(logging.WARNING, "draco.security"):
         statuses = [get(app).status_code, get(app, **{"X-API-Key": "w" * 40}).status_code]
+    empty = get(app, **{"X-API-Key": ""})  # an empty field is a missing key
+    assert empty.status_code == 401 and empty.headers["www-authenticate"] == 'APIKey header="X-API-Key"'
     assert statuses == [401, 403] and get(app, **{"X-API-Key": KEY}).status_code == 200
     assert get(app, "/health").status_code == 200  # outside its prefixes
     assert "from 203.0.113.9" in caplog.text  # whom it names is the scope's client
