@@ -235,6 +235,7 @@ def limit_key(address: bytes | None) -> str:
 def test_ipv6_clients_share_one_key_per_64():
     one = client_key("2001:db8:1:2::1")
     assert one == client_key("2001:db8:1:2:ffff::9") != client_key("2001:db8:1:3::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"  # an IPv4 client of a dual-stack socket
 
 
 addresses = st.one_of(

@@ -87,6 +87,9 @@ def test_keys_must_be_at_least_32_characters_and_are_never_echoed():
         "API_KEYS: every key must be at least 32 printable ASCII characters without spaces"
     ]
     assert "short-secret-value" not in str(caught.value)
+    assert load({"API_KEYS": f'["{"k" * 32}"]'}).api_keys == ("k" * 32,)  # 32 is enough
+    with pytest.raises(ConfigError, match="at least 32"):
+        load({"API_KEYS": f'["{"k" * 31}"]'})
 
 
 def test_auth_enabled_without_keys_is_an_error():
