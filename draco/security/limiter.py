@@ -62,8 +62,7 @@ class MemoryStore:
         self.latest = 0  # microseconds: the latest time this store has decided at
 
     def _now(self, now: float) -> int:
-        """`now` in microseconds, but never before a time already decided at: a clock that
-        stepped back must neither reorder a window nor find a client idle that still counts."""
+        """`now` in µs, never before `latest`: a stepped-back clock must not reorder or drop a live window."""
         self.latest = max(self.latest, round(now * MICROS))
         return self.latest
 
