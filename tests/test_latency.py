@@ -14,6 +14,7 @@ import struct
 import subprocess
 import threading
 import time
+import types
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from draco.probe.guard import probeable
 from draco.probe.methods import Pinger, fping, measure, methods_available, tcp_connect
-from draco.probe.runs import Resolver
+from draco.probe.runs import Latencies, Resolver
 
 
 class Listener:
@@ -335,6 +336,38 @@ def test_the_resolver_has_a_timeout_and_a_cache():
     assert "127.0.0.1" in asyncio.run(resolver.resolve("localhost", 1.0))  # from /etc/hosts: no DNS traffic
     resolver.cache["localhost"] = (time.monotonic(), ["127.0.0.99"])
     assert asyncio.run(resolver.resolve("localhost", 1.0)) == ["127.0.0.99"]
+
+
+def test_a_run_drops_the_measurements_and_lookups_that_have_expired():
+    """A server that has left the lists is measured no more: its entries expire and go,
+    so neither cache grows with the upstreams' churn over a long uptime."""
+    listener = Listener("127.0.0.41")
+    settings = types.SimpleNamespace(
+        latency_ttl=0.3,
+        latency_concurrency=4,
+        latency_timeout=1.0,
+        latency_deadline=2.0,
+        latency_allow_private=True,
+        latency_tcp_port=listener.port,
+    )
+    latencies = Latencies(settings)
+
+    async def runs():
+        await latencies.run("p", [("p", "gone", None, "localhost")], "tcp")  # resolved, then measured
+        first = set(latencies.cache), set(latencies.resolver.cache)
+        await latencies.run("p", [("p", "kept", "127.0.0.41", "kept")], "tcp")  # within the TTL: both stay
+        second = set(latencies.cache), set(latencies.resolver.cache)
+        await asyncio.sleep(0.4)
+        await latencies.run("p", [("p", "new", "127.0.0.41", "new")], "tcp")
+        return first, second, (set(latencies.cache), set(latencies.resolver.cache)), latencies.known()
+
+    try:
+        first, second, third, known = asyncio.run(runs())
+    finally:
+        listener.close()
+    assert first == ({("p", "gone")}, {"localhost"})
+    assert second == ({("p", "gone"), ("p", "kept")}, {"localhost"})
+    assert third == ({("p", "new")}, set()) and list(known) == [("p", "new")]
 
 
 # --- the endpoints, through a real draco ----------------------------------------------

@@ -78,8 +78,10 @@ class Latencies:
             remaining = max(0.0, s.latency_deadline - (time.monotonic() - started))
             results = await measure(addresses.items(), method, concurrency=s.latency_concurrency,
                                     timeout=s.latency_timeout, deadline=remaining, port=s.latency_tcp_port)  # fmt: skip
-            now = time.monotonic()
+            now = time.monotonic()  # what has expired goes: the caches hold no server that left the lists
+            self.cache = {k: v for k, v in self.cache.items() if v[0] >= now - s.latency_ttl}
             self.cache.update({k: (now, ms) for k, ms in results.items()})
+            self.resolver.cache = {h: v for h, v in self.resolver.cache.items() if now - v[0] < s.latency_ttl}
             self.runs_done += 1
             self.runs_by_method[method] += 1
             return fresh | results
