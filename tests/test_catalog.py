@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import zlib
 
 import httpx
 import pytest
 from conftest import demo_payload, upstream_env
+from fake_upstream import free_port, wait_for_port
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from draco.providers import REGISTRY
 
@@ -26,6 +33,52 @@ def test_fifty_concurrent_cold_requests_make_one_upstream_request(start_draco, u
     responses = asyncio.run(_burst(draco.url("/api/nordvpn/servers"), 50))
     assert [r.status_code for r in responses] == [200] * 50
     assert upstreams["nordvpn"].hits == 1
+
+
+class TLSUpstream:
+    """A provider API over TLS on 127.0.0.1: hypercorn in a thread, HTTP/2 offered by ALPN.
+    It keeps the HTTP version of each request it answered."""
+
+    def __init__(self, body: bytes, certificate):
+        self.versions: list[str] = []
+        self.stopping = threading.Event()
+
+        async def servers(request):
+            self.versions.append(request.scope["http_version"])
+            return Response(body, media_type="application/json")
+
+        async def stopped():
+            await asyncio.get_running_loop().run_in_executor(None, self.stopping.wait)
+
+        config, port = Config(), free_port()
+        config.bind, (config.certfile, config.keyfile) = [f"127.0.0.1:{port}"], map(str, certificate)
+        app = Starlette(routes=[Route("/servers", servers)])
+        self.thread = threading.Thread(target=asyncio.run, args=(serve(app, config, shutdown_trigger=stopped),))
+        self.thread.start()
+        wait_for_port("127.0.0.1", port)
+        self.url = f"https://127.0.0.1:{port}/servers"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def test_the_upstream_certificate_is_verified_and_http2_is_spoken(start_draco, certificate):
+    """TLS verification is always on: an upstream whose certificate is not trusted is a failed
+    refresh. Trusted (here by SSL_CERT_FILE, as a private CA would be), it is asked over HTTP/2."""
+    with TLSUpstream(demo_payload("nordvpn"), certificate) as upstream:
+        untrusted = start_draco({"NORDVPN_API_URL": upstream.url})
+        refused = httpx.get(untrusted.url("/api/nordvpn/servers"))
+        failure = httpx.get(untrusted.url("/health")).json()["providers"]["nordvpn"]["last_failure"]
+        assert (refused.status_code, failure, upstream.versions) == (503, "connection", [])
+        trusted = start_draco({"NORDVPN_API_URL": upstream.url, "SSL_CERT_FILE": str(certificate[0])})
+        served = httpx.get(trusted.url("/api/nordvpn/servers"))
+        assert served.status_code == 200 and len(served.json()) > 0
+        assert upstream.versions == ["2"]
+        trusted.stop()  # its connection would hold the upstream's shutdown open
 
 
 def test_the_upstream_query_asks_for_wireguard_and_the_limit(start_draco, upstreams):

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import httpx
-import pytest
-from conftest import KEY, need, upstream_env
+from conftest import KEY, upstream_env
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,35 +25,6 @@ def test_demo_mode_serves_sample_data_with_no_network(start_draco):
         servers = httpx.get(draco.url(f"/api/{provider}/servers")).json()
         assert len(servers) > 10 and all(s["identifier"].endswith(".example") for s in servers)
     assert "SAMPLE data" in draco.logs()
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            need("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def test_tls_serves_http2_by_alpn_and_http1_to_older_clients(start_draco, certificate):
