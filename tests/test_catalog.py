@@ -200,9 +200,13 @@ def test_a_payload_nested_past_the_decoders_depth_is_invalid_data_not_a_crash(st
     assert "Traceback" not in draco.logs() and "RecursionError" not in draco.logs()
 
 
-def test_a_slow_upstream_hits_the_deadline(start_draco, upstreams):
-    upstreams["nordvpn"].set("hang")
+@pytest.mark.parametrize("mode", ["hang", "trickle"])
+def test_a_slow_upstream_hits_the_deadline(start_draco, upstreams, mode):
+    """HTTP_TIMEOUT bounds the whole exchange: a body sent a byte a second trips no
+    per-read timeout, but is cut at the deadline all the same."""
+    upstreams["nordvpn"].set(mode)
     draco = start_draco({**upstream_env(upstreams), "HTTP_TIMEOUT": "5"})
+    started = time.monotonic()
     response = httpx.get(draco.url("/api/nordvpn/servers"), timeout=30)
-    assert response.status_code == 503
+    assert response.status_code == 503 and time.monotonic() - started < 8
     assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "timeout"

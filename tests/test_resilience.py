@@ -225,6 +225,23 @@ def test_snapshots_are_written_and_restored_as_stale(upstream, tmp_path):
     run(second_life, upstream, tmp_path)
 
 
+def test_a_restored_list_the_upstream_confirms_with_a_304_is_fresh_again(upstream, tmp_path):
+    async def first_life(catalog, clock):
+        return await catalog.get("surfshark")
+
+    good = run(first_life, upstream, tmp_path)
+
+    async def second_life(catalog, clock):
+        restored = await catalog.get("surfshark")  # provisional: served as stale, a refresh starts
+        await settle(catalog)
+        confirmed = await catalog.get("surfshark")
+        return catalog.is_stale(restored), catalog.is_stale(confirmed), confirmed
+
+    was_stale, is_stale, confirmed = run(second_life, upstream, tmp_path)
+    assert upstream.requests[-1][1]["If-None-Match"] == upstream.etag and upstream.hits == 2  # answered 304
+    assert (was_stale, is_stale, confirmed.servers) == (True, False, good.servers)
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -324,15 +341,17 @@ KiB = 1024
 @given(st.lists(st.integers(0, 1000), max_size=40))
 def test_the_pages_kept_per_list_stay_within_their_count_and_bytes(keys):
     """Each key's answer has its own size, up to past the whole budget; whatever the
-    order, every answer is right, and what is kept stays within both bounds."""
+    order, every answer is right, built only when not kept, and what is kept stays
+    within both bounds."""
     size = {key: (key % 101) * 2 * KiB if key % 2 else key % 100 for key in keys}  # odd: up to 200 KiB; even: tiny
     with mock.patch.object(dataset, "RENDER_CACHE_BYTES", 64 * KiB):
         data = make_dataset("x", [], 0.0)
         for key in keys:
             before = dict(data.rendered)
             answer = "y" * size[key]
-            rendered = render(data, key, lambda: answer)  # noqa: B023 (called here, at once)
-            assert rendered.body == encode(answer)
+            built = []
+            rendered = render(data, key, lambda: built.append(key) or answer)  # noqa: B023 (called here, at once)
+            assert rendered.body == encode(answer) and built == ([] if key in before else [key])
             kept = rendered.size <= dataset.RENDER_CACHE_BYTES
             assert (key in data.rendered) == kept and (kept or data.rendered == before)  # too large: evicts nothing
             assert len(data.rendered) <= dataset.RENDER_CACHE_SIZE
