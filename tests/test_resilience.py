@@ -4,6 +4,7 @@ conditional refreshes, driven with an injected clock against a real fake upstrea
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import gzip
 import json
@@ -19,12 +20,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from draco.catalog import dataset
-from draco.catalog.cache import Catalog
+from draco.catalog.cache import Catalog, Status
 from draco.catalog.dataset import make_dataset, render
 from draco.catalog.fetch import read_capped
 from draco.catalog.snapshot import read_snapshot, snapshot_bytes, write_snapshot
-from draco.exceptions import VPNAPIError
-from draco.models import encode
+from draco.exceptions import VPNAPIError, VPNDataError
+from draco.models import Server, encode
 from draco.providers import REGISTRY
 from draco.settings import load
 
@@ -205,6 +206,37 @@ def test_a_shrunk_list_is_accepted_once_the_old_one_may_no_longer_be_served(upst
         assert len((await catalog.get("surfshark")).servers) == 3
 
     run(scenario, upstream)
+
+
+def keyed(generations: list[int]) -> dataset.Dataset:
+    """A list of servers s0, s1... whose WireGuard keys are of the given generations."""
+    key = lambda i, g: base64.b64encode(bytes([i, g]) * 16).decode()  # noqa: E731
+    return make_dataset("x", [Server("x", "Germany", "DE", f"s{i}", key(i, g)) for i, g in enumerate(generations)], 0)
+
+
+def test_a_key_swap_over_cache_max_rekey_is_held_until_sent_alike_on_three_refreshes():
+    """Of 10 servers, CACHE_MAX_REKEY=0.2 lets 2 keys change at once. A list changing 3 is
+    held back until the same change comes on CACHE_REKEY_CONFIRMATIONS=3 refreshes in a
+    row; a different change starts the count again."""
+    catalog = Catalog(load({}), httpx.AsyncClient(), clock=lambda: 0.0)
+    status = Status(data=keyed([0] * 10))
+
+    def outcomes(*lists: list[int]) -> list[str]:
+        said = []
+        for generations in lists:
+            try:
+                catalog._check(status, keyed(generations))
+            except VPNDataError as exc:
+                said.append(exc.reason)
+                continue
+            status.data = keyed(generations)
+            said.append("accepted")
+        return said
+
+    three, two_more = [1, 1, 1] + [0] * 7, [1] * 5 + [0] * 5
+    assert outcomes(three, three, three, two_more) == ["rekeyed", "rekeyed", "accepted", "accepted"]
+    other, another = [1] * 5 + [2, 2, 2, 0, 0], [1] * 5 + [2, 2, 0, 2, 0]
+    assert outcomes(other, another, another, another) == ["rekeyed", "rekeyed", "rekeyed", "accepted"]
 
 
 def test_snapshots_are_written_and_restored_as_stale(upstream, tmp_path):
