@@ -67,21 +67,17 @@ class Latencies:
     async def _run(self, name: str, targets: list[Target], method: str) -> dict[Key, float | None]:
         s = self.settings
         async with self.locks.setdefault(name, asyncio.Lock()):
-            started = time.monotonic()
-            fresh: dict[Key, float | None] = {}
-            for target in targets:
-                at, ms = self.cache.get(target[:2], (None, None))
-                if at is not None and at >= started - s.latency_ttl:
-                    fresh[target[:2]] = ms
+            started = time.monotonic()  # what has expired goes: the caches keep no server that left the lists
+            self.cache = {k: v for k, v in self.cache.items() if v[0] >= started - s.latency_ttl}
+            self.resolver.cache = {h: v for h, v in self.resolver.cache.items() if started - v[0] < self.resolver.ttl}
+            fresh = {t[:2]: self.cache[t[:2]][1] for t in targets if t[:2] in self.cache}
             todo = [t for t in targets if t[:2] not in fresh]
             addresses = await self._addresses(todo, s.latency_deadline)
             remaining = max(0.0, s.latency_deadline - (time.monotonic() - started))
             results = await measure(addresses.items(), method, concurrency=s.latency_concurrency,
                                     timeout=s.latency_timeout, deadline=remaining, port=s.latency_tcp_port)  # fmt: skip
-            now = time.monotonic()  # what has expired goes: the caches hold no server that left the lists
-            self.cache = {k: v for k, v in self.cache.items() if v[0] >= now - s.latency_ttl}
+            now = time.monotonic()
             self.cache.update({k: (now, ms) for k, ms in results.items()})
-            self.resolver.cache = {h: v for h, v in self.resolver.cache.items() if now - v[0] < s.latency_ttl}
             self.runs_done += 1
             self.runs_by_method[method] += 1
             return fresh | results
