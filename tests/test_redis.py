@@ -386,3 +386,38 @@ def test_closing_the_catalog_closes_its_shared_catalogs_connections(redis_server
 
     assert asyncio.run(go())
     assert name not in repr(redis_server.client().client_list())
+
+
+def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_again_a_second_later(redis_server):
+    redis_server.client().flushall()
+    upstream = FakeUpstream(demo_payload("surfshark"))
+    clock = Clock()
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            shared, other = (SharedCatalog(redis_server.url, lease_seconds=10) for _ in range(2))
+            env = {"SURFSHARK_API_URL": upstream.url, "CACHE_TTL": "300"}
+            catalog = Catalog(load(env), client, {"surfshark": REGISTRY["surfshark"]}, clock=clock, shared=shared)
+            status = catalog.status["surfshark"]
+            try:
+                first = await catalog.get("surfshark")
+                clock.now += 400
+                assert await other.lease("surfshark")  # another instance is refreshing the list
+                await catalog.refresh("surfshark")
+                assert status.retry_at == clock.now + 1 and upstream.hits == 1
+                looked = status.task
+                clock.now += 0.5
+                assert await catalog.get("surfshark") is first and status.task is looked  # not asked again yet
+                await other.release("surfshark")
+                clock.now += 0.6
+                await catalog.get("surfshark")
+                await status.task
+                assert upstream.hits == 2  # the lease is free: this instance refreshes
+            finally:
+                await catalog.close()
+                await other.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        upstream.stop()

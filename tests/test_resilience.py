@@ -121,16 +121,23 @@ def test_a_down_upstream_is_asked_once_per_backoff_step(upstream):
     run(scenario, upstream)
 
 
-def test_backoff_is_capped(upstream):
+def test_each_failure_doubles_the_backoff_within_its_jitter_up_to_the_cap(upstream):
+    """Failure n waits 2^(n-1) s times a jitter of 0.5 to 1, at most REFRESH_BACKOFF_MAX;
+    an upstream's Retry-After is honoured up to that cap, never beyond it."""
+
     async def scenario(catalog, clock):
         await catalog.get("surfshark")
         upstream.set("refused")
+        delays = []
         for _ in range(12):
-            clock.now += 400
-            await catalog.get("surfshark")
-            await settle(catalog)
-        status = catalog.status["surfshark"]
-        assert status.retry_at - clock.now <= 30 and status.last_failure == "connection"
+            await catalog.refresh("surfshark")
+            delays.append(catalog.status["surfshark"].retry_at - clock.now)
+        steps = [min(30, 2**n) for n in range(12)]
+        assert all(step / 2 <= delay <= step for delay, step in zip(delays, steps, strict=True)), delays
+        assert catalog.status["surfshark"].last_failure == "connection"
+        upstream.set("status", status=503, headers={"Retry-After": "100000"})
+        await catalog.refresh("surfshark")
+        assert catalog.status["surfshark"].retry_at - clock.now == pytest.approx(30)
 
     run(scenario, upstream, REFRESH_BACKOFF_MAX="30")
 
@@ -421,3 +428,31 @@ def test_gzip_members_inflate_whole_however_the_body_arrives_cut(parts, cuts, ov
         assert asyncio.run(read_capped(response, cap)) == whole and len(whole) <= cap
     except VPNAPIError as exc:
         assert exc.reason == "oversized" and len(whole) > cap
+
+
+def test_provider_all_leaves_out_a_provider_it_cannot_serve_and_is_stale_until_every_one_is_back(upstream):
+    down = FakeUpstream(demo_payload("ivpn"))
+    down.set("status", status=503)
+    settings = load({"SURFSHARK_API_URL": upstream.url, "IVPN_API_URL": down.url, "HTTP_TIMEOUT": "5"})
+    clock = Clock()
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            catalog = Catalog(settings, client, {name: REGISTRY[name] for name in ("surfshark", "ivpn")}, clock=clock)
+            try:
+                union = await catalog.union()
+                assert {s.provider for s in union.servers} == {"surfshark"} and catalog.is_stale(union)
+                down.set("ok")
+                clock.now += 5  # past ivpn's first backoff step
+                union = await catalog.union()
+                assert {s.provider for s in union.servers} == {"surfshark", "ivpn"} and not catalog.is_stale(union)
+                clock.now += 296  # surfshark's list, the older, is now past CACHE_TTL: so is the union
+                union = await catalog.union()
+                assert catalog.is_stale(union) and catalog.age(union) == 301
+            finally:
+                await catalog.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        down.stop()

@@ -200,10 +200,7 @@ class Catalog:
             if not (status.data and adopted.servers is status.data.servers):  # not just renewed
                 status.outcomes["shared"] += 1
             await self._accept(name, adopted, publish=False)
-        fresh = status.data is not None and not self.is_stale(status.data)
-        if fresh:
-            status.failures, status.retry_at = 0, 0.0
-        return fresh
+        return status.data is not None and not self.is_stale(status.data)
 
     def _failed(self, name: str, exc: Exception) -> None:
         status = self.status[name]
