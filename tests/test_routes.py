@@ -280,6 +280,17 @@ def test_catalog_answers_carry_an_etag_and_304_when_current(service, client):
     assert again.headers["etag"] == etag
 
 
+@pytest.mark.parametrize(
+    "presented, status",
+    [("W/{etag}", 304), ('"other", {etag}', 304), ("*", 304), ('"other"', 200), ('W/"other", "more"', 200)],
+)
+def test_if_none_match_compares_weakly_and_takes_a_list_or_a_star(service, client, presented, status):
+    url, identity = service.url("/api/nordvpn/servers"), {"Accept-Encoding": "identity"}
+    etag = client.get(url, headers=identity).headers["etag"]
+    again = client.get(url, headers={**identity, "If-None-Match": presented.format(etag=etag)})
+    assert again.status_code == status and again.headers["etag"] == etag
+
+
 def test_etag_differs_by_query_and_by_encoding(service, client):
     one = client.get(
         service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "identity"}
