@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
+import attrs
 import pytest
 from conftest import KEY, ROOT
 
+from draco.providers import REGISTRY
 from draco.settings import ConfigError, Settings, load
 
 SECRET = "s3cr3t-" + "x" * 30
@@ -49,6 +53,32 @@ def test_integer_ranges_are_inclusive_and_enforced(name):
         assert caught.value.problems == [
             f"{name}: must be {'a number' if name == 'HTTP_TIMEOUT' else 'an integer'} from {lo} to {hi}"
         ]
+
+
+def _written(value) -> str:
+    """A setting's value as the README writes it."""
+    if isinstance(value, bool | tuple):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_the_readmes_table_gives_every_variable_with_its_default_and_its_range():
+    rows = re.findall(r"^\| `([A-Z_0-9]+)` \| (.*?) \|(.*)\|$", (ROOT / "README.md").read_text(), re.M)
+    documented = {name for name, _, _ in rows} | {"APP_NAME", "APP_VERSION"}  # those two share a row
+    assert documented == {field.name.upper() for field in attrs.fields(Settings)}
+    defaults, number = Settings(), r"(\d+(?:\.\d+)?)"
+    for name, default, rule in rows:
+        value, shown = getattr(defaults, name.lower()), re.match(r"`([^`]*)`", default)
+        assert shown[1] == _written(value) if shown else value in (None, tuple(REGISTRY)), name
+        bounds = re.search(rf"(?<![\d.]){number}–{number}(?![\d.])", rule)
+        if bounds:  # both ends admitted, the values just outside refused
+            step = 1 if "." not in bounds[0] else 0.01
+            lo, hi = (type(value)(end) for end in bounds.groups())
+            wide = {"MAX_PAGE_SIZE": "2000", "RATE_LIMIT_REQUESTS": "10000"}  # room for the rules across variables
+            assert [getattr(load({**wide, name: str(v)}), name.lower()) for v in (lo, hi)] == [lo, hi], name
+            for outside in (lo - step, hi + step):
+                with pytest.raises(ConfigError):
+                    load({**wide, name: str(outside)})
 
 
 def test_lists_are_json_arrays_as_documented():
