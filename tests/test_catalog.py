@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
+import socketserver
 import threading
 import time
 import zlib
@@ -11,7 +14,7 @@ import zlib
 import httpx
 import pytest
 from conftest import demo_payload, upstream_env
-from fake_upstream import free_port, wait_for_port
+from fake_upstream import FakeUpstream, free_port, wait_for_port
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from starlette.applications import Starlette
@@ -79,6 +82,64 @@ def test_the_upstream_certificate_is_verified_and_http2_is_spoken(start_draco, c
         assert served.status_code == 200 and len(served.json()) > 0
         assert upstream.versions == ["2"]
         trusted.stop()  # its connection would hold the upstream's shutdown open
+
+
+class TunnelProxy(socketserver.ThreadingTCPServer):
+    """A forward proxy that only opens CONNECT tunnels, as an egress proxy does for https.
+    It keeps each tunnel's target; it sees nothing of what passes through."""
+
+    daemon_threads = allow_reuse_address = True
+
+    def __init__(self):
+        self.tunnels: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Tunnel)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Tunnel(socketserver.StreamRequestHandler):
+    def handle(self):
+        target = self.rfile.readline().split()[1].decode()  # CONNECT host:port HTTP/1.1
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        self.server.tunnels.append(target)
+        host, _, port = target.rpartition(":")
+        with socket.create_connection((host, int(port))) as upstream:
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            ends = {self.connection: upstream, upstream: self.connection}
+            while ready := select.select(list(ends), [], [], 5)[0]:
+                for end in ready:
+                    if not (data := end.recv(65536)):
+                        return
+                    ends[end].sendall(data)
+
+
+def test_an_https_upstream_is_reached_through_the_proxys_tunnel_its_certificate_verified(start_draco, certificate):
+    proxy = TunnelProxy()
+    with TLSUpstream(demo_payload("nordvpn"), certificate) as upstream:
+        env = {"NORDVPN_API_URL": upstream.url, "HTTPS_PROXY": proxy.url, "READY_PROVIDERS": '["nordvpn"]'}
+        assert httpx.get(start_draco(env).url("/api/nordvpn/servers")).status_code == 503  # CA not trusted
+        trusted = start_draco({**env, "SSL_CERT_FILE": str(certificate[0])})
+        assert httpx.get(trusted.url("/api/nordvpn/servers")).status_code == 200
+        assert proxy.tunnels == [upstream.url.split("/")[2]] * 2 and upstream.versions == ["2"]
+        trusted.stop()
+    proxy.shutdown()
+
+
+def test_the_upstream_requests_go_through_the_proxy_the_environment_names(start_draco):
+    """httpx's convention: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY route the upstream requests,
+    NO_PROXY exempts hosts. Here the proxy answers for an upstream no one listens on."""
+    proxy = FakeUpstream(demo_payload("nordvpn"))
+    try:
+        unreachable = "http://127.0.0.1:9/servers"
+        env = {"NORDVPN_API_URL": unreachable, "HTTP_PROXY": f"http://127.0.0.1:{proxy.port}",
+               "READY_PROVIDERS": '["nordvpn"]'}  # fmt: skip
+        assert httpx.get(start_draco(env).url("/api/nordvpn/servers")).status_code == 200
+        assert [path.partition("?")[0] for path, _ in proxy.requests] == [unreachable]  # a proxy's absolute form
+        exempt = start_draco({**env, "NO_PROXY": "127.0.0.1"})
+        assert httpx.get(exempt.url("/api/nordvpn/servers")).status_code == 503 and proxy.hits == 1
+    finally:
+        proxy.stop()
 
 
 def test_the_upstream_query_asks_for_wireguard_and_the_limit(start_draco, upstreams):
