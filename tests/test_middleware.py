@@ -29,6 +29,7 @@ from draco.web.middleware import (
 
 ORIGIN = "https://app.example.com"
 KEY = "k" * 40
+KEY_FIELD, PREFLIGHT = "X-API-Key", "Access-Control-Request-Method"
 
 
 async def bare(scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,7 +75,7 @@ def test_security_headers_alone_let_an_error_after_the_start_end_the_response():
 
 
 def sent(
-    app, headers: list[tuple[bytes, bytes]], http_version: str = "1.1", query: bytes = b""
+    app, headers: list[tuple[bytes, bytes]], http_version: str = "1.1", query: bytes = b"", client=("203.0.113.9", 4000)
 ) -> tuple[int, dict[bytes, bytes], bytes]:
     """(status, headers, body) of one request given as a raw ASGI scope: a client library
     would not send the repeated or conflicting headers these tests need."""
@@ -87,7 +88,7 @@ def sent(
         messages.append(message)
 
     scope = {"type": "http", "http_version": http_version, "method": "GET", "path": "/", "raw_path": b"/",
-             "query_string": query, "headers": headers, "client": ("203.0.113.9", 4000)}  # fmt: skip
+             "query_string": query, "headers": headers, "client": client}  # fmt: skip
     asyncio.run(app(scope, receive, send))
     return messages[0]["status"], dict(messages[0]["headers"]), b"".join(m.get("body", b"") for m in messages[1:])
 
@@ -148,6 +149,9 @@ def test_client_address_alone_puts_the_rightmost_untrusted_entry_in_the_scope():
     direct = get(app, peer="203.0.113.9", **{"X-Forwarded-For": "198.51.100.1"})
     assert behind_proxy.text == "('203.0.113.7', 0)"
     assert direct.text == "('203.0.113.9', 0)"  # an untrusted peer's header is ignored
+    # A unix socket has no peer: the local proxy in front is trusted, and alone it is no client.
+    forwarded = sent(app, [(b"x-forwarded-for", b"198.51.100.1")], client=None)[2]
+    assert (forwarded, sent(app, [], client=None)[2]) == (b"('198.51.100.1', 0)", b"None")
 
 
 def test_cors_alone_allows_its_origins_and_answers_preflights():
@@ -158,6 +162,7 @@ def test_cors_alone_allows_its_origins_and_answers_preflights():
     assert simple.headers["access-control-allow-origin"] == ORIGIN and simple.headers["vary"] == "Origin"
     assert "access-control-allow-origin" not in other.headers and other.status_code == 200
     assert preflight.status_code == 204 and preflight.headers["access-control-max-age"] == "86400"
+    assert get(app, Origin=ORIGIN, **{PREFLIGHT: "GET"}).text == "('203.0.113.9', 4000)"  # only OPTIONS is one
 
 
 class Clock:
@@ -177,6 +182,8 @@ def test_rate_limit_alone_counts_and_times_its_headers_by_the_injected_clock():
     assert first["x-ratelimit-limit"] == "10" and first["x-ratelimit-remaining"] == "9"
     assert first["x-ratelimit-reset"] == str(1_000_001 + 60)  # the clock's time, rounded up, plus the reset
     assert refused["retry-after"] == "60" and refused["ratelimit"] == '"default";r=0;t=60'
+    local = sent(app, [], client=None)  # a unix socket without a proxy: one client, "local"
+    assert local[0] == 200 and local[1][b"x-ratelimit-remaining"] == b"9"
 
 
 def test_a_trailing_slash_costs_what_the_path_costs():
@@ -217,3 +224,22 @@ def test_one_gzip_decision_for_pages_rendered_once_and_for_answers_built_per_req
     assert len(rendered.body) == size and (rendered.gzipped is not None) == compressed
     if compressed:
         assert gzip.decompress(rendered.gzipped) == rendered.body
+
+
+def test_every_header_a_layer_writes_has_a_lower_case_name():
+    """ASGI writes field names in lower case, and the layers rely on it: the security-headers
+    layer drops `server` and repeated hardened fields by their lower-case names."""
+    cors = CORSMiddleware(bare, origins=[ORIGIN], allow_credentials=True)
+    keyed = ApiKeyMiddleware(bare, ring=KeyRing([KEY]))
+    limited = RateLimitMiddleware(bare, limiter=Limiter(10, 60, MemoryStore(), Clock()))
+    answers = [
+        get(SecurityHeadersMiddleware(bare)),
+        get(cors, Origin=ORIGIN),
+        get(keyed),
+        get(keyed, **{KEY_FIELD: "w"}),
+    ]
+    answers += [get(cors, method="OPTIONS", Origin=ORIGIN, **{PREFLIGHT: method}) for method in ("GET", "PUT")]
+    answers += [get(limited) for _ in range(11)]  # the last one refused
+    guard = sent(RequestGuardMiddleware(bare), [(b"content-length", b"1"), (b"content-length", b"2")])
+    names = [name for answer in answers for name, _ in answer.headers.raw] + list(guard[1])
+    assert len(names) > 40 and all(name == name.lower() for name in names)
