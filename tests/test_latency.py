@@ -464,9 +464,10 @@ def test_fastest_measures_the_least_loaded_first(measured):
     assert sorted(s["load"] for s in fastest) == [10, 20]  # loads 10 and 20 are the two lowest above 3
 
 
-def test_fastest_is_404_when_filters_leave_nothing(measured):
+@pytest.mark.parametrize("exclude", ["DE-FR", "DE,FR"])  # either separator
+def test_fastest_is_404_when_filters_leave_nothing(measured, exclude):
     draco, _ = measured
-    response = httpx.get(draco.url("/api/nordvpn/servers/fastest"), params={"exclude": "DE-FR"}, timeout=30)
+    response = httpx.get(draco.url("/api/nordvpn/servers/fastest"), params={"exclude": exclude}, timeout=30)
     assert response.status_code == 404
 
 

@@ -21,6 +21,7 @@ from test_resilience import Clock
 from draco.catalog.cache import Catalog
 from draco.catalog.shared import SharedCatalog
 from draco.catalog.snapshot import read_snapshot
+from draco.exceptions import VPNAPIError
 from draco.providers import REGISTRY
 from draco.security.limiter import Limiter, MemoryStore
 from draco.security.redis_store import RedisStore
@@ -344,6 +345,7 @@ def test_an_adopted_renewal_rewrites_this_instances_snapshot(redis_server, tmp_p
                 assert upstream.hits == 2  # a's full fetch and a's 304; b asked nothing
                 assert b.status["surfshark"].data.fetched_at == clock.now
                 assert read_snapshot(tmp_path / "b", "surfshark").fetched_at == clock.now
+                assert b.status["surfshark"].outcomes == {"shared": 1}  # a renewal is not another list
             finally:
                 for catalog in catalogs:
                     await catalog.close()
@@ -421,3 +423,29 @@ def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_aga
         asyncio.run(go())
     finally:
         upstream.stop()
+
+
+def test_with_nothing_to_serve_an_instance_waits_one_lease_for_another_instances_refresh(redis_server):
+    redis_server.client().flushall()
+    upstream = FakeUpstream(demo_payload("surfshark"))
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            other, shared = SharedCatalog(redis_server.url, lease_seconds=30), SharedCatalog(redis_server.url, 0.5)
+            env = {"SURFSHARK_API_URL": upstream.url}
+            catalog = Catalog(load(env), client, {"surfshark": REGISTRY["surfshark"]}, shared=shared)
+            try:
+                assert await other.lease("surfshark")  # another instance's refresh, and it never ends
+                started = time.monotonic()
+                with pytest.raises(VPNAPIError) as caught:
+                    await asyncio.wait_for(catalog.get("surfshark"), 10)
+                return caught.value.reason, time.monotonic() - started
+            finally:
+                await catalog.close()
+                await other.close()
+
+    try:
+        reason, waited = asyncio.run(go())
+    finally:
+        upstream.stop()
+    assert reason == "shared_timeout" and 0.5 <= waited < 5 and upstream.hits == 0

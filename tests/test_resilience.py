@@ -75,7 +75,9 @@ async def settle(catalog: Catalog) -> None:
 def test_an_expired_list_is_served_at_once_while_one_background_refresh_runs(upstream):
     async def scenario(catalog, clock):
         first = await catalog.get("surfshark")
-        clock.now += 301
+        clock.now += 299
+        assert await catalog.get("surfshark") is first and not catalog.is_stale(first)
+        clock.now += 1  # CACHE_TTL: from its 300th second a list is stale
         upstream.set("delay", delay=1.0)
         served = await asyncio.wait_for(asyncio.gather(*(catalog.get("surfshark") for _ in range(20))), 0.5)
         assert all(d is first for d in served) and catalog.is_stale(first)
@@ -95,7 +97,9 @@ def test_a_failed_refresh_keeps_the_list_until_cache_max_stale(upstream):
         assert await catalog.get("surfshark") is good
         await settle(catalog)
         assert await catalog.get("surfshark") is good
-        clock.now = good.fetched_at + 86400 + 1
+        clock.now = good.fetched_at + 86400  # CACHE_MAX_STALE: the last second it is served
+        assert await catalog.get("surfshark") is good
+        clock.now += 1
         with pytest.raises(VPNAPIError):
             await catalog.get("surfshark")
 
@@ -366,6 +370,8 @@ def test_a_cold_provider_in_backoff_fails_fast_without_asking_again(upstream):
         for _ in range(10):
             with pytest.raises(VPNAPIError):
                 await catalog.get("surfshark")
+            catalog.warm(["surfshark"])  # as /health/ready does
+            await settle(catalog)
         assert upstream.hits == 1
 
     run(scenario, upstream)

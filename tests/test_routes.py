@@ -132,6 +132,8 @@ def test_paginated_past_the_last_page_is_404(service, client):
     past = client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last + 1, "page_size": 10})
     assert past.status_code == 404
     assert past.json()["error"] == "Not Found"
+    none = client.get(service.url("/api/surfshark/servers/paginated"), params={"identifier": "nowhere.example"})
+    assert none.status_code == 200 and none.json()["total_pages"] == 0  # the first page of nothing is empty
 
 
 @pytest.mark.parametrize("provider", EVERY)

@@ -48,6 +48,13 @@ def test_not_ready_while_a_listed_provider_has_nothing_then_ready_once_it_has(st
     assert ready(draco).json() == {"status": "ready", "providers": ["mullvad", "ivpn"]}
 
 
+def test_health_is_503_once_every_provider_has_failed_with_nothing_to_serve(start_draco):
+    draco = start_draco({})  # every upstream a closed port
+    assert eventually(lambda: httpx.get(draco.url("/health")).status_code == 503)
+    body = httpx.get(draco.url("/health")).json()
+    assert body["status"] == "unhealthy" and {p["last_failure"] for p in body["providers"].values()} == {"connection"}
+
+
 def test_ready_at_start_without_any_client_request(start_draco, upstreams):
     draco = start_draco({**upstream_env(upstreams), "READY_PROVIDERS": '["ivpn"]'})
     assert eventually(lambda: upstreams["ivpn"].hits == 1, 5)  # fetched in the background at start
