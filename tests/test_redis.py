@@ -390,62 +390,58 @@ def test_closing_the_catalog_closes_its_shared_catalogs_connections(redis_server
     assert name not in repr(redis_server.client().client_list())
 
 
-def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_again_a_second_later(redis_server):
+def on_shared(redis_server, scenario, lease_seconds: float = 10, clock=time.time):
+    """`scenario(catalog, other, upstream)`: a surfshark catalog sharing a fresh Redis with
+    `other`, another instance's shared catalog, over a fake upstream."""
     redis_server.client().flushall()
     upstream = FakeUpstream(demo_payload("surfshark"))
-    clock = Clock()
 
     async def go():
         async with httpx.AsyncClient() as client:
-            shared, other = (SharedCatalog(redis_server.url, lease_seconds=10) for _ in range(2))
+            shared, other = SharedCatalog(redis_server.url, lease_seconds), SharedCatalog(redis_server.url, 30)
             env = {"SURFSHARK_API_URL": upstream.url, "CACHE_TTL": "300"}
             catalog = Catalog(load(env), client, {"surfshark": REGISTRY["surfshark"]}, clock=clock, shared=shared)
-            status = catalog.status["surfshark"]
             try:
-                first = await catalog.get("surfshark")
-                clock.now += 400
-                assert await other.lease("surfshark")  # another instance is refreshing the list
-                await catalog.refresh("surfshark")
-                assert status.retry_at == clock.now + 1 and upstream.hits == 1
-                looked = status.task
-                clock.now += 0.5
-                assert await catalog.get("surfshark") is first and status.task is looked  # not asked again yet
-                await other.release("surfshark")
-                clock.now += 0.6
-                await catalog.get("surfshark")
-                await status.task
-                assert upstream.hits == 2  # the lease is free: this instance refreshes
+                return await scenario(catalog, other, upstream)
             finally:
                 await catalog.close()
                 await other.close()
 
     try:
-        asyncio.run(go())
+        return asyncio.run(go())
     finally:
         upstream.stop()
+
+
+def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_again_a_second_later(redis_server):
+    clock = Clock()
+
+    async def scenario(catalog, other, upstream):
+        status = catalog.status["surfshark"]
+        first = await catalog.get("surfshark")
+        clock.now += 400
+        assert await other.lease("surfshark")  # another instance is refreshing the list
+        await catalog.refresh("surfshark")
+        assert status.retry_at == clock.now + 1 and upstream.hits == 1
+        looked = status.task
+        clock.now += 0.5
+        assert await catalog.get("surfshark") is first and status.task is looked  # not asked again yet
+        await other.release("surfshark")
+        clock.now += 0.6
+        await catalog.get("surfshark")
+        await status.task
+        assert upstream.hits == 2  # the lease is free: this instance refreshes
+
+    on_shared(redis_server, scenario, clock=clock)
 
 
 def test_with_nothing_to_serve_an_instance_waits_one_lease_for_another_instances_refresh(redis_server):
-    redis_server.client().flushall()
-    upstream = FakeUpstream(demo_payload("surfshark"))
+    async def scenario(catalog, other, upstream):
+        assert await other.lease("surfshark")  # another instance's refresh, and it never ends
+        started = time.monotonic()
+        with pytest.raises(VPNAPIError) as caught:
+            await asyncio.wait_for(catalog.get("surfshark"), 10)
+        return caught.value.reason, time.monotonic() - started, upstream.hits
 
-    async def go():
-        async with httpx.AsyncClient() as client:
-            other, shared = SharedCatalog(redis_server.url, lease_seconds=30), SharedCatalog(redis_server.url, 0.5)
-            env = {"SURFSHARK_API_URL": upstream.url}
-            catalog = Catalog(load(env), client, {"surfshark": REGISTRY["surfshark"]}, shared=shared)
-            try:
-                assert await other.lease("surfshark")  # another instance's refresh, and it never ends
-                started = time.monotonic()
-                with pytest.raises(VPNAPIError) as caught:
-                    await asyncio.wait_for(catalog.get("surfshark"), 10)
-                return caught.value.reason, time.monotonic() - started
-            finally:
-                await catalog.close()
-                await other.close()
-
-    try:
-        reason, waited = asyncio.run(go())
-    finally:
-        upstream.stop()
-    assert reason == "shared_timeout" and 0.5 <= waited < 5 and upstream.hits == 0
+    reason, waited, asked = on_shared(redis_server, scenario, lease_seconds=0.5)
+    assert reason == "shared_timeout" and 0.5 <= waited < 5 and asked == 0
