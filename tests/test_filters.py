@@ -150,6 +150,8 @@ def test_the_peer_section_parses_back_to_the_servers_key_and_endpoint(service, p
     host = server.identifier if provider in ("surfshark", "windscribe") else server.ipv4
     assert peer == {"PublicKey": server.public_key, "Endpoint": f"{host}:{PORTS[provider]}",
                     "AllowedIPs": "0.0.0.0/0, ::/0"}  # fmt: skip
+    shouted = httpx.get(service.url(f"/api/{provider}/servers/{server.identifier.upper()}/wireguard"))
+    assert parse_peer(shouted.text) == peer  # a hostname in any case
     as_json = httpx.get(url, headers={"Accept": "application/json"}).json()
     assert {k: v for k, v in as_json.items() if k != "Note"} == peer
     assert ("Note" in as_json) == (provider == "airvpn") and ("PresharedKey" in text.text) == (provider == "airvpn")
@@ -170,8 +172,9 @@ def test_a_server_listed_without_an_address_is_named_by_its_hostname_in_the_peer
 
 def test_the_peer_endpoint_takes_no_parameters_and_404s_an_unknown_server(service):
     known = servers_of("nordvpn")[0].identifier
-    asked = httpx.get(service.url(f"/api/nordvpn/servers/{known}/wireguard"), params={"private_key": "x"})
-    assert asked.status_code == 422 and asked.json()["details"][0]["type"] == "extra_forbidden"
+    for query in ({"private_key": "x"}, {"identifier": known}):  # not even its path parameter's name
+        asked = httpx.get(service.url(f"/api/nordvpn/servers/{known}/wireguard"), params=query)
+        assert asked.status_code == 422 and asked.json()["details"][0]["type"] == "extra_forbidden"
     missing = httpx.get(service.url("/api/nordvpn/servers/nowhere.example/wireguard"))
     assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
 

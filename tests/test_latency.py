@@ -338,6 +338,20 @@ def test_the_resolver_has_a_timeout_and_a_cache():
     assert asyncio.run(resolver.resolve("localhost", 1.0)) == ["127.0.0.99"]
 
 
+def test_a_hostname_is_probed_only_when_every_address_it_resolves_to_may_be():
+    """A name that resolves to a public and a private address could steer a probe to the
+    private one: it is not probed at all. The lookups are seeded, as a resolver would cache them,
+    and only the address choice runs: a whole run would probe 8.8.8.8, and tests probe loopback only."""
+    settings = types.SimpleNamespace(latency_ttl=60, latency_concurrency=4, latency_timeout=1.0,
+                                     latency_allow_private=False)  # fmt: skip
+    latencies = Latencies(settings)
+    answers = {"public.example": ["8.8.8.8", "2606:4700:4700::1111"], "mixed.example": ["8.8.8.8", "127.0.0.1"]}
+    latencies.resolver.cache = {name: (time.monotonic(), found) for name, found in answers.items()}
+    targets = [("p", name, None, name) for name in answers]
+    found = asyncio.run(latencies._addresses(targets, 5.0))
+    assert found == {("p", "public.example"): "8.8.8.8", ("p", "mixed.example"): None}
+
+
 def test_a_run_drops_the_measurements_and_lookups_that_have_expired():
     """A server that has left the lists is measured no more: its entries expire and go,
     so neither cache grows with the upstreams' churn over a long uptime."""
@@ -430,6 +444,8 @@ def test_latency_limit_and_country(measured):
     ).json()
     assert (body["total_servers"], body["measured"]) == (4, 2)
     assert {s["country_code"] for s in body["servers"]} == {"FR"}
+    every = httpx.get(draco.url("/api/nordvpn/servers/latency"), params={"method": "tcp", "limit": 0}, timeout=30)
+    assert every.json()["measured"] == 8  # 0: all of them
 
 
 def test_auto_says_which_method_ran(measured):
@@ -462,6 +478,9 @@ def test_fastest_measures_the_least_loaded_first(measured):
         draco.url("/api/nordvpn/servers/fastest"), params={"method": "tcp", "measure_count": 2}, timeout=30
     ).json()
     assert sorted(s["load"] for s in fastest) == [10, 20]  # loads 10 and 20 are the two lowest above 3
+    params = {"method": "tcp", "measure_count": 0}  # 0: every operational server; those at 60 and 70 are silent
+    every = httpx.get(draco.url("/api/nordvpn/servers/fastest"), params=params, timeout=30).json()
+    assert sorted(s["load"] for s in every) == [10, 20, 30, 40, 50]
 
 
 @pytest.mark.parametrize("exclude", ["DE-FR", "DE,FR"])  # either separator
