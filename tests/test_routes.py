@@ -275,6 +275,7 @@ def test_catalog_answers_carry_an_etag_and_304_when_current(service, client):
     first = client.get(service.url("/api/nordvpn/servers"), headers={"Accept-Encoding": "identity"})
     etag = first.headers["etag"]
     assert etag.startswith('"') and not etag.startswith("W/")
+    assert first.headers["cache-control"] == "private, no-cache"  # kept by the client alone, and revalidated
     again = client.get(
         service.url("/api/nordvpn/servers"), headers={"If-None-Match": etag, "Accept-Encoding": "identity"}
     )
