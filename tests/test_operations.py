@@ -349,6 +349,18 @@ def test_a_changed_key_file_is_picked_up_by_itself(rotating):
     assert _status(draco, KEY) == 200
 
 
+def test_a_key_file_swapped_in_by_rename_is_picked_up_even_with_the_same_time_and_size(rotating):
+    """As a Kubernetes secret is updated: a new file renamed over the old one. Its time and
+    size may match the old file's; its inode does not."""
+    draco, keys = rotating
+    before = keys.stat()
+    new = keys.with_name("api_keys.new")
+    new.write_text(f"{OTHER_KEY}\n")  # as long as the old key
+    os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(new, keys)
+    assert eventually(lambda: _status(draco, OTHER_KEY) == 200) and _status(draco, KEY) == 403
+
+
 @pytest.mark.parametrize("content", ["short-key\n", "", "\n\n"])
 def test_a_bad_new_key_file_keeps_the_old_ring_and_says_why(rotating, content):
     draco, keys = rotating

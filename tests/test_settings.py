@@ -122,6 +122,18 @@ def test_keys_must_be_at_least_32_characters_and_are_never_echoed():
         load({"API_KEYS": f'["{"k" * 31}"]'})
 
 
+@pytest.mark.parametrize("key", ["k" * 20 + " " + "k" * 20, "k" * 40 + "\t", "k" * 40 + "é", "k" * 40 + "\x7f"])
+def test_a_key_with_a_space_a_control_or_a_non_ascii_character_is_refused(key):
+    with pytest.raises(ConfigError, match="printable ASCII characters without spaces"):
+        load({"API_KEYS": json.dumps([key])})
+
+
+def test_a_key_file_holds_one_key_per_line_trimmed_blank_lines_skipped(tmp_path):
+    path = tmp_path / "keys"
+    path.write_bytes(f"  {KEY}\t\r\n\n   \n{KEY[::-1]}\n".encode())
+    assert load({"API_KEYS_FILE": str(path)}).api_keys == (KEY, KEY[::-1])
+
+
 def test_auth_enabled_without_keys_is_an_error():
     with pytest.raises(ConfigError, match="ENABLE_API_KEY_AUTH"):
         load({"ENABLE_API_KEY_AUTH": "true"})
