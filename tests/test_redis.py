@@ -14,7 +14,7 @@ import pytest
 import redis
 from conftest import KEY, ROOT, Draco, demo_payload, need, upstream_env
 from fake_upstream import FakeUpstream, free_port, wait_for_port
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from test_ratelimit import model, traces
 from test_resilience import Clock
 
@@ -77,6 +77,7 @@ def run_on(make_store, trace, limit, period):
     return asyncio.run(go())
 
 
+@example(case=(1, 1, [("a", 1_700_000_000.0, 1), ("a", 1_700_000_001.0, 1)]))  # one period later: it has left
 @settings(max_examples=150, deadline=None)
 @given(case=traces(max_cost=3))
 def test_the_redis_store_decides_exactly_as_the_model_and_the_memory_store(redis_server, case):
