@@ -416,6 +416,7 @@ def test_metrics_count_requests_refusals_fetches_catalogs_and_clients(start_drac
     assert "xxxxx" not in text and "BREW" not in text  # nothing the client chose becomes a label
     assert 'draco_upstream_fetches_total{outcome="ok",provider="surfshark"} 1.0' in text
     assert 'draco_catalog_servers{provider="surfshark"} 36.0' in text
+    assert 'draco_catalog_stale{provider="surfshark"} 0.0' in text
     assert "draco_catalog_age_seconds" in text and "draco_ratelimit_tracked_clients 2.0" in text
 
 
