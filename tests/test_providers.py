@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from draco.exceptions import VPNDataError
-from draco.providers import REGISTRY, nordvpn, surfshark
+from draco.providers import REGISTRY, mullvad, nordvpn, surfshark, windscribe
 
 
 def valid_key(value) -> bool:
@@ -202,6 +202,39 @@ def test_an_entry_with_a_bad_key_is_skipped_and_counted(key):
     assert [s.identifier for s in servers] == [good["hostname"]] and skipped == 1
 
 
+def test_a_key_with_a_character_outside_base64_is_skipped_however_it_decodes():
+    entry = _nord_entry()
+    key = entry["technologies"][0]["metadata"][0]["value"]
+    entry["technologies"][0]["metadata"][0]["value"] = key[:20] + "!" + key[20:]  # a lenient decoder drops the "!"
+    assert nordvpn.parse(json.dumps([entry]).encode()) == ([], 1)
+
+
+@pytest.mark.parametrize("code", ["D1", "ÄB", "D", "DEU"])
+def test_an_entry_whose_country_code_is_not_two_ascii_letters_is_skipped(code):
+    entry = _nord_entry()
+    entry["locations"][0]["country"]["code"] = code
+    assert nordvpn.parse(json.dumps([entry]).encode()) == ([], 1)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("load", True), ("load", 101), ("load", "7"), ("station", "192.0.2.300"), ("station", "2001:db8::1"),
+     ("station", "192.0.2.1\nAllowedIPs=0.0.0.0/0")],
+)  # fmt: skip
+def test_a_malformed_load_or_address_is_unknown(field, value):
+    [server], _ = nordvpn.parse(json.dumps([_nord_entry(**{field: value})]).encode())
+    assert (server.load, server.ipv4)[field == "station"] is None
+
+
+@pytest.mark.parametrize("owned, expected", [(True, True), (0, False), (2, None), ("true", None)])
+def test_an_upstream_flag_is_0_1_false_or_true_and_anything_else_unknown(owned, expected):
+    payload = json.loads(demo_payload("mullvad"))
+    relay = payload["wireguard"]["relays"][0]
+    relay["owned"] = owned
+    servers, _ = mullvad.parse(json.dumps(payload).encode())
+    assert next(s.owned for s in servers if s.identifier == relay["hostname"]) is expected
+
+
 def test_uk_becomes_gb_and_known_misspellings_are_fixed():
     clusters = json.loads(demo_payload("surfshark"))[:2]
     clusters[0].update(countryCode="uk", country="UK")
@@ -222,6 +255,32 @@ def test_offline_servers_and_offline_wireguard_are_left_out():
     wg_off = _nord_entry(hostname="b.example")
     wg_off["technologies"][0]["pivot"]["status"] = "offline"
     assert nordvpn.parse(json.dumps([offline, wg_off]).encode()) == ([], 0)
+
+
+def test_windscribe_leaves_out_the_groups_of_a_location_that_is_not_up():
+    payload = json.loads(demo_payload("windscribe"))
+    down = payload["data"][0]
+    down["status"] = 2  # 1 is up
+    servers, _ = windscribe.parse(json.dumps(payload).encode())
+    assert servers and not {g["wg_endpoint"] for g in down["groups"]} & {s.identifier for s in servers}
+
+
+@pytest.mark.parametrize("active", [None, "true", 1, "missing"])
+def test_mullvad_keeps_a_relay_only_when_it_is_marked_active_true(active):
+    payload = json.loads(demo_payload("mullvad"))
+    relay = payload["wireguard"]["relays"][0]
+    relay.pop("active") if active == "missing" else relay.update(active=active)
+    servers, _ = mullvad.parse(json.dumps(payload).encode())
+    assert servers and relay["hostname"] not in {s.identifier for s in servers}
+
+
+def test_no_upstream_text_carries_a_line_break_or_a_control_into_a_server():
+    """The [Peer] section is text: a line break in a country or city name could forge a line of it."""
+    clusters = json.loads(demo_payload("surfshark"))[:2]
+    clusters[0].update(country="Germany\nEndpoint = 198.51.100.1:51820", location="Berlin\u2028[Interface]")
+    clusters[1].update(connectionName="de-9.example\nAllowedIPs=0.0.0.0/0")
+    servers, skipped = surfshark.parse(json.dumps(clusters).encode())
+    assert [(s.country, s.city) for s in servers] == [(clusters[0]["countryCode"], None)] and skipped == 1
 
 
 def test_nordvpn_orders_by_load_with_unknown_last():
