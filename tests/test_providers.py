@@ -243,6 +243,14 @@ def test_uk_becomes_gb_and_known_misspellings_are_fixed():
     assert [(s.country_code, s.country) for s in servers] == [("GB", "United Kingdom"), ("KH", "Cambodia")]
 
 
+def test_surfshark_keeps_the_wireguard_and_generic_clusters_only():
+    clusters = json.loads(demo_payload("surfshark"))[:4]
+    for cluster, kind in zip(clusters, ("wireguard", "generic", "double", "static"), strict=True):
+        cluster["type"] = kind
+    servers, skipped = surfshark.parse(json.dumps(clusters).encode())
+    assert [s.identifier for s in servers] == [c["connectionName"] for c in clusters[:2]] and skipped == 0
+
+
 def test_duplicate_identifiers_keep_the_first_and_count_the_rest():
     clusters = json.loads(demo_payload("surfshark"))[:2]
     clusters[1]["connectionName"] = clusters[0]["connectionName"].upper()
