@@ -19,8 +19,9 @@ from test_ratelimit import model, traces
 from test_resilience import Clock
 
 from draco.catalog.cache import Catalog
+from draco.catalog.dataset import make_dataset
 from draco.catalog.shared import SharedCatalog
-from draco.catalog.snapshot import read_snapshot
+from draco.catalog.snapshot import read_snapshot, snapshot_bytes
 from draco.exceptions import VPNAPIError
 from draco.providers import REGISTRY
 from draco.security.limiter import Limiter, MemoryStore
@@ -446,3 +447,21 @@ def test_with_nothing_to_serve_an_instance_waits_one_lease_for_another_instances
 
     reason, waited, asked = on_shared(redis_server, scenario, lease_seconds=0.5)
     assert reason == "shared_timeout" and 0.5 <= waited < 5 and asked == 0
+
+
+def test_a_shared_list_older_than_this_instances_is_never_adopted(redis_server):
+    """Another instance publishes a list fetched before this instance's own (a slow refresh that
+    finished late): this instance keeps its newer list, even with its upstream down."""
+    clock = Clock()
+
+    async def scenario(catalog, other, upstream):
+        mine = await catalog.get("surfshark")
+        older = make_dataset("surfshark", mine.servers[:30], clock.now - 100)
+        await other.save("surfshark", snapshot_bytes(older), older.version, older.fetched_at)
+        clock.now += 400
+        upstream.set("refused")
+        await catalog.refresh("surfshark")
+        return mine, catalog.status["surfshark"].data
+
+    mine, held = on_shared(redis_server, scenario, clock=clock)
+    assert held is mine

@@ -288,14 +288,21 @@ def test_a_restored_list_the_upstream_confirms_with_a_304_is_fresh_again(upstrea
     assert (was_stale, is_stale, confirmed.servers) == (True, False, good.servers)
 
 
+def sound_snapshot(**changes) -> bytes:
+    """A snapshot of the demo surfshark list, with `changes` made to it: one defect each."""
+    servers, _ = REGISTRY["surfshark"].parse(demo_payload("surfshark"))
+    return encode({**json.loads(snapshot_bytes(make_dataset("surfshark", servers, 1.0))), **changes})
+
+
 @pytest.mark.parametrize(
     "content",
     [
         b"",
         b"{",
         b"not json at all",
-        b'{"format":"draco-snapshot-1","provider":"nordvpn","fetched_at":1,"servers":[]}',
-        b'{"format":"other","provider":"surfshark","fetched_at":1,"servers":[]}',
+        sound_snapshot(provider="nordvpn"),
+        sound_snapshot(format="draco-snapshot-0"),
+        sound_snapshot(servers=[]),
         b"\x00\xff" * 100,
     ],
 )
