@@ -9,7 +9,6 @@ import time
 import httpx
 import pytest
 from conftest import PROVIDERS, demo_payload, need, upstream_env
-from fake_upstream import FakeUpstream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -157,17 +156,14 @@ def test_the_peer_section_parses_back_to_the_servers_key_and_endpoint(service, p
     assert ("Note" in as_json) == (provider == "airvpn") and ("PresharedKey" in text.text) == (provider == "airvpn")
 
 
-def test_a_server_listed_without_an_address_is_named_by_its_hostname_in_the_peer(start_draco):
+def test_a_server_listed_without_an_address_is_named_by_its_hostname_in_the_peer(start_draco, upstreams):
     payload = json.loads(demo_payload("ivpn"))
     host = payload["wireguard"][0]["hosts"][0]
     del host["host"]  # IVPN's field for the address
-    upstream = FakeUpstream(json.dumps(payload).encode())
-    try:
-        draco = start_draco({"IVPN_API_URL": upstream.url, "READY_PROVIDERS": '["ivpn"]'})
-        peer = parse_peer(httpx.get(draco.url(f"/api/ivpn/servers/{host['hostname']}/wireguard")).text)
-        assert peer["Endpoint"] == f"{host['hostname']}:58237"
-    finally:
-        upstream.stop()
+    upstreams["ivpn"].set("ok", body=json.dumps(payload).encode())
+    draco = start_draco({**upstream_env(upstreams), "READY_PROVIDERS": '["ivpn"]'})
+    peer = parse_peer(httpx.get(draco.url(f"/api/ivpn/servers/{host['hostname']}/wireguard")).text)
+    assert peer["Endpoint"] == f"{host['hostname']}:58237"
 
 
 def test_the_peer_endpoint_takes_no_parameters_and_404s_an_unknown_server(service):

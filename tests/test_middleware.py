@@ -158,7 +158,7 @@ def test_cors_alone_allows_its_origins_and_answers_preflights():
     app = CORSMiddleware(bare, origins=[ORIGIN])
     simple = get(app, Origin=ORIGIN)
     other = get(app, Origin="https://evil.example")
-    preflight = get(app, method="OPTIONS", Origin=ORIGIN, **{"Access-Control-Request-Method": "GET"})
+    preflight = get(app, method="OPTIONS", Origin=ORIGIN, **{PREFLIGHT: "GET"})
     assert simple.headers["access-control-allow-origin"] == ORIGIN and simple.headers["vary"] == "Origin"
     assert "access-control-allow-origin" not in other.headers and other.status_code == 200
     assert preflight.status_code == 204 and preflight.headers["access-control-max-age"] == "86400"
@@ -197,10 +197,10 @@ def test_a_trailing_slash_costs_what_the_path_costs():
 def test_api_key_alone_refuses_a_missing_or_wrong_key(caplog):
     app = ApiKeyMiddleware(bare, ring=KeyRing([KEY]))
     with caplog.at_level(logging.WARNING, "draco.security"):
-        statuses = [get(app).status_code, get(app, **{"X-API-Key": "w" * 40}).status_code]
-    empty = get(app, **{"X-API-Key": ""})  # an empty field is a missing key
+        statuses = [get(app).status_code, get(app, **{KEY_FIELD: "w" * 40}).status_code]
+    empty = get(app, **{KEY_FIELD: ""})  # an empty field is a missing key
     assert empty.status_code == 401 and empty.headers["www-authenticate"] == 'APIKey header="X-API-Key"'
-    assert statuses == [401, 403] and get(app, **{"X-API-Key": KEY}).status_code == 200
+    assert statuses == [401, 403] and get(app, **{KEY_FIELD: KEY}).status_code == 200
     assert get(app, "/health").status_code == 200  # outside its prefixes
     assert "from 203.0.113.9" in caplog.text  # whom it names is the scope's client
 
@@ -210,7 +210,7 @@ def test_behind_a_root_path_the_layers_judge_the_path_the_router_matches():
     and the rate limit must see /api/x too, or the prefix would route around them."""
     keyed = ApiKeyMiddleware(bare, ring=KeyRing([KEY]))
     assert [get(keyed, path, root="/draco").status_code for path in ("/draco/api/x", "/api/x")] == [401, 401]
-    assert get(keyed, "/draco/api/x", root="/draco", **{"X-API-Key": KEY}).status_code == 200
+    assert get(keyed, "/draco/api/x", root="/draco", **{KEY_FIELD: KEY}).status_code == 200
     limited = RateLimitMiddleware(bare, limiter=Limiter(10, 60, MemoryStore(), Clock()), costs={"/servers/latency": 4})
     assert "x-ratelimit-limit" not in get(limited, "/draco/health", root="/draco").headers  # exempt
     weighed = get(limited, "/draco/api/x/servers/latency", root="/draco")

@@ -45,8 +45,8 @@ def upstream():
     fake.stop()
 
 
-def run(coroutine_fn, upstream, snapshot_dir=None, clock=None, provider=REGISTRY["surfshark"], **env):
-    """Run `coroutine_fn(catalog, clock)` against a catalog of the surfshark provider."""
+def run(coroutine_fn, upstream, snapshot_dir=None, clock=None, providers=None, **env):
+    """Run `coroutine_fn(catalog, clock)` against a catalog of `providers`, the surfshark one unless told."""
     clock = clock or Clock()
     values = {"SURFSHARK_API_URL": upstream.url, "HTTP_TIMEOUT": "5", **env}
     if snapshot_dir is not None:
@@ -55,7 +55,7 @@ def run(coroutine_fn, upstream, snapshot_dir=None, clock=None, provider=REGISTRY
 
     async def go():
         async with httpx.AsyncClient() as client:
-            catalog = Catalog(settings, client, {"surfshark": provider}, clock=clock)
+            catalog = Catalog(settings, client, providers or {"surfshark": REGISTRY["surfshark"]}, clock=clock)
             catalog.restore()
             try:
                 return await coroutine_fn(catalog, clock)
@@ -366,7 +366,8 @@ def test_conditional_refreshes_renew_the_age_without_reparsing(upstream, tmp_pat
         assert read_snapshot(tmp_path, "surfshark").fetched_at == clock.now
 
     upstream.set("ok", headers={"Last-Modified": "Sat, 28 Nov 2026 10:00:00 GMT"})
-    run(scenario, upstream, tmp_path, provider=attrs.evolve(REGISTRY["surfshark"], parse=counting_parse))
+    counted = attrs.evolve(REGISTRY["surfshark"], parse=counting_parse)
+    run(scenario, upstream, tmp_path, providers={"surfshark": counted})
     _, headers = upstream.requests[-1]
     assert headers["If-None-Match"] == upstream.etag
     assert headers["If-Modified-Since"] == "Sat, 28 Nov 2026 10:00:00 GMT"
@@ -448,26 +449,20 @@ def test_gzip_members_inflate_whole_however_the_body_arrives_cut(parts, cuts, ov
 def test_provider_all_leaves_out_a_provider_it_cannot_serve_and_is_stale_until_every_one_is_back(upstream):
     down = FakeUpstream(demo_payload("ivpn"))
     down.set("status", status=503)
-    settings = load({"SURFSHARK_API_URL": upstream.url, "IVPN_API_URL": down.url, "HTTP_TIMEOUT": "5"})
-    clock = Clock()
 
-    async def go():
-        async with httpx.AsyncClient() as client:
-            catalog = Catalog(settings, client, {name: REGISTRY[name] for name in ("surfshark", "ivpn")}, clock=clock)
-            try:
-                union = await catalog.union()
-                assert {s.provider for s in union.servers} == {"surfshark"} and catalog.is_stale(union)
-                down.set("ok")
-                clock.now += 5  # past ivpn's first backoff step
-                union = await catalog.union()
-                assert {s.provider for s in union.servers} == {"surfshark", "ivpn"} and not catalog.is_stale(union)
-                clock.now += 296  # surfshark's list, the older, is now past CACHE_TTL: so is the union
-                union = await catalog.union()
-                assert catalog.is_stale(union) and catalog.age(union) == 301
-            finally:
-                await catalog.close()
+    async def scenario(catalog, clock):
+        union = await catalog.union()
+        assert {s.provider for s in union.servers} == {"surfshark"} and catalog.is_stale(union)
+        down.set("ok")
+        clock.now += 5  # past ivpn's first backoff step
+        union = await catalog.union()
+        assert {s.provider for s in union.servers} == {"surfshark", "ivpn"} and not catalog.is_stale(union)
+        clock.now += 296  # surfshark's list, the older, is now past CACHE_TTL: so is the union
+        union = await catalog.union()
+        assert catalog.is_stale(union) and catalog.age(union) == 301
 
     try:
-        asyncio.run(go())
+        both = {name: REGISTRY[name] for name in ("surfshark", "ivpn")}
+        run(scenario, upstream, providers=both, IVPN_API_URL=down.url)
     finally:
         down.stop()
