@@ -75,8 +75,7 @@ def hypercorn_config(args: argparse.Namespace, settings: Settings) -> Config:
     if args.quic_bind:
         config.quic_bind = [args.quic_bind]
     config.include_server_header = False
-    # The access log exists only in debug mode, as the original documented; None also
-    # spares hypercorn building its log record (it copies the environment) per request.
+    # The access log exists only in debug mode, as the original documented.
     config.accesslog = logging.getLogger("hypercorn.access") if settings.debug else None
     config.errorlog = logging.getLogger("hypercorn.error")
     if args.certfile:

@@ -4,8 +4,7 @@ the OpenAPI document describes them from the same declarations."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
@@ -91,17 +90,15 @@ _KINDS = {"<=": "less_than_equal", ">=": "greater_than_equal", "regex": "string_
           "`int`": "int_parsing", "`bool`": "bool_parsing"}  # fmt: skip
 
 
-@functools.lru_cache(maxsize=1024)  # the same few queries come again and again
-def read(params: tuple[Param, ...], query_string: bytes, path: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def read(params: tuple[Param, ...], query_string: bytes, path: Mapping[str, str]) -> dict[str, Any]:
     """Every declared parameter's value (its default when absent), or one 422 that
-    lists every problem: a value of the wrong type or out of bounds, an unknown name.
-    The values are immutable, so the answer can be shared (unpack it, never change it)."""
+    lists every problem: a value of the wrong type or out of bounds, an unknown name."""
     query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     known = {p.name for p in params if p.where == "query"}
     details = [Detail(["query", name], "Unknown parameter", "extra_forbidden") for name in query if name not in known]
     values = {}
     for param in params:
-        raw = (dict(path) if param.where == "path" else query).get(param.name)
+        raw = (path if param.where == "path" else query).get(param.name)
         try:
             value = param.default if raw is None else msgspec.convert(raw, param.type, strict=False)
             # Numbers and booleans only as JSON writes them: msgspec would also read "1.0" and "1e2"

@@ -45,7 +45,7 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        values = params.read(self.params, scope["query_string"], tuple(request.path_params.items()))
+        values = params.read(self.params, scope["query_string"], request.path_params)
         response = await self.handler(request, **values)
         await response(scope, receive, send)
 
