@@ -15,8 +15,6 @@ def escape(text: str) -> str:
     C1 controls, DEL, line and paragraph separators (U+2028, U+2029, U+0085), format
     characters. A path or header a client chose can then neither break a record into
     two lines nor send a terminal its own control sequences."""
-    if text.isprintable():
-        return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 

@@ -165,13 +165,7 @@ def _problems(s: Settings) -> list[str]:
     return problems
 
 
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _bool(text: str, _type: Any) -> bool:
-    if text.strip().lower() in _TRUE | _FALSE:
-        return text.strip().lower() in _TRUE
-    raise ValueError
+_BOOLS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(("0", "false", "no", "off"), False)
 
 
 def _strings(text: str, _type: Any) -> tuple[str, ...]:
@@ -186,7 +180,7 @@ def _strings(text: str, _type: Any) -> tuple[str, ...]:
 
 
 _converter = cattrs.Converter()
-_converter.register_structure_hook(bool, _bool)
+_converter.register_structure_hook(bool, lambda text, _: _BOOLS[text.strip().lower()])
 _converter.register_structure_hook(int, lambda text, _: int(text.strip(), 10))
 _converter.register_structure_hook(float, lambda text, _: float(text.strip()))
 _converter.register_structure_hook(str, lambda text, _: text.strip())

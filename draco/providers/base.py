@@ -9,7 +9,6 @@ one malformed entry cannot spoil the others."""
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
@@ -95,8 +94,7 @@ def nested(parents: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any], c
 def collect(entries: Iterable[Any], convert: Callable[[Any], Server | None]) -> Parsed:
     """Convert each entry; None means filtered out (offline, not WireGuard), an
     exception a bad entry. Repeated identifiers keep the first."""
-    servers: list[Server] = []
-    seen: set[str] = set()
+    servers: dict[str, Server] = {}  # by identifier, in the order first seen
     skipped = 0
     for entry in entries:
         try:
@@ -104,26 +102,17 @@ def collect(entries: Iterable[Any], convert: Callable[[Any], Server | None]) -> 
         except BAD_ENTRY:  # one bad entry never fails the list
             skipped += 1
             continue
-        if server is None:
-            continue
-        if server.identifier in seen:
-            skipped += 1
-            continue
-        seen.add(server.identifier)
-        servers.append(server)
-    return servers, skipped
+        if server is not None and servers.setdefault(server.identifier, server) is not server:
+            skipped += 1  # the identifier came before: the first stays
+    return list(servers.values()), skipped
 
 
 def wireguard_key(value: Any) -> str:
     """A WireGuard public key is 32 bytes in standard base64; whitespace around it is trimmed."""
-    if isinstance(value, str):
-        key = value.strip()
-        try:
-            if len(base64.b64decode(key, validate=True)) == 32:
-                return key
-        except (binascii.Error, ValueError):
-            pass
-    raise ValueError("not a WireGuard public key")
+    key = value.strip() if isinstance(value, str) else ""
+    if len(base64.b64decode(key, validate=True)) != 32:  # not base64 at all: binascii.Error, a ValueError
+        raise ValueError("not a WireGuard public key")
+    return key
 
 
 # Real payloads carry codes and names outside ISO 3166 (see shared/fixtures SOURCES.md).

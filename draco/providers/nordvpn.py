@@ -25,8 +25,7 @@ class _Metadata(msgspec.Struct):  # one of a technology's {"name": ..., "value":
     value: Any = None
 
 
-class _Pivot(msgspec.Struct):  # the technology's state on this server
-    status: Any = None
+_Pivot = base.entry("Pivot", "status")  # the technology's state on this server
 
 
 class _Group(msgspec.Struct):
