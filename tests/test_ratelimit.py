@@ -74,6 +74,27 @@ def traces(draw, max_cost: int = 1, back: bool = False):
     return limit, period, trace
 
 
+@st.composite
+def stepping_clock(draw):
+    """(limit, period, [(client, real time in ms, clock reading, cost)]): real time only goes
+    forward; the clock runs with it, but may step back by up to 3 s at any request."""
+    limit, period = draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    back = st.just(0) | st.integers(1, 3000)
+    steps = draw(st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 2500), back, st.integers(1, 3)), max_size=80))
+    trace, real, offset = [], 0, 0
+    for client, forward, step_back, cost in steps:
+        real, offset = real + forward, offset + step_back
+        trace.append((client, real, 1_700_000_000.0 + (real - offset) / 1000, min(cost, limit)))
+    return limit, period, trace
+
+
+def most_in_a_period(trace, admitted, period) -> int:
+    """The most requests (costs summed) one client had admitted within `period` s of real time."""
+    taken = [(client, real, cost) for (client, real, _, cost), ok in zip(trace, admitted, strict=True) if ok]
+    return max((sum(k for c, r, k in taken if c == client and start <= r < start + period * 1000)
+                for client, start, _ in taken), default=0)  # fmt: skip
+
+
 def run(store, trace, limit, period):
     clock = Clock()
     limiter = Limiter(limit, period, store, clock)
@@ -101,6 +122,14 @@ def test_decisions_and_retry_after_equal_the_brute_force_model(case):
 def test_a_clock_stepping_back_decides_as_at_the_latest_time_seen(case):
     limit, period, trace = case
     assert run(MemoryStore(), trace, limit, period) == model(trace, limit, period)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stepping_clock())
+def test_with_the_clock_stepping_back_no_period_of_real_time_admits_more_than_the_limit(case):
+    limit, period, trace = case
+    decisions = run(MemoryStore(), [(client, reading, cost) for client, _, reading, cost in trace], limit, period)
+    assert most_in_a_period(trace, [allowed for allowed, _, _ in decisions], period) <= limit
 
 
 @settings(max_examples=200, deadline=None)

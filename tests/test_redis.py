@@ -15,7 +15,7 @@ import redis
 from conftest import KEY, ROOT, Draco, demo_payload, need, upstream_env
 from fake_upstream import FakeUpstream, free_port, wait_for_port
 from hypothesis import example, given, settings
-from test_ratelimit import model, traces
+from test_ratelimit import model, most_in_a_period, stepping_clock, traces
 from test_resilience import Clock
 
 from draco.catalog.cache import Catalog
@@ -85,6 +85,18 @@ def test_the_redis_store_decides_exactly_as_the_model_and_the_memory_store(redis
     limit, period, trace = case
     on_redis = run_on(lambda: RedisStore(redis_server.url, server_time=False), trace, limit, period)
     assert on_redis == model(trace, limit, period) == run_on(MemoryStore, trace, limit, period)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=stepping_clock())
+def test_with_the_redis_clock_stepping_back_no_period_of_real_time_admits_more_than_the_limit(redis_server, case):
+    """Redis times an admission no earlier than the client's last one (the memory store: no earlier
+    than the latest time it has seen), so its decisions may differ from the model's once the clock
+    steps back, but neither ever admits more than the limit in a period of real time."""
+    limit, period, trace = case
+    readings = [(client, reading, cost) for client, _, reading, cost in trace]
+    decisions = run_on(lambda: RedisStore(redis_server.url, server_time=False), readings, limit, period)
+    assert most_in_a_period(trace, [allowed for allowed, _, _ in decisions], period) <= limit
 
 
 def test_keys_expire_so_redis_never_fills_with_idle_clients(redis_server):
