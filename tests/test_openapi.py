@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import urljoin
 
 import httpx
 import jsonschema
@@ -44,10 +45,26 @@ def test_without_debug_the_doc_paths_are_404_like_any_unknown_path(service):
 def test_with_debug_the_docs_and_their_assets_are_served_offline(debug_service):
     for path in DOC_PATHS:
         assert httpx.get(debug_service.url(path)).status_code == 200, path
-    page = httpx.get(debug_service.url("/docs")).text
-    assert all(
-        httpx.get(debug_service.url(src)).status_code == 200 for src in re.findall(r'(?:src|href)="([^"]+)"', page)
-    )
+    for page in ("/docs", "/redoc"):
+        assert all(httpx.get(url).status_code == 200 for url in referenced(debug_service.url(page)))
+
+
+def referenced(page: str) -> list[str]:
+    """Every URL the page at `page` loads (assets and the document), resolved as a browser would."""
+    html = httpx.get(page).text
+    found = re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: "([^"]+)"', html)
+    assert len(found) >= 2, html
+    return [urljoin(page, a or b) for a, b in found]
+
+
+def test_behind_a_root_path_the_docs_load_their_assets_and_the_document(start_draco, tmp_path):
+    config = tmp_path / "hypercorn.toml"
+    config.write_text('root_path = "/draco"\n')
+    draco = start_draco({"DEBUG": "true"}, args=["--demo", "--config", str(config)])
+    for page in ("/draco/docs", "/draco/redoc"):
+        urls = referenced(draco.url(page))
+        assert all(url.startswith(draco.url("/draco/")) for url in urls), urls
+        assert all(httpx.get(url).status_code == 200 for url in urls), urls
 
 
 def test_the_document_is_valid_openapi_3_1(spec):
