@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 
 import httpx
-import msgspec
 import pytest
 from conftest import PROVIDERS, demo_payload
-from hypothesis import given
-from hypothesis import strategies as st
 
 from draco.providers import REGISTRY
-from draco.web.params import COUNTRY, EXCLUDE, FILTER_PARAMS, PAGE, TOP_LIMIT, Param, choice
 
 ORIGINAL = ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"]
 FIELDS = [
@@ -112,24 +108,6 @@ def test_every_bad_parameter_is_reported_at_once(service, client):
     response = client.get(service.url("/api/nordvpn/servers"), params=asked)
     locs = [d["loc"] for d in response.json()["details"]]
     assert locs == [["query", "private_key"], ["query", "page"], ["query", "page_size"]]  # unknown names first
-
-
-DECLARED = (*FILTER_PARAMS, PAGE, TOP_LIMIT, COUNTRY, EXCLUDE, Param("method", choice(("auto", "tcp"), "how")))
-
-
-@given(st.sampled_from(DECLARED), st.one_of(st.text(), st.integers().map(str), st.sampled_from(["true", "auto", "US"])))
-def test_a_value_is_read_as_msgspec_converts_it_but_only_in_its_json_form(param, raw):
-    try:
-        expected = msgspec.convert(raw, param.type, strict=False)
-    except msgspec.ValidationError:
-        expected = None
-    if expected is not None and not isinstance(expected, str) and msgspec.json.encode(expected) != raw.encode():
-        expected = None  # 1.0, 1e2, True, 1: not how JSON writes the number or the boolean
-    try:
-        got = param.convert(raw)
-    except msgspec.ValidationError:
-        got = None
-    assert got == expected and type(got) is type(expected)
 
 
 def test_page_size_bounds_are_inclusive(service, client):

@@ -23,16 +23,6 @@ class Param:
     type: Any  # a type msgspec converts to, its bounds and description in Annotated[..., Meta(...)]
     default: Any = None
     where: Literal["query", "path"] = "query"
-    decoder: msgspec.json.Decoder[Any] = attrs.field(init=False, repr=False, default=attrs.Factory(
-        lambda self: msgspec.json.Decoder(self.type, strict=False), takes_self=True))  # fmt: skip
-
-    def convert(self, raw: str) -> Any:
-        """`raw` as msgspec.convert(raw, type, strict=False) reads it, but numbers and booleans only as
-        JSON writes them (the document's types): not "1.0" or "1e2" for 1, nor "1" or "True" for true."""
-        value = self.decoder.decode(msgspec.json.encode(raw))
-        if not isinstance(value, str) and msgspec.json.encode(value) != raw.encode():
-            raise msgspec.ValidationError(f"Expected `{type(value).__name__}`, got `str`")
-        return value
 
     def document(self) -> dict[str, Any]:
         """This parameter as an OpenAPI Parameter Object."""
@@ -104,15 +94,21 @@ def read(params: tuple[Param, ...], query_string: bytes, path: Mapping[str, str]
     """Every declared parameter's value (its default when absent), or one 422 that
     lists every problem: a value of the wrong type or out of bounds, an unknown name."""
     query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-    values, details = {}, []
+    known = {p.name for p in params if p.where == "query"}
+    details = [Detail(["query", name], "Unknown parameter", "extra_forbidden") for name in query if name not in known]
+    values = {}
     for param in params:
-        raw = path.get(param.name) if param.where == "path" else query.pop(param.name, None)
+        raw = (path if param.where == "path" else query).get(param.name)
         try:
-            values[param.name] = param.default if raw is None else param.convert(raw)
+            value = param.default if raw is None else msgspec.convert(raw, param.type, strict=False)
+            # Numbers and booleans only as JSON writes them: msgspec would also read "1.0" and "1e2"
+            # as the integer, and "1" and "True" as true, which the document does not declare.
+            if raw is not None and not isinstance(value, str) and msgspec.json.encode(value) != raw.encode():
+                raise msgspec.ValidationError(f"Expected `{type(value).__name__}`, got `str`")
+            values[param.name] = value
         except msgspec.ValidationError as exc:
             kind = next((kind for mark, kind in _KINDS.items() if mark in str(exc)), "value_error")
             details.append(Detail([param.where, param.name], str(exc), kind))
-    unknown = [Detail(["query", name], "Unknown parameter", "extra_forbidden") for name in query]  # what is left
-    if unknown or details:
-        raise RequestValidationError(unknown + details)
+    if details:
+        raise RequestValidationError(details)
     return values

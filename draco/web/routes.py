@@ -24,7 +24,6 @@ from draco.probe.runs import Latencies
 from draco.settings import Settings
 from draco.web import params
 from draco.web.errors import RequestValidationError
-from draco.web.middleware import header
 from draco.web.params import COUNTRY, EXCLUDE, FILTER_PARAMS, FILTERS, PAGE, TOP_LIMIT, Filter, Param
 
 ALL = "all"  # every provider at once
@@ -55,7 +54,7 @@ class Endpoint:
 
 
 def accepts_gzip(request: Request) -> bool:
-    return b"gzip" in (header(request.scope, b"accept-encoding") or b"")
+    return "gzip" in request.headers.get("accept-encoding", "")
 
 
 def _json(request: Request, body: Any, status: int = 200) -> Response:
@@ -164,8 +163,7 @@ class Api:
         status = b"stale" if self.catalog.is_stale(data) else b"fresh"
         headers = [(b"etag", etag.encode()), (b"age", b"%d" % self.catalog.age(data)), (b"x-data-status", status),
                    (b"cache-control", b"private, no-cache"), (b"vary", b"Accept-Encoding")]  # fmt: skip
-        asked = header(request.scope, b"if-none-match")
-        if asked is not None and _matches(asked.decode("latin-1"), (rendered.etag, etag)):
+        if "if-none-match" in request.headers and _matches(request.headers["if-none-match"], (rendered.etag, etag)):
             response = Response(status_code=304)
         else:
             response = Response(rendered.gzipped if use_gzip else rendered.body, media_type="application/json")
