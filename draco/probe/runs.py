@@ -23,12 +23,9 @@ class Resolver:
         self.ttl = ttl
         self.cache: dict[str, tuple[float, list[str]]] = {}
 
-    def fresh(self, at: float, now: float) -> bool:
-        return now - at < self.ttl
-
     async def resolve(self, host: str, timeout: float) -> list[str]:
         hit = self.cache.get(host)
-        if hit and self.fresh(hit[0], time.monotonic()):
+        if hit and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
         try:
             async with asyncio.timeout(timeout):
@@ -45,21 +42,18 @@ class Latencies:
     concurrent requests sharing one run, at most one run per provider in flight."""
 
     def __init__(self, settings: Any):
-        self.settings, self.ttl = settings, float(settings.latency_ttl)
-        self.resolver = Resolver(self.ttl)
+        self.settings = settings
+        self.resolver = Resolver(settings.latency_ttl)
         self.cache: dict[Key, tuple[float, float | None]] = {}  # when measured, milliseconds
         self.runs_done = 0  # part of the keys of cached /top answers
         self.runs_by_method: collections.Counter[str] = collections.Counter()
         self.locks: dict[str, asyncio.Lock] = {}
         self.runs: dict[tuple[str, str, tuple[Key, ...]], asyncio.Task[dict[Key, float | None]]] = {}
 
-    def fresh(self, at: float, now: float) -> bool:
-        return at >= now - self.ttl
-
     def known(self) -> dict[Key, float]:
         """Fresh successful measurements, for ranking."""
-        now = time.monotonic()
-        return {key: ms for key, (at, ms) in self.cache.items() if self.fresh(at, now) and ms is not None}
+        horizon = time.monotonic() - self.settings.latency_ttl
+        return {key: ms for key, (at, ms) in self.cache.items() if at >= horizon and ms is not None}
 
     async def run(self, name: str, targets: list[Target], method: str) -> dict[Key, float | None]:
         """{(provider, identifier): milliseconds or None} for every target."""
@@ -74,8 +68,8 @@ class Latencies:
         s = self.settings
         async with self.locks.setdefault(name, asyncio.Lock()):
             started = time.monotonic()  # what has expired goes: the caches keep no server that left the lists
-            self.cache = {k: v for k, v in self.cache.items() if self.fresh(v[0], started)}
-            self.resolver.cache = {h: v for h, v in self.resolver.cache.items() if self.resolver.fresh(v[0], started)}
+            self.cache = {k: v for k, v in self.cache.items() if v[0] >= started - s.latency_ttl}
+            self.resolver.cache = {h: v for h, v in self.resolver.cache.items() if started - v[0] < self.resolver.ttl}
             fresh = {t[:2]: self.cache[t[:2]][1] for t in targets if t[:2] in self.cache}
             todo = [t for t in targets if t[:2] not in fresh]
             addresses = await self._addresses(todo, s.latency_deadline)
