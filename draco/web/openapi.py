@@ -74,8 +74,7 @@ def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}</head>
 <body>{body}</body></html>"""
-# Relative URLs, so the pages also work behind a path prefix (hypercorn's root_path).
-_SWAGGER = (
+_SWAGGER = (  # relative URLs: the pages also work under a path prefix (hypercorn's root_path)
     '<link rel="stylesheet" href="docs/assets/swagger-ui.css">',
     '<div id="ui"></div><script src="docs/assets/swagger-ui-bundle.js"></script>'
     '<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#ui"})</script>',
