@@ -18,7 +18,16 @@ separates what hypercorn and h11 spend per header field from what draco's code
 spends. Each round measures every target back to back; a ratio is the median of
 the rounds' own ratios, so a slow drift of the machine between rounds cancels.
 
+With --instructions, every server runs under valgrind's callgrind instead, and the
+figure is the user-space instructions its process tree executes per request: a
+count, not a time, so it comes out the same whatever the neighbours do (within a
+few tenths of a per cent: a request in flight when counting starts or stops). It
+leaves out what the kernel spends (the same bytes are sent for every target) and
+what cache misses cost, which the CPU time includes. The servers run some fifty
+times slower there, so the load is one connection.
+
     python scripts/bench_http.py [--seconds 5] [--connections 32] [--rounds 5] [--page-size 100]
+    python scripts/bench_http.py --instructions [--seconds 20] [--rounds 2]   # needs valgrind
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -77,12 +88,27 @@ end
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its descendants (hypercorn's CLI serves
-    from a child process)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def tree(pid: int) -> list[int]:
+    """A process and its descendants (hypercorn's CLI serves from a child process)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(c)) for c in children)
+    return [pid, *(p for child in children for p in tree(int(child)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree."""
+    fields = [Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split() for p in tree(pid)]
+    return sum(int(f[11]) + int(f[12]) for f in fields) / os.sysconf("SC_CLK_TCK")
+
+
+def callgrind(pid: int, *command: str) -> str:
+    """callgrind_control on every process of a tree run under callgrind."""
+    pids = [str(p) for p in tree(pid)]
+    return subprocess.run(["callgrind_control", *command, *pids], capture_output=True, text=True, check=True).stdout
+
+
+def instructions(pid: int) -> int:
+    """Instructions counted since counting was switched on, over every thread of the tree."""
+    return sum(int(n.replace(",", "")) for n in re.findall(r"Th +\d+ +([\d,]+)", callgrind(pid, "-e", "Ir")))
 
 
 def wrk(port: int, seconds: int, connections: int, etag: str | None) -> tuple[float, int]:
@@ -123,11 +149,16 @@ async def _h2c(port: int, seconds: float, connections: int, etag: str | None) ->
     stop_at = time.monotonic() + seconds
 
     async def connection() -> None:
+        while time.monotonic() < stop_at:  # hypercorn ends a connection after keep_alive_max_requests
+            await session()
+
+    async def session() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         conn.initiate_connection()
         writer.write(conn.data_to_send())
-        while time.monotonic() < stop_at:
+        terminated = False
+        while time.monotonic() < stop_at and not terminated:
             n = next(counter)
             client = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}".encode()
             headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"127.0.0.1")]
@@ -149,6 +180,8 @@ async def _h2c(port: int, seconds: float, connections: int, etag: str | None) ->
                         conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
                         ended = True
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        terminated = True
                 writer.write(conn.data_to_send())
         writer.close()
 
@@ -166,30 +199,55 @@ def h2c(port: int, seconds: int, connections: int, etag: str | None) -> tuple[fl
     return rate, sum(statuses.values())
 
 
+def measure(pid: int, counted: bool, run: Callable[[], tuple[float, int]]) -> tuple[float, float]:
+    """The load's rate, and what the server spent per request on it: CPU µs, or with
+    `counted` thousands of instructions (counting is on only while the load runs)."""
+    if not counted:
+        before = cpu_seconds(pid)
+        rate, requests = run()
+        return rate, (cpu_seconds(pid) - before) / requests * 1e6
+    callgrind(pid, "-i", "on")
+    callgrind(pid, "-z")
+    rate, requests = run()
+    count = instructions(pid)
+    callgrind(pid, "-i", "off")
+    return rate, count / requests / 1e3
+
+
 def ratio(values: dict[str, list[float]], a: str, b: str) -> float:
     """The median of the rounds' own ratios a / b."""
     return statistics.median(x / y for x, y in zip(values[a], values[b], strict=True))
 
 
-def serve(argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
+VALGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes"]
+VALGRIND += ["--callgrind-out-file=/dev/null"]  # the counts are read live, by callgrind_control
+
+
+def serve(argv: list[str], env: dict[str, str], port: int, counted: bool) -> subprocess.Popen:
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, *argv],
+        ["taskset", "-c", "0", *(VALGRIND if counted else []), sys.executable, *argv],
         env=env,
         cwd=HERE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for_port("127.0.0.1", port)
+    wait_for_port("127.0.0.1", port, timeout=300 if counted else 15)
     return proc
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, help="per target and round (default 5; 20 with --instructions)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--page-size", type=int, default=100)
+    parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind")
     args = parser.parse_args()
+    counted = args.instructions
+    if counted and not shutil.which("callgrind_control"):
+        sys.exit("--instructions needs valgrind (apt-get install valgrind)")
+    args.seconds = args.seconds or (20 if counted else 5)
+    args.connections = 1 if counted else args.connections
     global PATH
     PATH = f"/api/nordvpn/servers?page_size={args.page_size}"
     if not shutil.which("wrk"):
@@ -210,13 +268,14 @@ def main() -> None:
             "TRUSTED_HOSTS": '["127.0.0.1"]',
         },
         full_port,
+        counted,
     )
     url = f"http://127.0.0.1:{full_port}{PATH}"
     asked = {"X-API-Key": KEY, "X-Forwarded-For": "10.255.0.1", "Accept-Encoding": "identity"}  # as wrk asks
-    first = httpx.get(url, headers=asked)
+    first = httpx.get(url, headers=asked, timeout=600)  # the first fetch and parse, slow under callgrind
     first.raise_for_status()
     etag = first.headers["etag"]
-    if httpx.get(url, headers={**asked, "If-None-Match": etag}).status_code != 304:
+    if httpx.get(url, headers={**asked, "If-None-Match": etag}, timeout=60).status_code != 304:
         sys.exit("the revalidation target does not answer 304")
     body = tempfile.NamedTemporaryFile(suffix=".json")
     body.write(first.content)
@@ -228,11 +287,13 @@ def main() -> None:
         ["-m", "hypercorn", "--bind", f"127.0.0.1:{bare_port}", "bench_http:bare_app()"],
         {**base, "BARE_BODY": body.name},
         bare_port,
+        counted,
     )
     bare_headers = serve(
         ["-m", "hypercorn", "--bind", f"127.0.0.1:{headers_port}", "bench_http:bare_app()"],
         {**base, "BARE_BODY": body.name, "BARE_HEADERS": own},
         headers_port,
+        counted,
     )
     targets = {
         "bare": (bare, bare_port, None),
@@ -250,16 +311,16 @@ def main() -> None:
             costs: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, (proc, port, tag) in targets.items():
-                    before = cpu_seconds(proc.pid)
-                    rate, requests = load(port, args.seconds, args.connections, tag)
-                    costs[name].append((cpu_seconds(proc.pid) - before) / requests * 1e6)
+                    rate, cost = measure(proc.pid, counted, partial(load, port, args.seconds, args.connections, tag))
+                    costs[name].append(cost)
                     rates[name].append(rate)
-            print(f"  {'':<31} {'req/s':>7} {'/bare':>6} {'/same':>6}   {'CPU µs/req':>10} {'/bare':>6} {'/same':>6}")
+            unit = "k instr/req" if counted else "CPU µs/req"
+            print(f"  {'':<31} {'req/s':>7} {'/bare':>6} {'/same':>6}   {unit:>11} {'/bare':>6} {'/same':>6}")
             for name in targets:
                 print(
                     f"  {protocol:<8} {name:<22} {statistics.median(rates[name]):>7,.0f} "
                     f"{ratio(rates, name, 'bare'):>6.2f} {ratio(rates, name, SAME):>6.2f}   "
-                    f"{statistics.median(costs[name]):>10.1f} "
+                    f"{statistics.median(costs[name]):>11.1f} "
                     f"{ratio(costs, 'bare', name):>6.2f} {ratio(costs, SAME, name):>6.2f}"
                 )
     finally:
