@@ -22,12 +22,13 @@ With --instructions, every server runs under valgrind's callgrind instead, and t
 figure is the user-space instructions its process tree executes per request: a
 count, not a time, so it comes out the same whatever the neighbours do (within a
 few tenths of a per cent: a request in flight when counting starts or stops). It
-leaves out what the kernel spends (the same bytes are sent for every target) and
-what cache misses cost, which the CPU time includes. The servers run some fifty
+leaves out what the kernel spends (strace shows draco and the bare app making the
+same system calls per request) and what cache misses and mispredicted branches
+cost, which the CPU time includes. The servers run some fifty
 times slower there, so the load is one connection.
 
     python scripts/bench_http.py [--seconds 5] [--connections 32] [--rounds 5] [--page-size 100]
-    python scripts/bench_http.py --instructions [--seconds 20] [--rounds 2]   # needs valgrind
+    python scripts/bench_http.py --instructions [--seconds 20] [--rounds 3]   # needs valgrind
 """
 
 from __future__ import annotations
