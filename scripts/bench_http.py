@@ -172,8 +172,9 @@ async def _h2c(port: int, seconds: float, connections: int, etag: str | None) ->
             ended = False
             while not ended:
                 data = await reader.read(1 << 16)
-                if not data:
-                    return
+                if not data:  # closed without a GOAWAY: end this session as after one
+                    terminated = True
+                    break
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.ResponseReceived):
                         statuses[dict(event.headers)[b":status"]] += 1
