@@ -1,7 +1,7 @@
 """create_app: where the pieces meet. Read top to bottom, it is the request path:
 
-client -> security headers -> request guard -> client address -> metrics -> CORS -> rate limit -> API key
-       -> Starlette's error handlers -> route (JSON, gzipped when asked) -> catalog -> upstream
+client -> security headers -> request guard -> client address -> (metrics) -> CORS
+       -> rate limit -> API key -> Starlette's error handlers -> route -> catalog -> upstream
 """
 
 from __future__ import annotations
@@ -27,64 +27,125 @@ from draco.security.keys import KeyRing, fingerprint, watch
 from draco.security.limiter import Limiter, MemoryStore, Store
 from draco.security.redis_store import RedisStore
 from draco.settings import Settings
-from draco.web import middleware, openapi
+from draco.web import openapi
 from draco.web.errors import HANDLERS
-from draco.web.metrics import Metrics, MetricsMiddleware
-from draco.web.routes import Api
+from draco.web.middleware import (
+    ApiKeyMiddleware,
+    ClientAddressMiddleware,
+    CORSMiddleware,
+    RateLimitMiddleware,
+    RequestGuardMiddleware,
+    SecurityHeadersMiddleware,
+)
+from draco.web.routes import API, Api
 
 SWEEP_EVERY = 300  # seconds between sweeps of idle rate-limit entries
+LEASE_MARGIN = 5  # seconds a refresh lease outlives HTTP_TIMEOUT
 
 log = logging.getLogger("draco.security")
 
 
 def create_app(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
     ring = KeyRing(settings.api_keys)
-    store: Store = MemoryStore(settings.rate_limit_max_clients)
-    if settings.rate_limit_storage != "memory":  # one window per client across every instance
-        store = RedisStore(settings.rate_limit_storage, settings.rate_limit_redis_failure,
-                           settings.rate_limit_max_clients)  # fmt: skip
+    store = _rate_limit_store(settings)
     limiter = Limiter(settings.rate_limit_requests, settings.rate_limit_period, store, clock)
-    shared = None
-    if settings.catalog_storage != "memory":  # a refresh may take HTTP_TIMEOUT; the lease outlives it
-        shared = SharedCatalog(settings.catalog_storage, lease_seconds=settings.http_timeout + 5)
-    catalog = Catalog(settings, upstream_client(settings, transport), clock=clock, shared=shared)
+    client = upstream_client(settings, transport)
+    catalog = Catalog(settings, client, clock=clock, shared=_shared_catalog(settings))
     latencies = Latencies(settings)
     api = Api(settings, catalog, latencies, methods_available())
-    metrics = Metrics(catalog, latencies, store)
 
-    # /docs, /redoc and /openapi.json only in debug mode, /metrics only when enabled: else 404.
+    routes: list[BaseRoute] = [endpoint.route() for endpoint in api.endpoints]
+    # /openapi.json (and /docs, /redoc with the docs extra) only in debug mode, /metrics only
+    # when enabled: else 404, like any unknown path.
     docs = openapi.routes(settings, api.endpoints) if settings.debug else []
-    routes: list[BaseRoute] = [endpoint.route() for endpoint in api.endpoints] + docs
-    if settings.metrics_enabled:
-        routes.append(metrics.route())
-
+    routes += docs
     pages = [route.path for route in docs if isinstance(route, Route)]  # not the asset mounts
-    weighty = dict.fromkeys(("/servers/latency", "/servers/fastest"), settings.latency_weight)  # they probe hosts
-    protected = ("/api/",) if settings.metrics_public else ("/api/", "/metrics")
-    layers = [  # outermost first, each with its switch
-        (True, Middleware(middleware.SecurityHeadersMiddleware, enabled=settings.enable_security_headers,
-                          production=not settings.debug)),
-        (True, Middleware(middleware.RequestGuardMiddleware)),
-        (True, Middleware(middleware.ClientAddressMiddleware, trusted=TrustedHosts(settings.trusted_hosts))),
-        (settings.metrics_enabled, Middleware(MetricsMiddleware, requests=metrics.requests, routes=routes)),
-        (True, Middleware(middleware.CORSMiddleware, origins=settings.cors_origins,
-                          allow_credentials=settings.cors_allow_credentials)),
-        (settings.rate_limit_enabled, Middleware(middleware.RateLimitMiddleware, limiter=limiter,
-                                                 exempt=("/health", "/health/ready", *pages), costs=weighty)),
-        (settings.enable_api_key_auth, Middleware(middleware.ApiKeyMiddleware, ring=ring, prefixes=protected)),
-    ]  # fmt: skip
+    exempt = ["/health", "/health/ready", *pages]
+    costs = [(e.route(), e.weight) for e in api.endpoints if e.weight > 1]  # they probe hosts
+    protected = [API + "/"]
+    counting = []  # the metrics layer, when METRICS_ENABLED
+    if settings.metrics_enabled:
+        from draco.web.metrics import Metrics, MetricsMiddleware  # the metrics extra
+
+        metrics = Metrics(catalog, latencies, store)
+        routes.append(metrics.route())
+        counting.append(Middleware(MetricsMiddleware, requests=metrics.requests, routes=routes))
+        if not settings.metrics_public:
+            protected.append(Metrics.PATH)
+
+    # Outermost first: each layer, and the setting that turns it on.
+    layers = [
+        Middleware(
+            SecurityHeadersMiddleware,
+            enabled=settings.enable_security_headers,
+            production=not settings.debug,
+        ),
+        Middleware(RequestGuardMiddleware),
+        Middleware(ClientAddressMiddleware, trusted=TrustedHosts(settings.trusted_hosts)),
+        *counting,  # every answer from here inwards is counted, refusals included
+        Middleware(
+            CORSMiddleware,
+            origins=settings.cors_origins,
+            allow_credentials=settings.cors_allow_credentials,
+        ),
+    ]
+    if settings.rate_limit_enabled:
+        layers.append(Middleware(RateLimitMiddleware, limiter=limiter, exempt=exempt, costs=costs))
+    if settings.enable_api_key_auth:
+        layers.append(Middleware(ApiKeyMiddleware, ring=ring, prefixes=tuple(protected)))
+
+    app = Starlette(
+        debug=False,  # never Starlette's traceback pages, whatever DEBUG says
+        routes=routes,
+        middleware=layers,
+        exception_handlers=HANDLERS,  # the error envelope
+        lifespan=_lifespan(settings, catalog, ring, limiter),
+    )
+    app.router.redirect_slashes = False  # Starlette would build the redirect from the Host header
+    return app
+
+
+def _rate_limit_store(settings: Settings) -> Store:
+    if settings.rate_limit_storage == "memory":
+        return MemoryStore(settings.rate_limit_max_clients)
+    # One window per client across every instance.
+    return RedisStore(
+        settings.rate_limit_storage,
+        settings.rate_limit_redis_failure,
+        settings.rate_limit_max_clients,
+    )
+
+
+def _shared_catalog(settings: Settings) -> SharedCatalog | None:
+    if settings.catalog_storage == "memory":
+        return None
+    lease = settings.http_timeout + LEASE_MARGIN  # a refresh may take HTTP_TIMEOUT
+    return SharedCatalog(settings.catalog_storage, lease_seconds=lease)
+
+
+def _lifespan(
+    settings: Settings, catalog: Catalog, ring: KeyRing, limiter: Limiter
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """Start: restore and fetch the lists, sweep idle clients, watch the key file.
+    Stop: cancel all that, close every connection."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         catalog.restore()
         catalog.warm(settings.ready_providers)
         if settings.enable_api_key_auth:
-            log.info("API keys in use: %s", ", ".join(fingerprint(key) for key in settings.api_keys))
+            keys = ", ".join(fingerprint(key) for key in settings.api_keys)
+            log.info("API keys in use: %s", keys)
         background = [asyncio.create_task(_sweep(limiter))]
         if settings.api_keys_file:
-            background.append(asyncio.create_task(watch(settings.api_keys_file, ring, settings.enable_api_key_auth)))
+            required = settings.enable_api_key_auth
+            watching = watch(settings.api_keys_file, ring, required=required)
+            background.append(asyncio.create_task(watching))
         try:
             yield
         finally:
@@ -92,14 +153,10 @@ def create_app(
                 task.cancel()
             await catalog.close()
             await catalog.client.aclose()
-            if isinstance(store, RedisStore):
-                await store.client.aclose()
+            if isinstance(limiter.store, RedisStore):
+                await limiter.store.client.aclose()
 
-    # debug=False: never Starlette's traceback pages, whatever DEBUG says. HANDLERS: the error envelope.
-    app = Starlette(debug=False, routes=routes, middleware=[layer for enabled, layer in layers if enabled],
-                    exception_handlers=HANDLERS, lifespan=lifespan)  # fmt: skip
-    app.router.redirect_slashes = False  # Starlette would build the redirect from the client's Host header
-    return app
+    return lifespan
 
 
 async def _sweep(limiter: Limiter) -> None:

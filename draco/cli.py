@@ -17,8 +17,9 @@ from hypercorn.config import Config
 
 from draco import __version__
 from draco.logs import configure_logging
-from draco.settings import ConfigError, Settings, load
+from draco.settings import ConfigError, Settings, installed, load, needs
 
+PORTS = range(1, 65536)
 _BIND = re.compile(r"(unix:.+|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5})")
 
 
@@ -27,7 +28,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     try:
         settings = load(os.environ, args.env_file)
     except ConfigError as exc:
-        problems, settings = exc.problems, Settings()
+        problems = exc.problems
+        settings = Settings()
+    problems += _option_problems(args)
+    if problems:
+        for problem in problems:
+            print(f"draco: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return settings
+
+
+def _option_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
     if args.bind is not None and not _valid_bind(args.bind):
         problems.append("--bind: must be HOST:PORT with a port from 1 to 65535, or unix:PATH")
     for option, path in (("certfile", args.certfile), ("keyfile", args.keyfile)):
@@ -37,24 +49,32 @@ def _settings(args: argparse.Namespace) -> Settings:
         problems.append("--certfile and --keyfile: must be given together")
     if args.quic_bind and not (args.certfile and _valid_bind(args.quic_bind)):
         problems.append("--quic-bind: must be HOST:PORT, and HTTP/3 needs --certfile and --keyfile")
+    if args.quic_bind and not installed("h3"):
+        problems.append(needs("--quic-bind", "h3"))
     if args.config:
         try:
             _config_file(args.config)
         except ValueError as exc:
             problems.append(str(exc))
-    if problems:
-        for problem in problems:
-            print(f"draco: configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-    return settings
+    return problems
 
 
 def _valid_bind(bind: str) -> bool:
-    return bool(_BIND.fullmatch(bind)) and (bind.startswith("unix:") or 0 < int(bind.rpartition(":")[2]) < 65536)
+    if bind.startswith("unix:"):
+        return True
+    return bool(_BIND.fullmatch(bind)) and int(bind.rpartition(":")[2]) in PORTS
 
 
 # What draco sets itself: a config file may not.
-_OWN = {"bind", "insecure_bind", "certfile", "keyfile", "include_server_header", "accesslog", "errorlog"}
+_OWN = {
+    "bind",
+    "insecure_bind",
+    "certfile",
+    "keyfile",
+    "include_server_header",
+    "accesslog",
+    "errorlog",
+}
 
 
 def _config_file(path: str) -> dict[str, Any]:
@@ -79,7 +99,8 @@ def hypercorn_config(args: argparse.Namespace, settings: Settings) -> Config:
     config.accesslog = logging.getLogger("hypercorn.access") if settings.debug else None
     config.errorlog = logging.getLogger("hypercorn.error")
     if args.certfile:
-        config.certfile, config.keyfile = args.certfile, args.keyfile
+        config.certfile = args.certfile
+        config.keyfile = args.keyfile
     return config
 
 
@@ -93,7 +114,9 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(settings)
     if args.demo:
         settings = demo.settings(settings)
-        logging.getLogger("draco").warning("demo mode: serving bundled SAMPLE data, not real servers")
+        logging.getLogger("draco").warning(
+            "demo mode: serving bundled SAMPLE data, not real servers"
+        )
     app = create_app(settings, transport=demo.transport() if args.demo else None)
     config = hypercorn_config(args, settings)
     stopping = asyncio.Event()
@@ -106,7 +129,9 @@ def serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     if not stopping.is_set():  # hypercorn stops by itself only after max_requests
-        logging.getLogger("draco").warning("served max_requests: exiting for the supervisor to restart draco")
+        logging.getLogger("draco").warning(
+            "served max_requests: exiting for the supervisor to restart draco"
+        )
     return 0
 
 
@@ -118,7 +143,10 @@ def snapshot(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not settings.snapshot_dir:
-        print("draco: configuration error: SNAPSHOT_DIR: must be set for `draco snapshot`", file=sys.stderr)
+        print(
+            "draco: configuration error: SNAPSHOT_DIR: must be set for `draco snapshot`",
+            file=sys.stderr,
+        )
         return 2
     configure_logging(settings)
     if args.demo:
@@ -133,7 +161,11 @@ def snapshot(args: argparse.Namespace) -> int:
                 accepted = await catalog.refresh(name)
                 ok &= accepted
                 servers = len(status.data.servers) if status.data else 0
-                print(f"{name}: {servers} servers" if accepted else f"{name}: failed ({status.last_failure})")
+                print(
+                    f"{name}: {servers} servers"
+                    if accepted
+                    else f"{name}: failed ({status.last_failure})"
+                )
             return ok
 
     return 0 if asyncio.run(run()) else 1
@@ -156,29 +188,47 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="draco", description="A security-first WireGuard server-list API.")
+    parser = argparse.ArgumentParser(
+        prog="draco", description="A security-first WireGuard server-list API."
+    )
     parser.add_argument("--version", action="version", version=f"draco {__version__}")
-    parser.set_defaults(bind=None, certfile=None, keyfile=None, quic_bind=None, config=None)  # what a command lacks
+    parser.set_defaults(
+        bind=None, certfile=None, keyfile=None, quic_bind=None, config=None
+    )  # what a command lacks
     commands = parser.add_subparsers(dest="command", required=True)
     configured = argparse.ArgumentParser(add_help=False)
     configured.add_argument("--env-file", help="read settings from this file; the environment wins")
     listening = argparse.ArgumentParser(add_help=False)
-    listening.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT or unix:PATH (default 127.0.0.1:8000)")
+    listening.add_argument(
+        "--bind", default="127.0.0.1:8000", help="HOST:PORT or unix:PATH (default 127.0.0.1:8000)"
+    )
     listening.add_argument("--certfile", help="TLS certificate (enables HTTP/2 over TLS with ALPN)")
     listening.add_argument("--keyfile", help="TLS private key")
     demo = argparse.ArgumentParser(add_help=False)
-    demo.add_argument("--demo", action="store_true", help="use the bundled sample data; no network needed")
+    demo.add_argument(
+        "--demo", action="store_true", help="use the bundled sample data; no network needed"
+    )
 
-    p = commands.add_parser("serve", parents=[configured, listening, demo], help="serve the API with hypercorn")
+    p = commands.add_parser(
+        "serve", parents=[configured, listening, demo], help="serve the API with hypercorn"
+    )
     p.add_argument("--config", help="a hypercorn TOML file (see conf/hypercorn.toml)")
-    p.add_argument("--quic-bind", help="HOST:PORT for HTTP/3 over QUIC (needs the h3 extra and a certificate)")
+    p.add_argument(
+        "--quic-bind", help="HOST:PORT for HTTP/3 over QUIC (needs the h3 extra and a certificate)"
+    )
     p.set_defaults(run=serve)
-    p = commands.add_parser("check", parents=[configured, listening], help="evaluate the production checklist")
+    p = commands.add_parser(
+        "check", parents=[configured, listening], help="evaluate the production checklist"
+    )
     p.set_defaults(run=check)
-    p = commands.add_parser("snapshot", parents=[configured, demo], help="fetch every provider once into SNAPSHOT_DIR")
+    p = commands.add_parser(
+        "snapshot", parents=[configured, demo], help="fetch every provider once into SNAPSHOT_DIR"
+    )
     p.set_defaults(run=snapshot)
     p = commands.add_parser("keygen", help="print new API keys (64 hex characters each)")
-    p.add_argument("-n", type=int, default=1, choices=range(1, 101), metavar="N", help="how many (1-100)")
+    p.add_argument(
+        "-n", type=int, default=1, choices=range(1, 101), metavar="N", help="how many (1-100)"
+    )
     p.set_defaults(run=keygen)
 
     args = parser.parse_args(argv)

@@ -10,7 +10,9 @@ class VPNServiceError(Exception):
 
     def __init__(self, reason: str = "error", detail: str = "", retry_after: float | None = None):
         super().__init__(reason)
-        self.reason = reason  # a failure class for logs and /health: timeout, http_503, oversized...
+        self.reason = (
+            reason  # a failure class for logs and /health: timeout, http_503, oversized...
+        )
         self.detail = detail  # for the log only
         self.retry_after = retry_after  # seconds the upstream asked us to wait
 

@@ -15,7 +15,9 @@ def escape(text: str) -> str:
     C1 controls, DEL, line and paragraph separators (U+2028, U+2029, U+0085), format
     characters. A path or header a client chose can then neither break a record into
     two lines nor send a terminal its own control sequences."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 class TextFormatter(logging.Formatter):
@@ -29,11 +31,21 @@ class JsonFormatter(logging.Formatter):
     """Each record one JSON object per line, whatever the message holds."""
 
     def format(self, record: logging.LogRecord) -> str:
-        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        entry = {"time": when, "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        when = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z"
+        )
+        entry = {
+            "time": when,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry).replace("\x7f", "\\u007f")  # ASCII out; DEL is the one control json leaves
+        return json.dumps(entry).replace(
+            "\x7f", "\\u007f"
+        )  # ASCII out; DEL is the one control json leaves
 
 
 def configure_logging(settings: Settings) -> None:

@@ -13,7 +13,28 @@ from msgspec import Meta
 
 Ordering = Literal["load", "upstream", "weight"]  # the default order of a provider's list
 Freshness = Literal["fresh", "stale", "none"]  # of a provider's list; none: nothing to serve
-CountryCode = Annotated[str, Meta(pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case")]
+COUNTRY_CODE = "^[A-Z]{2}$"
+COUNTRY_CODE_MEANS = "ISO 3166-1 alpha-2, upper case"
+CountryCode = Annotated[str, Meta(pattern=COUNTRY_CODE, description=COUNTRY_CODE_MEANS)]
+Identifier = Annotated[
+    str, Meta(description="the server's hostname, or the provider's name for it")
+]
+PublicKey = Annotated[str, Meta(description="WireGuard public key, 32 bytes in base64")]
+Load = Annotated[int, Meta(ge=0, le=100)]
+Latency = Annotated[float | None, Meta(description="milliseconds, when measured")]
+InCountry = Annotated[bool, Meta(description="false: left out of country queries")]
+P2P = Annotated[bool | None, Meta(description="peer-to-peer traffic allowed (NordVPN, Windscribe)")]
+Owned = Annotated[bool | None, Meta(description="hardware the provider owns (Mullvad)")]
+Free = Annotated[bool | None, Meta(description="open to free accounts (Windscribe)")]
+DataAge = Annotated[int | None, Meta(description="seconds since the list was fetched")]
+ReportsStatus = Annotated[
+    bool, Meta(description="whether the upstream says which servers are online")
+]
+LastSuccess = Annotated[float | None, Meta(description="Unix time of the last accepted refresh")]
+LastFailure = Annotated[
+    str | None, Meta(description="the class of the last failure: timeout, http_503...")
+]
+PeerNote = Annotated[str | None, Meta(description="what else the provider needs from the client")]
 
 
 class Server(msgspec.Struct, frozen=True):
@@ -21,19 +42,16 @@ class Server(msgspec.Struct, frozen=True):
     provider: str
     country: str
     country_code: CountryCode
-    identifier: Annotated[str, Meta(description="the server's hostname, or the provider's name for it")]
-    public_key: Annotated[str, Meta(description="WireGuard public key, 32 bytes in base64")]
-    load: Annotated[int, Meta(ge=0, le=100)] | None = None
-    latency: Annotated[float | None, Meta(description="milliseconds, when measured")] = None
+    identifier: Identifier
+    public_key: PublicKey
+    load: Load | None = None
+    latency: Latency = None
     city: str | None = None
     ipv4: str | None = None
-    include_in_country: Annotated[bool, Meta(description="false: left out of country queries")] = True
-    p2p: Annotated[bool | None, Meta(description="peer-to-peer traffic allowed (NordVPN, Windscribe)")] = None
-    owned: Annotated[bool | None, Meta(description="hardware the provider owns (Mullvad)")] = None
-    free: Annotated[bool | None, Meta(description="open to free accounts (Windscribe)")] = None
-
-
-_WIREGUARD_NAMES = {"public_key": "PublicKey", "endpoint": "Endpoint", "allowed_ips": "AllowedIPs", "note": "Note"}
+    include_in_country: InCountry = True
+    p2p: P2P = None
+    owned: Owned = None
+    free: Free = None
 
 
 class Country(msgspec.Struct, frozen=True):
@@ -50,14 +68,16 @@ class Page(msgspec.Struct, frozen=True):
     data: Annotated[Sequence[Server], Meta(description="this page's servers")]
 
 
-class Provider(msgspec.Struct, frozen=True):
+class ProviderSummary(msgspec.Struct, frozen=True):
+    """A provider in /api/providers: what its list says, and how fresh it is."""
+
     name: str
     servers: int
     countries: int
     reports_load: bool
-    reports_status: Annotated[bool, Meta(description="whether the upstream says which servers are online")]
+    reports_status: ReportsStatus
     ordering: Ordering
-    data_age: Annotated[int | None, Meta(description="seconds since the list was fetched")]
+    data_age: DataAge
     status: Freshness
     filters: Annotated[list[str], Meta(description="the filters its list can answer")]
 
@@ -73,10 +93,10 @@ class LatencyRun(msgspec.Struct, frozen=True):
 
 class ProviderHealth(msgspec.Struct, frozen=True):
     servers: int
-    data_age: Annotated[int | None, Meta(description="seconds since the list was fetched")]
+    data_age: DataAge
     serving_stale: bool
-    last_success: Annotated[float | None, Meta(description="Unix time of the last accepted refresh")]
-    last_failure: Annotated[str | None, Meta(description="the class of the last failure: timeout, http_503...")]
+    last_success: LastSuccess
+    last_failure: LastFailure
     last_failure_at: float | None
 
 
@@ -86,13 +106,21 @@ class Health(msgspec.Struct, frozen=True):
     providers: dict[str, ProviderHealth]
 
 
+_WIREGUARD_NAMES = {
+    "public_key": "PublicKey",
+    "endpoint": "Endpoint",
+    "allowed_ips": "AllowedIPs",
+    "note": "Note",
+}
+
+
 class Peer(msgspec.Struct, frozen=True, omit_defaults=True, rename=_WIREGUARD_NAMES):
     """A WireGuard [Peer] section, to paste under the client's own [Interface]."""
 
     public_key: str
     endpoint: str
     allowed_ips: str
-    note: Annotated[str | None, Meta(description="what else the provider needs from the client")] = None
+    note: PeerNote = None
 
 
 class KeyChange(msgspec.Struct, frozen=True):
@@ -102,7 +130,7 @@ class KeyChange(msgspec.Struct, frozen=True):
 
 
 class Changes(msgspec.Struct, frozen=True):
-    """What changed between a provider's last two accepted lists, fetched at `previous` and `current`."""
+    """What changed between a provider's last two accepted lists (`previous`, `current`)."""
 
     provider: str
     previous: Annotated[float, Meta(description="Unix time of the previous list")]
@@ -131,17 +159,19 @@ class Error(msgspec.Struct, frozen=True, omit_defaults=True):
 
 encode = msgspec.json.Encoder().encode  # the one JSON encoder
 GZIP_MINIMUM = 500  # bytes: a smaller body is not worth compressing
+GZIP_LEVEL = 6
 
 
 def gzipped(body: bytes) -> bytes | None:
     """The one gzip decision: `body` compressed when it is worth it, else None."""
-    return gzip.compress(body, 6, mtime=0) if len(body) >= GZIP_MINIMUM else None
+    return gzip.compress(body, GZIP_LEVEL, mtime=0) if len(body) >= GZIP_MINIMUM else None
 
 
 def countries(servers: Sequence[Server]) -> list[Country]:
     """Distinct countries sorted by code; the most common spelling of a name wins."""
+    spellings = collections.Counter((s.country_code, s.country) for s in servers)
     names: dict[str, str] = {}
-    for (code, name), _ in collections.Counter((s.country_code, s.country) for s in servers).most_common():
+    for (code, name), _ in spellings.most_common():
         names.setdefault(code, name)  # most common first; ties in the order first seen
     return [Country(code, names[code], f"{code} - {names[code]}") for code in sorted(names)]
 
@@ -149,4 +179,5 @@ def countries(servers: Sequence[Server]) -> list[Country]:
 def paginate(items: Sequence[Server], page: int, page_size: int) -> Page:
     total = len(items)
     start = (page - 1) * page_size
-    return Page(total, page, page_size, -(-total // page_size), items[start : start + page_size])
+    total_pages = -(-total // page_size)  # rounded up
+    return Page(total, page, page_size, total_pages, items[start : start + page_size])

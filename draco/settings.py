@@ -4,6 +4,7 @@ problem, each naming the variable and its rule, never the value (it may be a sec
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import tempfile
@@ -52,15 +53,17 @@ def is_loopback(host: str | None) -> bool:
 
 
 def _upstream_url(url: str) -> bool:
-    scheme, host = urlsplit(url).scheme, urlsplit(url).hostname
-    return (scheme == "https" and bool(host)) or (scheme == "http" and is_loopback(host))
+    parts = urlsplit(url)
+    secure = parts.scheme == "https" and bool(parts.hostname)
+    return secure or (parts.scheme == "http" and is_loopback(parts.hostname))
 
 
 def _origin(origin: str) -> bool:
     """Exactly scheme://host[:port]: no path, pattern or credentials."""
     parts = urlsplit(origin)
     exact = f"{parts.scheme}://{parts.netloc}" == origin and not (parts.username or parts.password)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and "*" not in origin and exact
+    web = parts.scheme in ("http", "https") and bool(parts.hostname)
+    return web and "*" not in origin and exact
 
 
 def _network(entry: str) -> bool:
@@ -76,12 +79,19 @@ def _redis_url(url: str) -> bool:
 
 
 def _upstream(default: str) -> Any:
-    return _rule("must be an https URL (http only to a loopback host)", _upstream_url, default=default)
+    return _rule(
+        "must be an https URL (http only to a loopback host)", _upstream_url, default=default
+    )
 
 
 def _storage() -> Any:
     # Not in repr: a Redis URL may carry a password.
-    return _rule("must be 'memory' or a redis://, rediss:// or unix:// URL", _redis_url, default="memory", repr=False)
+    return _rule(
+        "must be 'memory' or a redis://, rediss:// or unix:// URL",
+        _redis_url,
+        default="memory",
+        repr=False,
+    )
 
 
 @attrs.frozen
@@ -96,7 +106,9 @@ class Settings:
     surfshark_api_url: str = _upstream("https://api.surfshark.com/v4/server/clusters/generic")
     mullvad_api_url: str = _upstream("https://api.mullvad.net/app/v1/relays")
     ivpn_api_url: str = _upstream("https://api.ivpn.net/v5/servers.json")
-    windscribe_api_url: str = _upstream("https://assets.windscribe.com/serverlist/mob-v2/1/{unix-ts}")
+    windscribe_api_url: str = _upstream(
+        "https://assets.windscribe.com/serverlist/mob-v2/1/{unix-ts}"
+    )
     airvpn_api_url: str = _upstream("https://airvpn.org/api/status/")
     nordvpn_server_limit: int = _between(0, 10_000, 0)
     http_timeout: float = _between(5, 120, 30.0, "a number")
@@ -116,12 +128,17 @@ class Settings:
     max_page_size: int = _between(100, 2000, 1000)
 
     cors_origins: tuple[str, ...] = _rule(
-        "must be a JSON array of origins like https://app.example.com ('*', 'null' and patterns are refused)",
-        lambda origins: all(map(_origin, origins)), default=())  # fmt: skip
+        "must be a JSON array of origins like https://app.example.com "
+        "('*', 'null' and patterns are refused)",
+        lambda origins: all(map(_origin, origins)),
+        default=(),
+    )
     cors_allow_credentials: bool = False
 
     enable_api_key_auth: bool = False
-    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False, metadata={"rule": "must be a JSON array of keys"})
+    api_keys: tuple[str, ...] = attrs.field(
+        default=(), repr=False, metadata={"rule": "must be a JSON array of keys"}
+    )
     api_keys_file: str | None = None
 
     rate_limit_enabled: bool = True
@@ -133,8 +150,11 @@ class Settings:
     catalog_storage: str = _storage()
 
     enable_security_headers: bool = True
-    trusted_hosts: tuple[str, ...] = _rule("must be a JSON array of IP addresses or CIDR ranges",
-                                           lambda entries: all(map(_network, entries)), default=())  # fmt: skip
+    trusted_hosts: tuple[str, ...] = _rule(
+        "must be a JSON array of IP addresses or CIDR ranges",
+        lambda entries: all(map(_network, entries)),
+        default=(),
+    )
 
     latency_concurrency: int = _between(1, 4096, 256)
     latency_timeout: float = _between(0.05, 30, 1.0, "a number of seconds")
@@ -144,28 +164,66 @@ class Settings:
     latency_allow_private: bool = False
     latency_tcp_port: int = _between(1, 65535, 443)
 
-    ready_providers: tuple[str, ...] = _rule(f"must be a JSON array of provider names ({', '.join(REGISTRY)})",
-                                             lambda names: bool(names) and set(names) <= set(REGISTRY),
-                                             default=tuple(REGISTRY))  # fmt: skip
+    ready_providers: tuple[str, ...] = _rule(
+        f"must be a JSON array of provider names ({', '.join(REGISTRY)})",
+        lambda names: bool(names) and set(names) <= set(REGISTRY),
+        default=tuple(REGISTRY),
+    )
 
     metrics_enabled: bool = False
     metrics_public: bool = False
+
+    def api_url(self, provider: str) -> str:
+        """The upstream URL of `provider`: its `<PROVIDER>_API_URL`."""
+        url: str = getattr(self, api_url_field(provider))
+        return url
 
 
 attrs.resolve_types(Settings)
 
 
+def api_url_field(provider: str) -> str:
+    return f"{provider}_api_url"
+
+
+# The optional parts: the extra that installs each, and the module it brings.
+EXTRAS = {
+    "redis": "redis",
+    "metrics": "prometheus_client",
+    "docs": "openapi_ui_bundles",
+    "h3": "aioquic",
+}
+
+
+def installed(extra: str) -> bool:
+    return importlib.util.find_spec(EXTRAS[extra]) is not None
+
+
+def needs(variable: str, extra: str) -> str:
+    return f"{variable}: needs the {extra} extra: pip install 'draco[{extra}]'"
+
+
 def _problems(s: Settings) -> list[str]:
     """Rules that involve more than one variable, or that must never echo a value."""
-    problems = key_problems(s.api_keys, s.enable_api_key_auth)
+    problems = key_problems(s.api_keys, required=s.enable_api_key_auth)
     if s.default_page_size > s.max_page_size:
         problems.append("DEFAULT_PAGE_SIZE: must not exceed MAX_PAGE_SIZE")
     if s.latency_weight > s.rate_limit_requests:
         problems.append("LATENCY_WEIGHT: must not exceed RATE_LIMIT_REQUESTS")
+    for variable, url in (
+        ("RATE_LIMIT_STORAGE", s.rate_limit_storage),
+        ("CATALOG_STORAGE", s.catalog_storage),
+    ):
+        if url != "memory" and not installed("redis"):
+            problems.append(needs(variable, "redis"))
+    if s.metrics_enabled and not installed("metrics"):
+        problems.append(needs("METRICS_ENABLED", "metrics"))
     return problems
 
 
-_BOOLS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(("0", "false", "no", "off"), False)
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_BOOLS = dict.fromkeys(_TRUE, True) | dict.fromkeys(_FALSE, False)
 
 
 def _strings(text: str, _type: Any) -> tuple[str, ...]:
@@ -184,7 +242,9 @@ _converter.register_structure_hook(bool, lambda text, _: _BOOLS[text.strip().low
 _converter.register_structure_hook(int, lambda text, _: int(text.strip(), 10))
 _converter.register_structure_hook(float, lambda text, _: float(text.strip()))
 _converter.register_structure_hook(str, lambda text, _: text.strip())
-_converter.register_structure_hook_func(lambda t: t == str | None, lambda text, _: text.strip() or None)
+_converter.register_structure_hook_func(
+    lambda t: t == str | None, lambda text, _: text.strip() or None
+)
 _converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
 
 
@@ -206,10 +266,31 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
+        values[key.strip()] = _unquoted(value.strip())
+    return values
+
+
+def _unquoted(value: str) -> str:
+    quoted = len(value) > 1 and value[0] == value[-1] and value[0] in "'\""
+    return value[1:-1] if quoted else value
+
+
+def _converted(raw: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """Each variable given, converted and checked by its field; a problem per bad one."""
+    values: dict[str, Any] = {}
+    for field in attrs.fields(Settings):
+        name = field.name.upper()
+        if name not in raw:
+            continue
+        try:
+            value = _converter.structure(raw[name], field.type or str)
+            if field.validator:
+                field.validator(None, field, value)
+        except Exception:  # whatever it was, the rule is what the user is told
+            default_rule = "must be true or false" if field.type is bool else "is invalid"
+            problems.append(f"{name}: {field.metadata.get('rule', default_rule)}")
+            continue
+        values[field.name] = value
     return values
 
 
@@ -222,22 +303,7 @@ def load(environ: Mapping[str, str], env_file: str | Path | None = None) -> Sett
         except (OSError, UnicodeDecodeError):
             problems.append(f"--env-file: cannot read {env_file}")
     raw.update(environ)  # the environment wins
-
-    values: dict[str, Any] = {}
-    for field in attrs.fields(Settings):
-        name = field.name.upper()
-        if name not in raw:
-            continue
-        try:
-            value = _converter.structure(raw[name], field.type or str)
-            if field.validator:
-                field.validator(None, field, value)
-        except Exception:
-            rule = field.metadata.get("rule", "must be true or false" if field.type is bool else "is invalid")
-            problems.append(f"{name}: {rule}")
-            continue
-        values[field.name] = value
-
+    values = _converted(raw, problems)
     if values.get("api_keys_file"):
         if "api_keys" in values:
             problems.append("API_KEYS_FILE: cannot be combined with API_KEYS; use one of them")

@@ -69,7 +69,10 @@ def bare_app():
     from starlette.routing import Route
 
     body = Path(os.environ["BARE_BODY"]).read_bytes()
-    extra = [tuple(line.encode().split(b": ", 1)) for line in os.environ.get("BARE_HEADERS", "").splitlines()]
+    extra = [
+        tuple(line.encode().split(b": ", 1))
+        for line in os.environ.get("BARE_HEADERS", "").splitlines()
+    ]
 
     async def servers(_request):
         response = Response(body, media_type="application/json")
@@ -83,7 +86,8 @@ WRK_SCRIPT = """
 local n = 0
 request = function()
   n = n + 1
-  local ip = string.format("10.%d.%d.%d", math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+  local ip = string.format("10.%d.%d.%d",
+    math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
   return wrk.format(nil, nil, {["X-Forwarded-For"] = ip, ["X-API-Key"] = "KEY"EXTRA})
 end
 """
@@ -104,12 +108,17 @@ def cpu_seconds(pid: int) -> float:
 def callgrind(pid: int, *command: str) -> str:
     """callgrind_control on every process of a tree run under callgrind."""
     pids = [str(p) for p in tree(pid)]
-    return subprocess.run(["callgrind_control", *command, *pids], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["callgrind_control", *command, *pids], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def instructions(pid: int) -> int:
     """Instructions counted since counting was switched on, over every thread of the tree."""
-    return sum(int(n.replace(",", "")) for n in re.findall(r"Th +\d+ +([\d,]+)", callgrind(pid, "-e", "Ir")))
+    return sum(
+        int(n.replace(",", ""))
+        for n in re.findall(r"Th +\d+ +([\d,]+)", callgrind(pid, "-e", "Ir"))
+    )
 
 
 def wrk(port: int, seconds: int, connections: int, etag: str | None) -> tuple[float, int]:
@@ -140,7 +149,9 @@ def wrk(port: int, seconds: int, connections: int, etag: str | None) -> tuple[fl
     return rate, int(re.search(r"(\d+) requests in", out).group(1))
 
 
-async def _h2c(port: int, seconds: float, connections: int, etag: str | None) -> tuple[float, collections.Counter]:
+async def _h2c(  # noqa: C901 - one HTTP/2 client loop, read top to bottom
+    port: int, seconds: float, connections: int, etag: str | None
+) -> tuple[float, collections.Counter]:
     import h2.config
     import h2.connection
     import h2.events
@@ -150,12 +161,16 @@ async def _h2c(port: int, seconds: float, connections: int, etag: str | None) ->
     stop_at = time.monotonic() + seconds
 
     async def connection() -> None:
-        while time.monotonic() < stop_at:  # hypercorn ends a connection after keep_alive_max_requests
+        while (
+            time.monotonic() < stop_at
+        ):  # hypercorn ends a connection after keep_alive_max_requests
             await session()
 
     async def session() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
         conn.initiate_connection()
         writer.write(conn.data_to_send())
         terminated = False
@@ -163,7 +178,11 @@ async def _h2c(port: int, seconds: float, connections: int, etag: str | None) ->
             n = next(counter)
             client = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}".encode()
             headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"127.0.0.1")]
-            headers += [(b":path", PATH.encode()), (b"x-api-key", KEY.encode()), (b"x-forwarded-for", client)]
+            headers += [
+                (b":path", PATH.encode()),
+                (b"x-api-key", KEY.encode()),
+                (b"x-forwarded-for", client),
+            ]
             if etag:
                 headers.append((b"if-none-match", etag.encode()))
             stream = conn.get_next_available_stream_id()
@@ -179,7 +198,9 @@ async def _h2c(port: int, seconds: float, connections: int, etag: str | None) ->
                     if isinstance(event, h2.events.ResponseReceived):
                         statuses[dict(event.headers)[b":status"]] += 1
                     elif isinstance(event, h2.events.DataReceived):
-                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
                     elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
                         ended = True
                     elif isinstance(event, h2.events.ConnectionTerminated):
@@ -239,11 +260,15 @@ def serve(argv: list[str], env: dict[str, str], port: int, counted: bool) -> sub
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, help="per target and round (default 5; 20 with --instructions)")
+    parser.add_argument(
+        "--seconds", type=int, help="per target and round (default 5; 20 with --instructions)"
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--page-size", type=int, default=100)
-    parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind"
+    )
     args = parser.parse_args()
     counted = args.instructions
     if counted and not shutil.which("callgrind_control"):
@@ -273,17 +298,25 @@ def main() -> None:
         counted,
     )
     url = f"http://127.0.0.1:{full_port}{PATH}"
-    asked = {"X-API-Key": KEY, "X-Forwarded-For": "10.255.0.1", "Accept-Encoding": "identity"}  # as wrk asks
-    first = httpx.get(url, headers=asked, timeout=600)  # the first fetch and parse, slow under callgrind
+    asked = {
+        "X-API-Key": KEY,
+        "X-Forwarded-For": "10.255.0.1",
+        "Accept-Encoding": "identity",
+    }  # as wrk asks
+    first = httpx.get(
+        url, headers=asked, timeout=600
+    )  # the first fetch and parse, slow under callgrind
     first.raise_for_status()
     etag = first.headers["etag"]
     if httpx.get(url, headers={**asked, "If-None-Match": etag}, timeout=60).status_code != 304:
         sys.exit("the revalidation target does not answer 304")
-    body = tempfile.NamedTemporaryFile(suffix=".json")
+    body = tempfile.NamedTemporaryFile(suffix=".json")  # noqa: SIM115 - closed at exit
     body.write(first.content)
     body.flush()
     own = "\n".join(
-        f"{k}: {v}" for k, v in first.headers.items() if k not in ("content-length", "content-type", "date")
+        f"{k}: {v}"
+        for k, v in first.headers.items()
+        if k not in ("content-length", "content-type", "date")
     )
     bare = serve(
         ["-m", "hypercorn", "--bind", f"127.0.0.1:{bare_port}", "bench_http:bare_app()"],
@@ -305,19 +338,26 @@ def main() -> None:
     }
     try:
         print(
-            f"{len(first.content):,}-byte body, {len(own.splitlines())} header fields beyond the bare app's, "
-            f"{args.connections} connections, {args.seconds}s x {args.rounds} interleaved rounds, medians:"
+            f"{len(first.content):,}-byte body, "
+            f"{len(own.splitlines())} header fields beyond the bare app's, "
+            f"{args.connections} connections, "
+            f"{args.seconds}s x {args.rounds} interleaved rounds, medians:"
         )
         for protocol, load in (("HTTP/1.1", wrk), ("h2c", h2c)):
             rates: dict[str, list[float]] = {name: [] for name in targets}
             costs: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, (proc, port, tag) in targets.items():
-                    rate, cost = measure(proc.pid, counted, partial(load, port, args.seconds, args.connections, tag))
+                    rate, cost = measure(
+                        proc.pid, counted, partial(load, port, args.seconds, args.connections, tag)
+                    )
                     costs[name].append(cost)
                     rates[name].append(rate)
             unit = "k instr/req" if counted else "CPU µs/req"
-            print(f"  {'':<31} {'req/s':>7} {'/bare':>6} {'/same':>6}   {unit:>11} {'/bare':>6} {'/same':>6}")
+            print(
+                f"  {'':<31} {'req/s':>7} {'/bare':>6} {'/same':>6}   "
+                f"{unit:>11} {'/bare':>6} {'/same':>6}"
+            )
             for name in targets:
                 print(
                     f"  {protocol:<8} {name:<22} {statistics.median(rates[name]):>7,.0f} "

@@ -74,23 +74,35 @@ def plain_connect_ms(host: str) -> float:
 
 
 def main() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20_000), hard))
     defaults = Settings()
     sockets, targets = hosts()
     try:
-        probe = {"concurrency": defaults.latency_concurrency, "timeout": defaults.latency_timeout, "port": PORT}
+        probe = {
+            "concurrency": defaults.latency_concurrency,
+            "timeout": defaults.latency_timeout,
+            "port": PORT,
+        }
         idle = vm("VmRSS")
         started = time.perf_counter()
         results = asyncio.run(measure(targets, "tcp", deadline=defaults.latency_deadline, **probe))
         wall = time.perf_counter() - started
         growth = (vm("VmHWM") - idle) / 1024
 
-        classified = sum(1 for key, ms in results.items() if (ms is None) == key.startswith("silent"))
+        classified = sum(
+            1 for key, ms in results.items() if (ms is None) == key.startswith("silent")
+        )
         d = defaults
         bound = 1.5 * d.latency_timeout * math.ceil(len(targets) / d.latency_concurrency)
-        print(f"{len(targets):,} hosts ({LISTENING:,} listening, {REFUSED:,} refused, {SILENT:,} silent), TCP,")
-        print(f"concurrency {d.latency_concurrency}, timeout {d.latency_timeout} s, deadline {d.latency_deadline} s:")
+        print(
+            f"{len(targets):,} hosts ({LISTENING:,} listening, {REFUSED:,} refused, "
+            f"{SILENT:,} silent), TCP,"
+        )
+        print(
+            f"concurrency {d.latency_concurrency}, timeout {d.latency_timeout} s, "
+            f"deadline {d.latency_deadline} s:"
+        )
         print(f"  wall time            {wall:.2f} s   (honest bound {bound:.0f} s)")
         print(f"  classified correctly {classified:,} of {len(targets):,}")
         print(f"  peak RSS growth      {growth:.1f} MB")
@@ -99,13 +111,21 @@ def main() -> None:
         listener = "127.13.0.1"
         accepting = listen(listener, 64)
         sockets.append(accepting)
-        threading.Thread(target=lambda: [accepting.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+        threading.Thread(
+            target=lambda: [accepting.accept()[0].close() for _ in iter(int, 1)], daemon=True
+        ).start()
         in_run = results["listening-0"]
-        quiet = [asyncio.run(measure([("x", listener)], "tcp", deadline=5, **probe))["x"] for _ in range(21)]
+        quiet = [
+            asyncio.run(measure([("x", listener)], "tcp", deadline=5, **probe))["x"]
+            for _ in range(21)
+        ]
         plain = [plain_connect_ms(listener) for _ in range(21)]
-        print(f"  loopback listener: draco {statistics.median(quiet):.3f} ms (median of 21 quiet runs; "
-              f"{in_run:.3f} ms inside the big run), plain connect {statistics.median(plain):.3f} ms, "
-              f"difference {abs(statistics.median(quiet) - statistics.median(plain)):.3f} ms")  # fmt: skip
+        print(
+            f"  loopback listener: draco {statistics.median(quiet):.3f} ms "
+            f"(median of 21 quiet runs; {in_run:.3f} ms inside the big run), "
+            f"plain connect {statistics.median(plain):.3f} ms, "
+            f"difference {abs(statistics.median(quiet) - statistics.median(plain)):.3f} ms"
+        )
     finally:
         for sock in sockets:
             sock.close()

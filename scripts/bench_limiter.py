@@ -134,7 +134,9 @@ def redis_rates(url: str, seconds: float = 5.0, in_flight: int = 64) -> dict[str
             await store.client.aclose()
 
     async def theirs() -> float:
-        backend = aio_storage.RedisStorage(url.replace("redis://", "async+redis://"), implementation="redispy")
+        backend = aio_storage.RedisStorage(
+            url.replace("redis://", "async+redis://"), implementation="redispy"
+        )
         limiter = aio_strategies.MovingWindowRateLimiter(backend)
         item = RateLimitItemPerMinute(LIMIT)
         return await drive(lambda name: limiter.hit(item, name))
@@ -157,22 +159,38 @@ def added_latency(url: str) -> dict[str, tuple[float, float]]:
 
     if not shutil.which("wrk"):
         return {}
-    upstream = FakeUpstream((Path(__file__).resolve().parent.parent / "draco/demo_data/nordvpn.json").read_bytes())
+    upstream = FakeUpstream(
+        (Path(__file__).resolve().parent.parent / "draco/demo_data/nordvpn.json").read_bytes()
+    )
     results = {}
     try:
         for name, storage in (("memory", "memory"), ("redis", url)):
             port = free_port()
-            env = {"PATH": os.environ["PATH"], "NORDVPN_API_URL": upstream.url, "RATE_LIMIT_STORAGE": storage,
-                   "RATE_LIMIT_REQUESTS": "10000", "RATE_LIMIT_PERIOD": "10", "LOG_LEVEL": "WARNING"}  # fmt: skip
-            proc = subprocess.Popen([sys.executable, "-m", "draco", "serve", "--bind", f"127.0.0.1:{port}"], env=env)
+            env = {
+                "PATH": os.environ["PATH"],
+                "NORDVPN_API_URL": upstream.url,
+                "RATE_LIMIT_STORAGE": storage,
+                "RATE_LIMIT_REQUESTS": "10000",
+                "RATE_LIMIT_PERIOD": "10",
+                "LOG_LEVEL": "WARNING",
+            }
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "draco", "serve", "--bind", f"127.0.0.1:{port}"], env=env
+            )
             try:
                 wait_for_port("127.0.0.1", port)
                 target = f"http://127.0.0.1:{port}/api/nordvpn/countries"
-                subprocess.run(["wrk", "-t1", "-c1", "-d2s", target], capture_output=True)  # warm up
+                subprocess.run(
+                    ["wrk", "-t1", "-c1", "-d2s", target], capture_output=True
+                )  # warm up
                 out = subprocess.run(
-                    ["wrk", "-t1", "-c1", "-d8s", "--latency", target], capture_output=True, text=True
+                    ["wrk", "-t1", "-c1", "-d8s", "--latency", target],
+                    capture_output=True,
+                    text=True,
                 ).stdout
-                results[name] = tuple(_ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in (50, 99))
+                results[name] = tuple(
+                    _ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in (50, 99)
+                )
             finally:
                 proc.terminate()
                 proc.wait()
@@ -200,7 +218,17 @@ def redis_section() -> None:
         print("redis: skipped (redis-server not installed)")
         return
     port = free_port()
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", port)
@@ -223,7 +251,8 @@ def redis_section() -> None:
 
 def main() -> None:
     if "--redis-only" in sys.argv:
-        return redis_section()
+        redis_section()
+        return
     names = keys(CLIENTS)
     start = time.time()
     rates = {"draco": [], "draco (async Limiter.hit)": [], "limits moving window": []}
@@ -234,7 +263,9 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(f"decisions per second, one core, {CLIENTS:,} clients (median of 5):")
     for name, rate in medians.items():
-        print(f"  {name:<28} {rate:>12,.0f}/s  ({rate / medians['limits moving window']:.2f}x limits)")
+        print(
+            f"  {name:<28} {rate:>12,.0f}/s  ({rate / medians['limits moving window']:.2f}x limits)"
+        )
     small = names[:CLIENTS]
     print(f"bytes per tracked client at {CLIENTS:,} clients:")
     for hits in (10, 100):

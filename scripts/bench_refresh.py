@@ -61,7 +61,9 @@ def nordvpn_payload(servers: int = 6300) -> bytes:
 def payloads() -> dict[str, bytes]:
     from draco.providers import REGISTRY
 
-    found = {name: (REAL / path).read_bytes() for name, path in FIXTURES.items() if name in REGISTRY}
+    found = {
+        name: (REAL / path).read_bytes() for name, path in FIXTURES.items() if name in REGISTRY
+    }
     found["nordvpn"] = nordvpn_payload()
     return found
 
@@ -83,7 +85,13 @@ def child_refresh(provider: str, url: str) -> None:
             data = await catalog.get(provider)
             elapsed = time.perf_counter() - start
             print(
-                json.dumps({"seconds": elapsed, "growth_kb": status_kb("VmHWM") - idle, "servers": len(data.servers)})
+                json.dumps(
+                    {
+                        "seconds": elapsed,
+                        "growth_kb": status_kb("VmHWM") - idle,
+                        "servers": len(data.servers),
+                    }
+                )
             )
 
     asyncio.run(run())
@@ -99,7 +107,9 @@ def child_json_loads(path: str) -> None:
 
 
 def fresh(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -140,21 +150,33 @@ def main() -> None:
     bodies = payloads()
     fakes = {name: FakeUpstream(body) for name, body in bodies.items()}
     try:
-        print(f"{'provider':<10} {'payload':>9} {'servers':>8} {'median s':>9} {'peak RSS growth':>16}")
+        print(
+            f"{'provider':<10} {'payload':>9} {'servers':>8} {'median s':>9} "
+            f"{'peak RSS growth':>16}"
+        )
         for name, fake in fakes.items():
             runs = [fresh("--child", name, fake.url) for _ in range(args.runs)]
             seconds = statistics.median(r["seconds"] for r in runs)
             growth = statistics.median(r["growth_kb"] for r in runs) / 1024
             size = len(bodies[name]) / 1e6
-            print(f"{name:<10} {size:>7.1f}MB {runs[0]['servers']:>8} {seconds:>9.3f} {growth:>13.1f} MB")
+            print(
+                f"{name:<10} {size:>7.1f}MB {runs[0]['servers']:>8} {seconds:>9.3f} "
+                f"{growth:>13.1f} MB"
+            )
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             f.write(bodies["nordvpn"])
             f.flush()
             runs = [fresh("--child-json", f.name) for _ in range(args.runs)]
         seconds = statistics.median(r["seconds"] for r in runs)
         growth = statistics.median(r["growth_kb"] for r in runs) / 1024
-        print(f"{'(json.loads of the nordvpn payload, for scale)':<38} {seconds:>9.3f} {growth:>13.1f} MB")
-        print(f"idle `draco serve` with every provider cached: {idle_service_rss(fakes) / 1024:.1f} MB RSS")
+        print(
+            f"{'(json.loads of the nordvpn payload, for scale)':<38} {seconds:>9.3f} "
+            f"{growth:>13.1f} MB"
+        )
+        print(
+            "idle `draco serve` with every provider cached: "
+            f"{idle_service_rss(fakes) / 1024:.1f} MB RSS"
+        )
     finally:
         for fake in fakes.values():
             fake.stop()

@@ -55,18 +55,32 @@ class FakeUpstream:
             self._server = self._listen(self.port)
 
     def _configure(
-        self, mode: str, *, body: bytes | None = None, status: int = 503, headers=None, size: int = 0, delay: float = 0
+        self,
+        mode: str,
+        *,
+        body: bytes | None = None,
+        status: int = 503,
+        headers=None,
+        size: int = 0,
+        delay: float = 0,
     ):
         with self.lock:
             if body is not None:
                 self.body = body
                 self.etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-            self.mode, self.status, self.headers, self.size = mode, status, dict(headers or {}), size
+            self.mode, self.status, self.headers, self.size = (
+                mode,
+                status,
+                dict(headers or {}),
+                size,
+            )
             self.delay = delay
 
     def _listen(self, port: int) -> _Server:
         server = _Server((self.host, port), self._handler())
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return server
 
     def _stop_server(self) -> None:
@@ -85,7 +99,7 @@ class FakeUpstream:
     def __exit__(self, *exc):
         self.stop()
 
-    def _handler(self):
+    def _handler(self):  # noqa: C901 - one handler class, a method per failure mode
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,12 +112,19 @@ class FakeUpstream:
                 with upstream.lock:
                     upstream.hits += 1
                     upstream.requests.append((self.path, dict(self.headers)))
-                    mode, body, etag, status = upstream.mode, upstream.body, upstream.etag, upstream.status
+                    mode, body, etag, status = (
+                        upstream.mode,
+                        upstream.body,
+                        upstream.etag,
+                        upstream.status,
+                    )
                     extra, size, delay = upstream.headers, upstream.size, upstream.delay
                 if mode == "delay":
                     upstream.stopping.wait(delay)
                     mode = "ok"
-                getattr(self, f"_{mode}")(body=body, etag=etag, status=status, extra=extra, size=size)
+                getattr(self, f"_{mode}")(
+                    body=body, etag=etag, status=status, extra=extra, size=size
+                )
 
             def _send(self, status: int, body: bytes, headers: dict, length: int | None = None):
                 self.send_response(status)
@@ -127,7 +148,11 @@ class FakeUpstream:
                 self._send(200, body, headers)
 
             def _status(self, status, extra, **_):
-                self._send(status, b'{"error":"upstream failure"}', {"Content-Type": "application/json", **extra})
+                self._send(
+                    status,
+                    b'{"error":"upstream failure"}',
+                    {"Content-Type": "application/json", **extra},
+                )
 
             def _html(self, **_):
                 page = b"<html><body><h1>Down for maintenance</h1></body></html>"
@@ -138,7 +163,12 @@ class FakeUpstream:
                 self.close_connection = True
 
             def _truncated(self, body, **_):
-                self._send(200, body[: len(body) // 2], {"Content-Type": "application/json"}, length=len(body))
+                self._send(
+                    200,
+                    body[: len(body) // 2],
+                    {"Content-Type": "application/json"},
+                    length=len(body),
+                )
                 self.close_connection = True
 
             def _huge(self, size, **_):

@@ -63,7 +63,9 @@ class Service:
     def __init__(self, upstream: FakeUpstream, snapshots: Path, **env: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        nowhere = {f"{name.upper()}_API_URL": "http://127.0.0.1:9/nowhere" for name in REGISTRY}  # never the internet
+        nowhere = {
+            f"{name.upper()}_API_URL": "http://127.0.0.1:9/nowhere" for name in REGISTRY
+        }  # never the internet
         settings = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             **nowhere,
@@ -96,7 +98,9 @@ class Service:
 
 def seed_snapshot(directory: Path, age: float = SNAPSHOT_AGE) -> list:
     servers, _ = REGISTRY[PROVIDER].parse(HEALTHY)
-    write_snapshot(directory, PROVIDER, snapshot_bytes(make_dataset(PROVIDER, servers, time.time() - age)))
+    write_snapshot(
+        directory, PROVIDER, snapshot_bytes(make_dataset(PROVIDER, servers, time.time() - age))
+    )
     return [s.identifier for s in servers]
 
 
@@ -123,7 +127,11 @@ def run_fault(fault: dict, seconds: float = 3.0) -> dict:
                 time.sleep(0.2)
         finally:
             service.stop()
-    ages_ok = all(abs(int(a.headers["age"]) - (SNAPSHOT_AGE + t)) <= 3 for t, a in answers if a.status_code == 200)
+    ages_ok = all(
+        abs(int(a.headers["age"]) - (SNAPSHOT_AGE + t)) <= 3
+        for t, a in answers
+        if a.status_code == 200
+    )
     return {
         "requests": len(answers),
         "worst_status": max(a.status_code for _, a in answers),
@@ -132,7 +140,8 @@ def run_fault(fault: dict, seconds: float = 3.0) -> dict:
         "ages_ok": ages_ok,
         "upstream_requests": asked,
         "recovered_after": None if recovered is None else round(recovered[0], 1),
-        "recovered_list": recovered is not None and [s["identifier"] for s in recovered[1].json()] == stale,
+        "recovered_list": recovered is not None
+        and [s["identifier"] for s in recovered[1].json()] == stale,
         "recovered_age": None if recovered is None else int(recovered[1].headers["age"]),
     }
 
@@ -145,7 +154,10 @@ def main() -> None:
         o = run_fault(fault)
         kept = "yes" if o["all_stale"] and o["unchanged"] and o["ages_ok"] else "NO"
         back = f"{o['recovered_after']} s" if o["recovered_list"] else "NO"
-        print(f"| {name} | {o['requests']} | {o['worst_status']} | {kept} | {o['upstream_requests']} | {back} |")
+        print(
+            f"| {name} | {o['requests']} | {o['worst_status']} | {kept} "
+            f"| {o['upstream_requests']} | {back} |"
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,11 @@ def nordvpn() -> list:
             "name": "Wireguard",
             "identifier": "wireguard_udp",
             "metadata": [{"name": "public_key", "value": key(host)}],
-            "pivot": {"technology_id": 35, "server_id": n, "status": "offline" if n % 17 == 5 else "online"},
+            "pivot": {
+                "technology_id": 35,
+                "server_id": n,
+                "status": "offline" if n % 17 == 5 else "online",
+            },
         }
         servers.append(
             {
@@ -71,7 +75,16 @@ def nordvpn() -> list:
                 "hostname": host,
                 "load": (n * 37) % 100,
                 "status": "maintenance" if n % 23 == 7 else "online",
-                "locations": [{"country": {"id": n, "name": name, "code": code, "city": {"id": n, "name": city}}}],
+                "locations": [
+                    {
+                        "country": {
+                            "id": n,
+                            "name": name,
+                            "code": code,
+                            "city": {"id": n, "name": city},
+                        }
+                    }
+                ],
                 "technologies": [wireguard],
                 "groups": [{"id": 11, "identifier": "legacy_standard"}]
                 + ([{"id": 15, "identifier": "legacy_p2p"}] if n % 3 == 0 else []),
@@ -119,7 +132,12 @@ def mullvad() -> dict:
                 "daita": False,
             }
         )
-    return {"sample_data": NOTE, "locations": locations, "wireguard": {"relays": relays}, "bridge": {}}
+    return {
+        "sample_data": NOTE,
+        "locations": locations,
+        "wireguard": {"relays": relays},
+        "bridge": {},
+    }
 
 
 def ivpn() -> dict:
@@ -137,9 +155,19 @@ def ivpn() -> dict:
         )
         host = f"{code.lower()}{i}.wg.ivpn.example"
         location["hosts"].append(
-            {"hostname": host, "host": address(n), "public_key": key(host), "load": round((n * 7.31) % 100, 2)}
+            {
+                "hostname": host,
+                "host": address(n),
+                "public_key": key(host),
+                "load": round((n * 7.31) % 100, 2),
+            }
         )
-    return {"sample_data": NOTE, "wireguard": list(by_country.values()), "openvpn": [], "config": {}}
+    return {
+        "sample_data": NOTE,
+        "wireguard": list(by_country.values()),
+        "openvpn": [],
+        "config": {},
+    }
 
 
 def windscribe() -> dict:
@@ -147,23 +175,44 @@ def windscribe() -> dict:
     for n, i, code, _name, city in rows(2):
         location = locations.setdefault(
             code,
-            {"id": len(locations) + 1, "name": f"{code} (sample)", "country_code": code, "status": 1,
-             "premium_only": 0, "p2p": int(n % 4 != 2), "groups": []},
-        )  # fmt: skip
+            {
+                "id": len(locations) + 1,
+                "name": f"{code} (sample)",
+                "country_code": code,
+                "status": 1,
+                "premium_only": 0,
+                "p2p": int(n % 4 != 2),
+                "groups": [],
+            },
+        )
         host = f"{code.lower()}-{i}-wg.windscribe.example"
         location["groups"].append(
-            {"id": n, "city": city, "nick": f"Sample {i}", "pro": int(i != 1), "wg_pubkey": key(host),
-             "wg_endpoint": host, "ping_ip": address(n)}
-        )  # fmt: skip
+            {
+                "id": n,
+                "city": city,
+                "nick": f"Sample {i}",
+                "pro": int(i != 1),
+                "wg_pubkey": key(host),
+                "wg_endpoint": host,
+                "ping_ip": address(n),
+            }
+        )
     return {"sample_data": NOTE, "data": list(locations.values()), "info": {"revision": 1}}
 
 
 def airvpn() -> dict:
     servers = [
-        {"public_name": f"Sample{n}", "country_name": name, "country_code": code.lower(), "location": city,
-         "currentload": (n * 41) % 100, "ip_v4_in1": address(n), "health": "warning" if n % 19 == 6 else "ok"}
+        {
+            "public_name": f"Sample{n}",
+            "country_name": name,
+            "country_code": code.lower(),
+            "location": city,
+            "currentload": (n * 41) % 100,
+            "ip_v4_in1": address(n),
+            "health": "warning" if n % 19 == 6 else "ok",
+        }
         for n, _i, code, name, city in rows(3)
-    ]  # fmt: skip
+    ]
     return {"sample_data": NOTE, "servers": servers, "result": "ok"}
 
 
@@ -171,7 +220,9 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     for make in (nordvpn, surfshark, mullvad, ivpn, windscribe, airvpn):
         (OUT / f"{make.__name__}.json").write_text(json.dumps(make(), indent=1) + "\n")
-    (OUT / "README.md").write_text(f"# {NOTE}\n\nRegenerate with `python scripts/make_demo_data.py`.\n")
+    (OUT / "README.md").write_text(
+        f"# {NOTE}\n\nRegenerate with `python scripts/make_demo_data.py`.\n"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,11 @@ class Draco:
 
     def __init__(self, env: dict[str, str], args=(), host: str = "127.0.0.1", wait: bool = True):
         self.host, self.port = host, free_port(host)
-        self.log = tempfile.NamedTemporaryFile(prefix="draco-", suffix=".log", delete=False)
-        base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV") if k in os.environ}
+        # Kept after the process exits, for its log; close() removes it.
+        self.log = tempfile.NamedTemporaryFile(prefix="draco-", suffix=".log", delete=False)  # noqa: SIM115
+        base = {
+            k: os.environ[k] for k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV") if k in os.environ
+        }
         self.env = {**base, **NOWHERE, "PYTHONUNBUFFERED": "1", **env}
         bind = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.proc = subprocess.Popen(
@@ -85,7 +88,8 @@ class Draco:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"draco exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                httpx.get(self.base + "/health", timeout=0.5, verify=False)
+                # Only whether it answers: a test's own self-signed certificate.
+                httpx.get(self.base + "/health", timeout=0.5, verify=False)  # noqa: S501
                 return
             except httpx.TransportError:
                 time.sleep(0.05)
@@ -171,10 +175,27 @@ def certificate(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        [need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            need("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 

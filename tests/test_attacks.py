@@ -5,6 +5,7 @@ Every attack is bounded in count and time, and sent to loopback only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -30,16 +31,23 @@ MiB = 1 << 20
 
 def environment(upstreams, **extra: str) -> dict[str, str]:
     return {
-        **upstream_env(upstreams), "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]', "RATE_LIMIT_REQUESTS": "50",
-        "CORS_ORIGINS": '["https://app.example.com"]', "TRUSTED_HOSTS": '["127.0.0.1"]', **extra,
-    }  # fmt: skip
+        **upstream_env(upstreams),
+        "ENABLE_API_KEY_AUTH": "true",
+        "API_KEYS": f'["{KEY}"]',
+        "RATE_LIMIT_REQUESTS": "50",
+        "CORS_ORIGINS": '["https://app.example.com"]',
+        "TRUSTED_HOSTS": '["127.0.0.1"]',
+        **extra,
+    }
 
 
 @pytest.fixture
 def target(start_draco, upstreams):
     """A hardened draco with a warm catalog, and its resident memory before the attack."""
     draco = start_draco(environment(upstreams), args=CONFIG)
-    assert httpx.get(draco.url("/api/nordvpn/servers"), headers={"X-API-Key": KEY}).status_code == 200
+    assert (
+        httpx.get(draco.url("/api/nordvpn/servers"), headers={"X-API-Key": KEY}).status_code == 200
+    )
     draco.rss_before = rss_kb(draco)
     yield draco
     still_served(draco)
@@ -53,15 +61,20 @@ def rss_kb(draco) -> int:
 def still_served(draco, growth_kb: int = 40 * 1024) -> None:
     """A normal client gets its list within a second; memory grew by less than `growth_kb`."""
     started = time.monotonic()
-    with httpx.Client(timeout=5, transport=httpx.HTTPTransport(local_address="127.0.0.200")) as client:
+    with httpx.Client(
+        timeout=5, transport=httpx.HTTPTransport(local_address="127.0.0.200")
+    ) as client:
         response = client.get(draco.url("/api/nordvpn/countries"), headers={"X-API-Key": KEY})
-    assert response.status_code == 200 and time.monotonic() - started < 1.0
+    assert response.status_code == 200
+    assert time.monotonic() - started < 1.0
     assert rss_kb(draco) - draco.rss_before < growth_kb
 
 
 def exchange(draco, request: bytes, source: str = "127.0.0.60", wait: float = 3.0) -> bytes:
     """Send raw bytes and read until the server closes the connection or falls silent."""
-    with socket.create_connection((draco.host, draco.port), source_address=(source, 0), timeout=wait) as sock:
+    with socket.create_connection(
+        (draco.host, draco.port), source_address=(source, 0), timeout=wait
+    ) as sock:
         sock.sendall(request)
         received = b""
         try:
@@ -83,16 +96,16 @@ def test_slowloris_holds_no_one_else_up(target):
     """200 connections each trickling an unfinished head, a byte every 0.2 s for 4 s."""
     sockets = []
     for i in range(200):
-        sock = socket.create_connection((target.host, target.port), source_address=(f"127.0.3.{i % 250 + 1}", 0))
+        sock = socket.create_connection(
+            (target.host, target.port), source_address=(f"127.0.3.{i % 250 + 1}", 0)
+        )
         sock.sendall(b"GET /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         sockets.append(sock)
     try:
         for _ in range(20):
             for sock in sockets:
-                try:
+                with contextlib.suppress(OSError):  # the server closed it: fine
                     sock.send(b"a")
-                except OSError:
-                    pass  # the server closed it: fine
             time.sleep(0.2)
         still_served(target)
     finally:
@@ -101,27 +114,45 @@ def test_slowloris_holds_no_one_else_up(target):
 
 
 def test_a_head_over_16_kib_in_one_read_is_a_431_in_the_envelope_and_the_connection_closes(target):
-    request = b"GET /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (20 * 1024) + b"\r\n\r\n"
+    request = (
+        b"GET /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\nX-Big: "
+        + b"a" * (20 * 1024)
+        + b"\r\n\r\n"
+    )
     answer = exchange(target, request)
-    assert statuses(answer) == [431] and answer.endswith(b"}")  # then closed, nothing more
+    assert statuses(answer) == [431]
+    assert answer.endswith(b"}")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert json.loads(body)["error"] == "Request Header Fields Too Large"
     assert b"x-frame-options: DENY" in head.lower().replace(b"deny", b"DENY")
 
 
 @pytest.mark.parametrize(
-    "framing, answered_by_draco",
-    [(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", True),  # h11 lets it through: draco refuses
-     (b"Content-Length: 5\r\nContent-Length: 6\r\n", False)],  # h11 refuses it itself, before draco
+    ("framing", "answered_by_draco"),
+    [
+        (
+            b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            True,
+        ),  # h11 lets it through: draco refuses
+        (b"Content-Length: 5\r\nContent-Length: 6\r\n", False),
+    ],  # h11 refuses it itself, before draco
     ids=["TE with CL", "two CL"],
-)  # fmt: skip
+)
 def test_ambiguous_framing_is_a_400_and_the_request_smuggled_behind_it_is_never_served(
     target, framing, answered_by_draco
 ):
-    smuggled = b"GET /api/nordvpn/countries HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n\r\n"
-    request = b"POST /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n0\r\n\r\n" + smuggled
+    smuggled = (
+        b"GET /api/nordvpn/countries HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+        + KEY.encode()
+        + b"\r\n\r\n"
+    )
+    request = (
+        b"POST /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n0\r\n\r\n" + smuggled
+    )
     answer = exchange(target, request)
-    assert statuses(answer) == [400] and b"<still open>" not in answer and b"connection: close" in answer.lower()
+    assert statuses(answer) == [400]
+    assert b"<still open>" not in answer
+    assert b"connection: close" in answer.lower()
     assert (b'"error":"Bad Request"' in answer) == answered_by_draco
 
 
@@ -135,17 +166,28 @@ def test_pipelined_requests_are_answered_in_order(target):
     assert statuses(exchange(target, one + two)) == [200, 200]
 
 
-def test_a_websocket_upgrade_reaches_no_route_even_with_the_key(target):
+def test_a_websocket_upgrade_reaches_no_route_and_is_refused_with_the_hardened_headers(target):
     """The layers judge HTTP requests and let a websocket scope pass: safe only while draco
-    routes no websocket, so Starlette's router refuses every handshake (403, no body)."""
-    upgrade = (b"GET /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-API-Key: ")  # fmt: skip
+    routes no websocket, so Starlette's router refuses every handshake. The refusal leaves
+    through the security-headers layer like any answer: 403, hardened, in the envelope."""
+    upgrade = (
+        b"GET /api/nordvpn/servers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-API-Key: "
+    )
     answer = exchange(target, upgrade + KEY.encode() + b"\r\n\r\n", wait=1)
-    assert statuses(answer) == [403] and answer.endswith(b"\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert statuses(answer) == [403]
+    assert b"\r\nx-frame-options: DENY" in head
+    assert b"\r\ncontent-security-policy: " in head
+    assert b"\r\nserver:" not in head.lower()
+    assert json.loads(body)["error"] == "Forbidden"
 
 
 def test_connect_is_refused_and_opens_no_tunnel(target):
-    answer = exchange(target, b"CONNECT victim.example:443 HTTP/1.1\r\nHost: victim.example:443\r\n\r\n", wait=1)
+    answer = exchange(
+        target, b"CONNECT victim.example:443 HTTP/1.1\r\nHost: victim.example:443\r\n\r\n", wait=1
+    )
     assert statuses(answer)[0] in (400, 404, 405)
 
 
@@ -157,7 +199,9 @@ class H2Attacker:
     the `h2` library itself refuses to send: headers never ended, streams past the limit."""
 
     def __init__(self, draco, source: str = "127.0.0.70"):
-        self.sock = socket.create_connection((draco.host, draco.port), source_address=(source, 0), timeout=5)
+        self.sock = socket.create_connection(
+            (draco.host, draco.port), source_address=(source, 0), timeout=5
+        )
         self.sock.sendall(HTTP2_PREFACE + SettingsFrame(0).serialize())
         self.encoder = hpack.Encoder()
         self.closed = threading.Event()
@@ -172,7 +216,9 @@ class H2Attacker:
         self.closed.set()
 
     def headers(self, stream: int, end_headers: bool = True, path: str = "/health") -> bytes:
-        block = self.encoder.encode([(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)])
+        block = self.encoder.encode(
+            [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
+        )
         frame = HeadersFrame(stream, block)
         frame.flags.add("END_STREAM")
         if end_headers:
@@ -195,8 +241,15 @@ def test_rapid_reset_of_2000_streams_holds_no_one_else_up(target):
     itself sends these: each stream is closed before the next opens)."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
-    request = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/api/providers")]
-    with socket.create_connection((target.host, target.port), source_address=("127.0.0.71", 0), timeout=5) as sock:
+    request = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        (":path", "/api/providers"),
+    ]
+    with socket.create_connection(
+        (target.host, target.port), source_address=("127.0.0.71", 0), timeout=5
+    ) as sock:
         for stream in range(1, 4001, 2):
             conn.send_headers(stream, request, end_stream=True)
             conn.reset_stream(stream, error_code=8)  # CANCEL
@@ -224,7 +277,11 @@ def test_a_continuation_flood_is_cut_off_at_the_header_size_limit(target):
 def test_a_thousand_streams_at_once_are_refused_beyond_the_limit(target):
     attacker = H2Attacker(target)
     try:
-        attacker.send(b"".join(attacker.headers(stream, path="/api/providers") for stream in range(1, 2001, 2)))
+        attacker.send(
+            b"".join(
+                attacker.headers(stream, path="/api/providers") for stream in range(1, 2001, 2)
+            )
+        )
         time.sleep(1)
         still_served(target)
     finally:
@@ -247,36 +304,75 @@ def test_schemathesis_finds_nothing_with_every_check(start_draco, upstreams, tmp
     # the run sends, since over it a request without a key is (by design) a 429 before
     # any key is looked at, where schemathesis expects a 401.
     extra = (
-        {"RATE_LIMIT_ENABLED": "false"} if limit == "off" else {"RATE_LIMIT_REQUESTS": "10000", "LATENCY_WEIGHT": "1"}
+        {"RATE_LIMIT_ENABLED": "false"}
+        if limit == "off"
+        else {"RATE_LIMIT_REQUESTS": "10000", "LATENCY_WEIGHT": "1"}
     )
     env = environment(upstreams, **extra)
     schema = tmp_path / "openapi.json"
     schema.write_text(httpx.get(start_draco({**env, "DEBUG": "true"}).url("/openapi.json")).text)
-    draco = start_draco(env, args=CONFIG)  # whose max_requests (10,000) bounds the run: 30 examples an operation
+    draco = start_draco(
+        env, args=CONFIG
+    )  # whose max_requests (10,000) bounds the run: 30 examples an operation
     run = subprocess.run(
-        [st, "run", str(schema), "--url", draco.base, "--checks", "all", "--header", f"X-API-Key: {KEY}",
-         "--max-examples", "30", "--request-timeout", "30", "--max-response-time", "30", "--no-color"],
-        capture_output=True, text=True, timeout=150, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            st,
+            "run",
+            str(schema),
+            "--url",
+            draco.base,
+            "--checks",
+            "all",
+            "--header",
+            f"X-API-Key: {KEY}",
+            "--max-examples",
+            "30",
+            "--request-timeout",
+            "30",
+            "--max-response-time",
+            "30",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 # --- what hypercorn answers itself, as the README says ----------------------------------------
 
 HYPERCORN_ANSWERS = [
-    ("a malformed request line or header, a missing `Host`", b"GET /api/nord vpn HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (
+        "a malformed request line or header, a missing `Host`",
+        b"GET /api/nord vpn HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+    ),
     ("a malformed request line or header, a missing `Host`", b"GET /health HTTP/1.1\r\n\r\n", 400),
-    ("two `Content-Length` headers with different values",
-     b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
-    ("a `Transfer-Encoding` other than `chunked`",
-     b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-    ("a request head still incomplete after 16 KiB",
-     b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 17_000, 431),
-]  # fmt: skip
+    (
+        "two `Content-Length` headers with different values",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        400,
+    ),
+    (
+        "a `Transfer-Encoding` other than `chunked`",
+        b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    ),
+    (
+        "a request head still incomplete after 16 KiB",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 17_000,
+        431,
+    ),
+]
 
 
-@pytest.mark.parametrize("row, request_bytes, status", HYPERCORN_ANSWERS)
-def test_the_readme_names_each_error_hypercorn_answers_before_draco(target, row, request_bytes, status):
+@pytest.mark.parametrize(("row", "request_bytes", "status"), HYPERCORN_ANSWERS)
+def test_the_readme_names_each_error_hypercorn_answers_before_draco(
+    target, row, request_bytes, status
+):
     answer = exchange(target, request_bytes)
-    assert statuses(answer) == [status] and answer.endswith(b"\r\n\r\n")  # an empty body: not draco's
+    assert statuses(answer) == [status]
+    assert answer.endswith(b"\r\n\r\n")
     assert f"| {row}" in (ROOT / "README.md").read_text()

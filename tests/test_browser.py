@@ -14,7 +14,8 @@ from conftest import KEY, need, upstream_env
 PAGE = """<!doctype html><html><body data-result="pending"><script>
 fetch("{api}/api/nordvpn/servers?page_size=3", {{headers: {{"X-API-Key": "{key}"}}}})
   .then(r => r.json().then(body => document.body.setAttribute("data-result",
-        "status=" + r.status + " servers=" + body.length + " remaining=" + r.headers.get("X-RateLimit-Remaining"))))
+        "status=" + r.status + " servers=" + body.length
+        + " remaining=" + r.headers.get("X-RateLimit-Remaining"))))
   .catch(error => document.body.setAttribute("data-result", "refused:" + error.name));
 </script></body></html>"""
 

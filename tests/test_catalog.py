@@ -54,9 +54,14 @@ class TLSUpstream:
             await asyncio.get_running_loop().run_in_executor(None, self.stopping.wait)
 
         config, port = Config(), free_port()
-        config.bind, (config.certfile, config.keyfile) = [f"127.0.0.1:{port}"], map(str, certificate)
+        config.bind, (config.certfile, config.keyfile) = (
+            [f"127.0.0.1:{port}"],
+            map(str, certificate),
+        )
         app = Starlette(routes=[Route("/servers", servers)])
-        self.thread = threading.Thread(target=asyncio.run, args=(serve(app, config, shutdown_trigger=stopped),))
+        self.thread = threading.Thread(
+            target=asyncio.run, args=(serve(app, config, shutdown_trigger=stopped),)
+        )
         self.thread.start()
         wait_for_port("127.0.0.1", port)
         self.url = f"https://127.0.0.1:{port}/servers"
@@ -77,9 +82,12 @@ def test_the_upstream_certificate_is_verified_and_http2_is_spoken(start_draco, c
         refused = httpx.get(untrusted.url("/api/nordvpn/servers"))
         failure = httpx.get(untrusted.url("/health")).json()["providers"]["nordvpn"]["last_failure"]
         assert (refused.status_code, failure, upstream.versions) == (503, "connection", [])
-        trusted = start_draco({"NORDVPN_API_URL": upstream.url, "SSL_CERT_FILE": str(certificate[0])})
+        trusted = start_draco(
+            {"NORDVPN_API_URL": upstream.url, "SSL_CERT_FILE": str(certificate[0])}
+        )
         served = httpx.get(trusted.url("/api/nordvpn/servers"))
-        assert served.status_code == 200 and len(served.json()) > 0
+        assert served.status_code == 200
+        assert len(served.json()) > 0
         assert upstream.versions == ["2"]
         trusted.stop()  # its connection would hold the upstream's shutdown open
 
@@ -93,7 +101,9 @@ class TunnelProxy(socketserver.ThreadingTCPServer):
     def __init__(self):
         self.tunnels: list[str] = []
         super().__init__(("127.0.0.1", 0), _Tunnel)
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -114,14 +124,23 @@ class _Tunnel(socketserver.StreamRequestHandler):
                     ends[end].sendall(data)
 
 
-def test_an_https_upstream_is_reached_through_the_proxys_tunnel_its_certificate_verified(start_draco, certificate):
+def test_an_https_upstream_is_reached_through_the_proxys_tunnel_its_certificate_verified(
+    start_draco, certificate
+):
     proxy = TunnelProxy()
     with TLSUpstream(demo_payload("nordvpn"), certificate) as upstream:
-        env = {"NORDVPN_API_URL": upstream.url, "HTTPS_PROXY": proxy.url, "READY_PROVIDERS": '["nordvpn"]'}
-        assert httpx.get(start_draco(env).url("/api/nordvpn/servers")).status_code == 503  # CA not trusted
+        env = {
+            "NORDVPN_API_URL": upstream.url,
+            "HTTPS_PROXY": proxy.url,
+            "READY_PROVIDERS": '["nordvpn"]',
+        }
+        assert (
+            httpx.get(start_draco(env).url("/api/nordvpn/servers")).status_code == 503
+        )  # CA not trusted
         trusted = start_draco({**env, "SSL_CERT_FILE": str(certificate[0])})
         assert httpx.get(trusted.url("/api/nordvpn/servers")).status_code == 200
-        assert proxy.tunnels == [upstream.url.split("/")[2]] * 2 and upstream.versions == ["2"]
+        assert proxy.tunnels == [upstream.url.split("/")[2]] * 2
+        assert upstream.versions == ["2"]
         trusted.stop()
     proxy.shutdown()
 
@@ -132,12 +151,18 @@ def test_the_upstream_requests_go_through_the_proxy_the_environment_names(start_
     proxy = FakeUpstream(demo_payload("nordvpn"))
     try:
         unreachable = "http://127.0.0.1:9/servers"
-        env = {"NORDVPN_API_URL": unreachable, "HTTP_PROXY": f"http://127.0.0.1:{proxy.port}",
-               "READY_PROVIDERS": '["nordvpn"]'}  # fmt: skip
+        env = {
+            "NORDVPN_API_URL": unreachable,
+            "HTTP_PROXY": f"http://127.0.0.1:{proxy.port}",
+            "READY_PROVIDERS": '["nordvpn"]',
+        }
         assert httpx.get(start_draco(env).url("/api/nordvpn/servers")).status_code == 200
-        assert [path.partition("?")[0] for path, _ in proxy.requests] == [unreachable]  # a proxy's absolute form
+        assert [path.partition("?")[0] for path, _ in proxy.requests] == [
+            unreachable
+        ]  # a proxy's absolute form
         exempt = start_draco({**env, "NO_PROXY": "127.0.0.1"})
-        assert httpx.get(exempt.url("/api/nordvpn/servers")).status_code == 503 and proxy.hits == 1
+        assert httpx.get(exempt.url("/api/nordvpn/servers")).status_code == 503
+        assert proxy.hits == 1
     finally:
         proxy.stop()
 
@@ -176,30 +201,45 @@ def gzip_of(chunks, layers: int = 1) -> bytes:
 
 @pytest.mark.parametrize("members", [1, 3])
 def test_a_gzipped_list_is_inflated_and_served(start_draco, upstreams, members):
-    """One gzip member, or several one after another (RFC 1952), which httpx would cut to the first."""
+    """One gzip member, or several one after another (RFC 1952), which httpx would cut to the
+    first."""
     payload = demo_payload("nordvpn")
-    parts = [payload[i * len(payload) // members : (i + 1) * len(payload) // members] for i in range(members)]
+    parts = [
+        payload[i * len(payload) // members : (i + 1) * len(payload) // members]
+        for i in range(members)
+    ]
     upstreams["nordvpn"].set(
         "ok", body=b"".join(gzip_of([part]) for part in parts), headers={"Content-Encoding": "gzip"}
     )
     draco = start_draco(upstream_env(upstreams))
     served = httpx.get(draco.url("/api/nordvpn/servers/paginated")).json()["total"]
     assert served == len(REGISTRY["nordvpn"].parse(payload)[0]) > 0  # as if it came uncompressed
-    assert upstreams["nordvpn"].requests[0][1]["Accept-Encoding"] == "gzip"  # the one encoding it inflates
+    assert (
+        upstreams["nordvpn"].requests[0][1]["Accept-Encoding"] == "gzip"
+    )  # the one encoding it inflates
 
 
 @pytest.mark.parametrize(
-    "layers, encoding, failure", [(1, "gzip", "oversized"), (2, "gzip, gzip", "unsupported_encoding")]
+    ("layers", "encoding", "failure"),
+    [(1, "gzip", "oversized"), (2, "gzip, gzip", "unsupported_encoding")],
 )
 def test_a_gzip_bomb_is_refused_within_the_cap(start_draco, upstreams, layers, encoding, failure):
     """1 GiB of zeros in 1 MB of gzip, or in 2 KB of gzip twice over: httpx's own decoders
     would inflate each chunk whole (over 2 GiB for the second) before any cap was checked."""
     bomb = gzip_of((bytes(16 * MiB) for _ in range(64)), layers)
     upstreams["nordvpn"].set("ok", body=bomb, headers={"Content-Encoding": encoding})
-    draco = start_draco({**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(8 * MiB), "READY_PROVIDERS": '["ivpn"]'})
+    draco = start_draco(
+        {
+            **upstream_env(upstreams),
+            "UPSTREAM_MAX_BYTES": str(8 * MiB),
+            "READY_PROVIDERS": '["ivpn"]',
+        }
+    )
     before = draco.rss_peak_kb()
     assert httpx.get(draco.url("/api/nordvpn/servers"), timeout=60).status_code == 503
-    assert draco.rss_peak_kb() - before < 24 * 1024  # the 8 MiB cap and a MiB of inflation, with slack
+    assert (
+        draco.rss_peak_kb() - before < 24 * 1024
+    )  # the 8 MiB cap and a MiB of inflation, with slack
     assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == failure
 
 
@@ -213,21 +253,30 @@ def test_a_broken_gzip_stream_is_refused(start_draco, upstreams, broken):
     upstreams["nordvpn"].set("ok", body=body, headers={"Content-Encoding": "gzip"})
     draco = start_draco(upstream_env(upstreams))
     assert httpx.get(draco.url("/api/nordvpn/servers")).status_code == 503
-    assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "invalid_encoding"
+    assert (
+        httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"]
+        == "invalid_encoding"
+    )
 
 
 def test_a_declared_length_over_the_cap_is_refused_without_reading(start_draco, upstreams):
     # The upstream declares 2 MiB and sends nothing: reading would wait for the deadline.
     upstreams["surfshark"].set("declared", size=2 * MiB)
-    draco = start_draco({**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(MiB), "HTTP_TIMEOUT": "20"})
+    draco = start_draco(
+        {**upstream_env(upstreams), "UPSTREAM_MAX_BYTES": str(MiB), "HTTP_TIMEOUT": "20"}
+    )
     started = time.monotonic()
     assert httpx.get(draco.url("/api/surfshark/servers"), timeout=30).status_code == 503
     assert time.monotonic() - started < 5
-    assert httpx.get(draco.url("/health")).json()["providers"]["surfshark"]["last_failure"] == "oversized"
+    assert (
+        httpx.get(draco.url("/health")).json()["providers"]["surfshark"]["last_failure"]
+        == "oversized"
+    )
 
 
 @pytest.mark.parametrize(
-    "mode, options", [("status", {"status": 500}), ("status", {"status": 404}), ("refused", {}), ("html", {})]
+    ("mode", "options"),
+    [("status", {"status": 500}), ("status", {"status": 404}), ("refused", {}), ("html", {})],
 )
 def test_upstream_failure_on_a_cold_cache_is_a_bare_503(start_draco, upstreams, mode, options):
     upstreams["nordvpn"].set(mode, **options)
@@ -235,7 +284,10 @@ def test_upstream_failure_on_a_cold_cache_is_a_bare_503(start_draco, upstreams, 
     response = httpx.get(draco.url("/api/nordvpn/servers"))
     if mode == "html":  # a 200 that is not the list: a data error
         assert response.status_code == 500
-        assert response.json() == {"error": "Internal Server Error", "message": "An internal error occurred."}
+        assert response.json() == {
+            "error": "Internal Server Error",
+            "message": "An internal error occurred.",
+        }
     else:
         assert response.status_code == 503
         assert response.json()["error"] == "Service Unavailable"
@@ -248,17 +300,27 @@ def test_a_payload_of_the_wrong_shape_on_a_cold_cache_is_a_generic_500(start_dra
     draco = start_draco(upstream_env(upstreams))
     response = httpx.get(draco.url("/api/surfshark/servers"))
     assert response.status_code == 500
-    assert response.json() == {"error": "Internal Server Error", "message": "An internal error occurred."}
+    assert response.json() == {
+        "error": "Internal Server Error",
+        "message": "An internal error occurred.",
+    }
     assert response.headers["cache-control"] == "no-store"
 
 
-def test_a_payload_nested_past_the_decoders_depth_is_invalid_data_not_a_crash(start_draco, upstreams):
+def test_a_payload_nested_past_the_decoders_depth_is_invalid_data_not_a_crash(
+    start_draco, upstreams
+):
     upstreams["nordvpn"].set("ok", body=b'[{"hostname":' + b"[" * 5000 + b"]" * 5000 + b"}]")
     draco = start_draco(upstream_env(upstreams))
     response = httpx.get(draco.url("/api/nordvpn/servers"))
-    assert response.status_code == 500 and response.json()["message"] == "An internal error occurred."
-    assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "invalid_data"
-    assert "Traceback" not in draco.logs() and "RecursionError" not in draco.logs()
+    assert response.status_code == 500
+    assert response.json()["message"] == "An internal error occurred."
+    assert (
+        httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"]
+        == "invalid_data"
+    )
+    assert "Traceback" not in draco.logs()
+    assert "RecursionError" not in draco.logs()
 
 
 @pytest.mark.parametrize("mode", ["hang", "trickle"])
@@ -269,5 +331,8 @@ def test_a_slow_upstream_hits_the_deadline(start_draco, upstreams, mode):
     draco = start_draco({**upstream_env(upstreams), "HTTP_TIMEOUT": "5"})
     started = time.monotonic()
     response = httpx.get(draco.url("/api/nordvpn/servers"), timeout=30)
-    assert response.status_code == 503 and time.monotonic() - started < 8
-    assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "timeout"
+    assert response.status_code == 503
+    assert time.monotonic() - started < 8
+    assert (
+        httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["last_failure"] == "timeout"
+    )

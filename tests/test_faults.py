@@ -23,16 +23,22 @@ from draco.providers import REGISTRY
 def test_a_faulty_upstream_never_costs_the_served_list(name):
     outcome = faults.run_fault(faults.FAULTS[name])
     assert outcome["worst_status"] == 200  # no 5xx while data exists
-    assert outcome["all_stale"] and outcome["unchanged"] and outcome["ages_ok"], outcome
+    assert outcome["all_stale"], outcome
+    assert outcome["unchanged"], outcome
+    assert outcome["ages_ok"], outcome
     assert outcome["upstream_requests"] <= 4, outcome  # once per backoff step, not once per request
-    assert outcome["recovered_list"] and outcome["recovered_age"] <= 2, outcome
+    assert outcome["recovered_list"], outcome
+    assert outcome["recovered_age"] <= 2, outcome
 
 
-def test_kill_9_mid_refresh_then_a_restart_with_the_upstream_down_serves_the_last_good_list(tmp_path):
+def test_kill_9_mid_refresh_then_a_restart_with_the_upstream_down_serves_the_last_good_list(
+    tmp_path,
+):
     with FakeUpstream(faults.HEALTHY) as upstream:
         first = faults.Service(upstream, tmp_path)
         good = first.get().json()
-        assert first.stop() == 0 and (tmp_path / f"{faults.PROVIDER}.json").exists()
+        assert first.stop() == 0
+        assert (tmp_path / f"{faults.PROVIDER}.json").exists()
 
         upstream.set("trickle")  # the next refresh will be in flight for seconds
         second = faults.Service(upstream, tmp_path)
@@ -45,7 +51,8 @@ def test_kill_9_mid_refresh_then_a_restart_with_the_upstream_down_serves_the_las
         third = faults.Service(upstream, tmp_path)
         try:
             answer = third.get()
-            assert answer.status_code == 200 and answer.json() == good
+            assert answer.status_code == 200
+            assert answer.json() == good
             assert answer.headers["x-data-status"] == "stale"
         finally:
             third.stop()
@@ -56,9 +63,13 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_the_snapshot_current(
         upstream.set("delay", delay=1.0)
         service = faults.Service(upstream, tmp_path)
         with httpx.Client(timeout=30) as client:
-            request = client.build_request("GET", f"{service.base}/api/{faults.PROVIDER}/servers?page_size=1000")
+            request = client.build_request(
+                "GET", f"{service.base}/api/{faults.PROVIDER}/servers?page_size=1000"
+            )
             result = {}
-            worker = threading.Thread(target=lambda: result.setdefault("answer", client.send(request)))
+            worker = threading.Thread(
+                target=lambda: result.setdefault("answer", client.send(request))
+            )
             worker.start()
             time.sleep(0.3)  # the cold fetch is waiting on the slow upstream
             service.proc.send_signal(signal.SIGTERM)
@@ -66,7 +77,9 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_the_snapshot_current(
         assert result["answer"].status_code == 200
         assert service.proc.wait(20) == 0
         snapshot = json.loads((tmp_path / f"{faults.PROVIDER}.json").read_bytes())
-        assert [s["identifier"] for s in snapshot["servers"]] == [s["identifier"] for s in result["answer"].json()]
+        assert [s["identifier"] for s in snapshot["servers"]] == [
+            s["identifier"] for s in result["answer"].json()
+        ]
 
 
 def test_draco_snapshot_writes_every_provider(tmp_path):
@@ -88,6 +101,11 @@ def test_draco_snapshot_fails_when_a_provider_fails(tmp_path):
         env = {"PATH": "/usr/bin:/bin", "SNAPSHOT_DIR": str(tmp_path)}
         env |= {f"{name.upper()}_API_URL": upstream.url for name in REGISTRY}
         result = subprocess.run(
-            [sys.executable, "-m", "draco", "snapshot"], env=env, capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-m", "draco", "snapshot"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
-    assert result.returncode == 1 and "nordvpn: failed (http_500)" in result.stdout
+    assert result.returncode == 1
+    assert "nordvpn: failed (http_500)" in result.stdout

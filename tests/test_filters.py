@@ -42,7 +42,11 @@ def servers_of(provider: str):
 
 
 def brute_force(provider: str, chosen: dict) -> list[str]:
-    return [s.identifier for s in servers_of(provider) if all(RULES[n][1](s, v) for n, v in chosen.items())]
+    return [
+        s.identifier
+        for s in servers_of(provider)
+        if all(RULES[n][1](s, v) for n, v in chosen.items())
+    ]
 
 
 def query(value) -> str:
@@ -61,7 +65,9 @@ def filter_choices(draw):
     sample = draw(st.sampled_from(every))
     values = {
         "city": st.sampled_from([sample.city or "Vienna", (sample.city or "x").upper(), "Nowhere"]),
-        "identifier": st.sampled_from([sample.identifier, sample.identifier.upper(), "none.example"]),
+        "identifier": st.sampled_from(
+            [sample.identifier, sample.identifier.upper(), "none.example"]
+        ),
         "identifier_prefix": st.sampled_from([sample.identifier[:3], sample.identifier[:1], "zzz"]),
         "max_load": st.integers(0, 100),
         "p2p": st.booleans(),
@@ -72,9 +78,13 @@ def filter_choices(draw):
     return provider, {name: draw(values[name]) for name in sorted(names)}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=filter_choices())
-def test_any_combination_of_filters_returns_exactly_what_a_brute_force_filter_returns(service, case):
+def test_any_combination_of_filters_returns_exactly_what_a_brute_force_filter_returns(
+    service, case
+):
     provider, chosen = case
     params = {name: query(value) for name, value in chosen.items()} | {"page_size": 1000}
     response = httpx.get(service.url(f"/api/{provider}/servers"), params=params)
@@ -85,39 +95,78 @@ def test_any_combination_of_filters_returns_exactly_what_a_brute_force_filter_re
         assert response.status_code == 422
 
 
-SUPPORTED = [(name, provider) for name in RULES for provider in PROVIDERS if answerable(provider, name)]
-EXAMPLES = {"city": "Vienna", "identifier_prefix": "a", "max_load": 40, "p2p": True, "owned": True, "free": True}
+SUPPORTED = [
+    (name, provider) for name in RULES for provider in PROVIDERS if answerable(provider, name)
+]
+EXAMPLES = {
+    "city": "Vienna",
+    "identifier_prefix": "a",
+    "max_load": 40,
+    "p2p": True,
+    "owned": True,
+    "free": True,
+}
 
 
-@pytest.mark.parametrize("name, provider", [(n, p) for n, p in SUPPORTED if n in EXAMPLES])
+@pytest.mark.parametrize(("name", "provider"), [(n, p) for n, p in SUPPORTED if n in EXAMPLES])
 def test_each_filter_on_each_provider_that_answers_it(service, name, provider):
-    chosen = EXAMPLES[name] if name != "identifier_prefix" else servers_of(provider)[0].identifier[:2]
+    chosen = (
+        EXAMPLES[name] if name != "identifier_prefix" else servers_of(provider)[0].identifier[:2]
+    )
     value, expected = query(chosen), brute_force(provider, {name: chosen})
-    listed = httpx.get(service.url(f"/api/{provider}/servers"), params={name: value, "page_size": 1000}).json()
-    assert [s["identifier"] for s in listed] == expected and expected
+    listed = httpx.get(
+        service.url(f"/api/{provider}/servers"), params={name: value, "page_size": 1000}
+    ).json()
+    assert [s["identifier"] for s in listed] == expected
+    assert expected
     in_country = httpx.get(service.url(f"/api/{provider}/servers/AT"), params={name: value})
-    at = [s.identifier for s in servers_of(provider) if s.country_code == "AT" and s.include_in_country]
+    at = [
+        s.identifier
+        for s in servers_of(provider)
+        if s.country_code == "AT" and s.include_in_country
+    ]
     at_too = [i for i in expected if i in at]
-    assert [s["identifier"] for s in in_country.json()] == at_too if at_too else in_country.status_code == 404
+    assert (
+        [s["identifier"] for s in in_country.json()] == at_too
+        if at_too
+        else in_country.status_code == 404
+    )
     top = httpx.get(service.url(f"/api/{provider}/servers/top"), params={name: value, "limit": 50})
-    assert {s["identifier"] for s in top.json()} <= set(expected) if top.status_code == 200 else top.status_code == 404
+    assert (
+        {s["identifier"] for s in top.json()} <= set(expected)
+        if top.status_code == 200
+        else top.status_code == 404
+    )
 
 
 def test_identifier_is_exact_and_ignores_case(service):
     for provider in PROVIDERS:
         identifier = servers_of(provider)[0].identifier
-        exact = httpx.get(service.url(f"/api/{provider}/servers"), params={"identifier": identifier.upper()}).json()
+        exact = httpx.get(
+            service.url(f"/api/{provider}/servers"), params={"identifier": identifier.upper()}
+        ).json()
         assert [s["identifier"] for s in exact] == [identifier]
 
 
-@pytest.mark.parametrize("name, provider", [("p2p", "surfshark"), ("owned", "nordvpn"), ("free", "mullvad"),
-                                            ("max_load", "mullvad"), ("max_load", "windscribe")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "provider"),
+    [
+        ("p2p", "surfshark"),
+        ("owned", "nordvpn"),
+        ("free", "mullvad"),
+        ("max_load", "mullvad"),
+        ("max_load", "windscribe"),
+    ],
+)
 def test_a_filter_a_provider_cannot_answer_is_a_422_naming_those_that_can(service, name, provider):
     for path in ("servers", "servers/paginated", "servers/DE", "servers/top", "servers/fastest"):
-        response = httpx.get(service.url(f"/api/{provider}/{path}"), params={name: query(EXAMPLES[name])})
+        response = httpx.get(
+            service.url(f"/api/{provider}/{path}"), params={name: query(EXAMPLES[name])}
+        )
         assert response.status_code == 422, path
         [detail] = response.json()["details"]
-        assert detail["loc"] == ["query", name] and detail["type"] == "unsupported_filter"
+        assert detail["loc"] == ["query", name]
+        assert detail["type"] == "unsupported_filter"
         assert all(able in detail["msg"] for able in ANSWERS[RULES[name][0]])
 
 
@@ -136,7 +185,14 @@ def parse_peer(text: str) -> dict[str, str]:
     return dict(line.split(" = ", 1) for line in lines[1:])
 
 
-PORTS = {"nordvpn": 51820, "surfshark": 51820, "mullvad": 51820, "ivpn": 58237, "windscribe": 1194, "airvpn": 1637}
+PORTS = {
+    "nordvpn": 51820,
+    "surfshark": 51820,
+    "mullvad": 51820,
+    "ivpn": 58237,
+    "windscribe": 1194,
+    "airvpn": 1637,
+}
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -144,19 +200,28 @@ def test_the_peer_section_parses_back_to_the_servers_key_and_endpoint(service, p
     server = servers_of(provider)[1]
     url = service.url(f"/api/{provider}/servers/{server.identifier}/wireguard")
     text = httpx.get(url)
-    assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
+    assert text.status_code == 200
+    assert text.headers["content-type"].startswith("text/plain")
     peer = parse_peer(text.text)
     host = server.identifier if provider in ("surfshark", "windscribe") else server.ipv4
-    assert peer == {"PublicKey": server.public_key, "Endpoint": f"{host}:{PORTS[provider]}",
-                    "AllowedIPs": "0.0.0.0/0, ::/0"}  # fmt: skip
-    shouted = httpx.get(service.url(f"/api/{provider}/servers/{server.identifier.upper()}/wireguard"))
+    assert peer == {
+        "PublicKey": server.public_key,
+        "Endpoint": f"{host}:{PORTS[provider]}",
+        "AllowedIPs": "0.0.0.0/0, ::/0",
+    }
+    shouted = httpx.get(
+        service.url(f"/api/{provider}/servers/{server.identifier.upper()}/wireguard")
+    )
     assert parse_peer(shouted.text) == peer  # a hostname in any case
     as_json = httpx.get(url, headers={"Accept": "application/json"}).json()
     assert {k: v for k, v in as_json.items() if k != "Note"} == peer
-    assert ("Note" in as_json) == (provider == "airvpn") and ("PresharedKey" in text.text) == (provider == "airvpn")
+    assert ("Note" in as_json) == (provider == "airvpn")
+    assert ("PresharedKey" in text.text) == (provider == "airvpn")
 
 
-def test_a_server_listed_without_an_address_is_named_by_its_hostname_in_the_peer(start_draco, upstreams):
+def test_a_server_listed_without_an_address_is_named_by_its_hostname_in_the_peer(
+    start_draco, upstreams
+):
     payload = json.loads(demo_payload("ivpn"))
     host = payload["wireguard"][0]["hosts"][0]
     del host["host"]  # IVPN's field for the address
@@ -168,21 +233,34 @@ def test_a_server_listed_without_an_address_is_named_by_its_hostname_in_the_peer
 
 def test_the_peer_endpoint_takes_no_parameters_and_404s_an_unknown_server(service):
     known = servers_of("nordvpn")[0].identifier
-    for query in ({"private_key": "x"}, {"identifier": known}):  # not even its path parameter's name
+    for query in (
+        {"private_key": "x"},
+        {"identifier": known},
+    ):  # not even its path parameter's name
         asked = httpx.get(service.url(f"/api/nordvpn/servers/{known}/wireguard"), params=query)
-        assert asked.status_code == 422 and asked.json()["details"][0]["type"] == "extra_forbidden"
+        assert asked.status_code == 422
+        assert asked.json()["details"][0]["type"] == "extra_forbidden"
     missing = httpx.get(service.url("/api/nordvpn/servers/nowhere.example/wireguard"))
-    assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "Not Found"
 
 
 def test_wg_quick_accepts_a_configuration_built_from_the_peer(service, tmp_path):
     wg, wg_quick = need("wg"), need("wg-quick")
-    private = subprocess.run([wg, "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    peer = httpx.get(service.url(f"/api/mullvad/servers/{servers_of('mullvad')[0].identifier}/wireguard")).text
+    private = subprocess.run(
+        [wg, "genkey"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    peer = httpx.get(
+        service.url(f"/api/mullvad/servers/{servers_of('mullvad')[0].identifier}/wireguard")
+    ).text
     config = tmp_path / "wg0.conf"
     config.write_text(f"[Interface]\nPrivateKey = {private}\nAddress = 10.64.0.2/32\n\n{peer}")
-    stripped = subprocess.run([wg_quick, "strip", str(config)], capture_output=True, text=True, check=True).stdout
-    assert "PublicKey = " in stripped and "Endpoint = " in stripped and "Address" not in stripped
+    stripped = subprocess.run(
+        [wg_quick, "strip", str(config)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "PublicKey = " in stripped
+    assert "Endpoint = " in stripped
+    assert "Address" not in stripped
 
 
 # --- the key-swap guard ----------------------------------------------------------------------
@@ -195,7 +273,9 @@ def rekeyed_payload(fraction: float) -> tuple[bytes, set[str]]:
     chosen = sorted(kept)[: round(len(kept) * fraction)]
     for entry in entries:
         if entry["hostname"] in chosen:
-            entry["technologies"][0]["metadata"][0]["value"] = servers_of("surfshark")[len(chosen) % 30].public_key
+            entry["technologies"][0]["metadata"][0]["value"] = servers_of("surfshark")[
+                len(chosen) % 30
+            ].public_key
     return json.dumps(entries).encode(), set(chosen)
 
 
@@ -203,9 +283,16 @@ def rekeyed_payload(fraction: float) -> tuple[bytes, set[str]]:
 def snapshotted(tmp_path, start_draco, upstreams):
     """draco restored from a snapshot of the NordVPN demo list, served stale until a refresh."""
     servers = servers_of("nordvpn")
-    write_snapshot(tmp_path, "nordvpn", snapshot_bytes(make_dataset("nordvpn", servers, time.time() - 10)))
-    env = {**upstream_env(upstreams), "SNAPSHOT_DIR": str(tmp_path), "REFRESH_BACKOFF_MAX": "1",
-           "METRICS_ENABLED": "true", "METRICS_PUBLIC": "true"}  # fmt: skip
+    write_snapshot(
+        tmp_path, "nordvpn", snapshot_bytes(make_dataset("nordvpn", servers, time.time() - 10))
+    )
+    env = {
+        **upstream_env(upstreams),
+        "SNAPSHOT_DIR": str(tmp_path),
+        "REFRESH_BACKOFF_MAX": "1",
+        "METRICS_ENABLED": "true",
+        "METRICS_PUBLIC": "true",
+    }
     return lambda: start_draco(env), {s.identifier: s.public_key for s in servers}
 
 
@@ -214,7 +301,9 @@ def keys_served(draco) -> dict[str, str]:
     return {s["identifier"]: s["public_key"] for s in servers}
 
 
-def test_a_mass_key_swap_is_held_until_confirmed_three_times_and_then_listed_in_changes(snapshotted, upstreams):
+def test_a_mass_key_swap_is_held_until_confirmed_three_times_and_then_listed_in_changes(
+    snapshotted, upstreams
+):
     start, old = snapshotted
     payload, swapped = rekeyed_payload(0.3)
     upstreams["nordvpn"].set("ok", body=payload)
@@ -227,15 +316,20 @@ def test_a_mass_key_swap_is_held_until_confirmed_three_times_and_then_listed_in_
         time.sleep(0.2)
     assert upstreams["nordvpn"].hits == 3  # held twice, accepted on the third identical answer
     metrics = httpx.get(draco.url("/metrics")).text
-    assert 'draco_upstream_fetches_total{outcome="rekeyed",provider="nordvpn"} 2.0' in metrics.replace(
-        'provider="nordvpn",outcome="rekeyed"', 'outcome="rekeyed",provider="nordvpn"'
+    assert (
+        'draco_upstream_fetches_total{outcome="rekeyed",provider="nordvpn"} 2.0'
+        in metrics.replace(
+            'provider="nordvpn",outcome="rekeyed"', 'outcome="rekeyed",provider="nordvpn"'
+        )
     )
     new = keys_served(draco)
     assert {name for name in new if new[name] != old[name]} == swapped
     changes = httpx.get(draco.url("/api/nordvpn/changes")).json()
-    assert {c["identifier"] for c in changes["rekeyed"]} == swapped and not changes["added"] + changes["removed"]
+    assert {c["identifier"] for c in changes["rekeyed"]} == swapped
+    assert not changes["added"] + changes["removed"]
     assert all(
-        old[c["identifier"]] == c["old_key"] and new[c["identifier"]] == c["new_key"] for c in changes["rekeyed"]
+        old[c["identifier"]] == c["old_key"] and new[c["identifier"]] == c["new_key"]
+        for c in changes["rekeyed"]
     )
     assert changes["current"] > changes["previous"]
 
@@ -250,4 +344,5 @@ def test_a_few_keys_rotated_are_accepted_at_once(snapshotted, upstreams):
     while keys_served(draco) == old and time.monotonic() < deadline:
         time.sleep(0.1)
     new = keys_served(draco)
-    assert upstreams["nordvpn"].hits == 1 and {name for name in new if new[name] != old[name]} == swapped
+    assert upstreams["nordvpn"].hits == 1
+    assert {name for name in new if new[name] != old[name]} == swapped

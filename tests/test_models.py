@@ -18,14 +18,27 @@ def server(i: int, code: str = "DE", name: str = "Germany") -> Server:
 def test_paging_any_list_with_any_page_size_yields_every_server_exactly_once(total, page_size):
     servers = [server(i) for i in range(total)]
     first = paginate(servers, 1, page_size)
-    seen = [s for page in range(1, first.total_pages + 2) for s in paginate(servers, page, page_size).data]
+    seen = [
+        s
+        for page in range(1, first.total_pages + 2)
+        for s in paginate(servers, page, page_size).data
+    ]
     assert seen == servers
-    assert first.total == total and first.total_pages == -(-total // page_size)
+    assert first.total == total
+    assert first.total_pages == -(-total // page_size)
 
 
 def test_a_server_serialises_in_the_original_field_order_then_the_additions():
     body = json.loads(encode(server(1)))
-    assert list(body)[:7] == ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"]
+    assert list(body)[:7] == [
+        "provider",
+        "country",
+        "country_code",
+        "identifier",
+        "public_key",
+        "load",
+        "latency",
+    ]
     assert list(body)[7:] == ["city", "ipv4", "include_in_country", "p2p", "owned", "free"]
 
 

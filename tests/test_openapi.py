@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from urllib.parse import urljoin
 
@@ -16,15 +17,24 @@ from starlette.routing import Route
 from draco.app import create_app
 from draco.probe.methods import methods_available
 from draco.settings import load
+from draco.web import openapi
 
-DOC_PATHS = ["/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui.css", "/redoc/assets/redoc.standalone.js"]
+DOC_PATHS = [
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/docs/assets/swagger-ui.css",
+    "/redoc/assets/redoc.standalone.js",
+]
 
 
 @pytest.fixture(scope="module")
 def debug_service(module_upstreams):
     from conftest import Draco
 
-    process = Draco({**upstream_env(module_upstreams), "DEBUG": "true", "RATE_LIMIT_REQUESTS": "10000"})
+    process = Draco(
+        {**upstream_env(module_upstreams), "DEBUG": "true", "RATE_LIMIT_REQUESTS": "10000"}
+    )
     yield process
     process.close()
 
@@ -75,7 +85,11 @@ def test_the_document_is_valid_openapi_3_1(spec):
 def test_the_document_describes_exactly_the_route_table(spec):
     """One path per provider (and `all`), where the route has a {provider}."""
     app = create_app(load({**NOWHERE, "DEBUG": "true"}))
-    table = {r.path for r in app.routes if isinstance(r, Route)} - {"/openapi.json", "/docs", "/redoc"}
+    table = {r.path for r in app.routes if isinstance(r, Route)} - {
+        "/openapi.json",
+        "/docs",
+        "/redoc",
+    }
     expanded = {path.replace("{provider}", name) for path in table for name in (*PROVIDERS, "all")}
     assert set(spec["paths"]) == expanded
     for path, item in spec["paths"].items():
@@ -89,14 +103,17 @@ def method_choices(spec) -> list[str]:
     return next(p["schema"]["enum"] for p in parameters if p["name"] == "method")
 
 
-def test_the_document_offers_exactly_the_latency_methods_this_host_runs(spec, start_draco, upstreams):
+def test_the_document_offers_exactly_the_latency_methods_this_host_runs(
+    spec, start_draco, upstreams
+):
     assert sorted(method_choices(spec)) == sorted(["auto", *methods_available()])
     # A host without fping on its PATH: fping is neither offered nor accepted.
     env = {**upstream_env(upstreams), "DEBUG": "true", "PATH": "/nonexistent"}
     without = start_draco(env)
     assert "fping" not in method_choices(httpx.get(without.url("/openapi.json")).json())
     refused = httpx.get(without.url("/api/nordvpn/servers/latency"), params={"method": "fping"})
-    assert refused.status_code == 422 and refused.json()["details"][0]["loc"] == ["query", "method"]
+    assert refused.status_code == 422
+    assert refused.json()["details"][0]["loc"] == ["query", "method"]
 
 
 def _concrete(path: str) -> str:
@@ -120,7 +137,9 @@ def test_every_documented_bound_is_the_one_enforced(spec, debug_service):
                 status = httpx.get(url, params={parameter["name"]: value}).status_code
                 assert (status != 422) == ok, (path, parameter["name"], value, status)
             checked += 1
-    assert checked == 5 * 13 + 2 * 8  # 13 integers where a provider reports load (max_load on 5 paths), else 8
+    assert (
+        checked == 5 * 13 + 2 * 8
+    )  # 13 integers where a provider reports load (max_load on 5 paths), else 8
 
 
 def _validator(spec, schema) -> jsonschema.Draft202012Validator:
@@ -128,7 +147,7 @@ def _validator(spec, schema) -> jsonschema.Draft202012Validator:
 
 
 @pytest.mark.parametrize(
-    "template, provider, params, status",
+    ("template", "provider", "params", "status"),
     [
         ("/health", "", {}, 200),
         ("/api/providers", "", {}, 200),
@@ -146,11 +165,17 @@ def _validator(spec, schema) -> jsonschema.Draft202012Validator:
         ("/api/{provider}/changes", "nordvpn", {}, 404),
     ],
 )
-def test_real_answers_validate_against_the_documented_schemas(spec, debug_service, template, provider, params, status):
+def test_real_answers_validate_against_the_documented_schemas(
+    spec, debug_service, template, provider, params, status
+):
     path = _concrete(template.replace("{provider}", provider))
-    answer = httpx.get(debug_service.url(path), params=params, headers={"Accept": "application/json"})
+    answer = httpx.get(
+        debug_service.url(path), params=params, headers={"Accept": "application/json"}
+    )
     assert answer.status_code == status
-    documented = spec["paths"][template.replace("{provider}", provider.replace("unknown", "nordvpn"))]
+    documented = spec["paths"][
+        template.replace("{provider}", provider.replace("unknown", "nordvpn"))
+    ]
     documented = documented["get"]["responses"][str(status)]
     _validator(spec, documented["content"]["application/json"]["schema"]).validate(answer.json())
 
@@ -176,3 +201,28 @@ def test_the_doc_pages_are_outside_the_rate_limit_and_their_assets_inside():
             assert asset.headers["x-ratelimit-limit"] == "10"
 
     asyncio.run(go())
+
+
+def _get(app, path: str, root: str = "") -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000), root_path=root)
+        async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:
+            return await client.get(root + path)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(("root", "server"), [("", "/"), ("/draco", "/draco")])
+def test_the_document_names_the_server_by_the_root_path_it_is_served_under(root, server):
+    app = create_app(load({**NOWHERE, "DEBUG": "true"}))
+    assert _get(app, "/openapi.json", root).json()["servers"] == [{"url": server}]
+
+
+def test_debug_without_the_docs_extra_serves_the_document_alone(monkeypatch, caplog):
+    monkeypatch.setattr(openapi, "installed", lambda extra: extra != "docs")
+    with caplog.at_level(logging.WARNING, "draco"):
+        app = create_app(load({**NOWHERE, "DEBUG": "true"}))
+    assert _get(app, "/openapi.json").status_code == 200
+    assert _get(app, "/docs").status_code == 404
+    assert _get(app, "/redoc").status_code == 404
+    assert "pip install 'draco[docs]'" in caplog.text

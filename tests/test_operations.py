@@ -34,22 +34,34 @@ def test_every_silenced_hadolint_rule_says_why():
     lines = (ROOT / "Containerfile").read_text().splitlines()
     for i, line in enumerate(lines):
         if "hadolint ignore" in line:
-            assert lines[i - 1].startswith("#") and "hadolint" not in lines[i - 1], "an ignore needs a reason above it"
+            assert lines[i - 1].startswith("#"), "an ignore needs a reason above it"
+            assert "hadolint" not in lines[i - 1], "an ignore needs a reason above it"
 
 
 def test_the_container_runs_as_65532_with_the_production_defaults():
     text = (ROOT / "Containerfile").read_text()
-    assert "USER 65532:65532" in text and "--shell /usr/sbin/nologin" in text
-    for setting in ("DEBUG=false", "ENABLE_API_KEY_AUTH=true", "ENABLE_SECURITY_HEADERS=true",
-                    "RATE_LIMIT_ENABLED=true", "LOG_LEVEL=WARNING"):  # fmt: skip
+    assert "USER 65532:65532" in text
+    assert "--shell /usr/sbin/nologin" in text
+    for setting in (
+        "DEBUG=false",
+        "ENABLE_API_KEY_AUTH=true",
+        "ENABLE_SECURITY_HEADERS=true",
+        "RATE_LIMIT_ENABLED=true",
+        "LOG_LEVEL=WARNING",
+    ):
         assert setting in text
-    assert 'ENTRYPOINT ["draco", "serve", "--bind", "0.0.0.0:8000"' in text and "HEALTHCHECK" in text
-    assert "curl" not in text and 'VOLUME ["/var/lib/draco"]' in text
+    assert 'ENTRYPOINT ["draco", "serve", "--bind", "0.0.0.0:8000"' in text
+    assert "HEALTHCHECK" in text
+    assert "curl" not in text
+    assert 'VOLUME ["/var/lib/draco"]' in text
 
 
 def _engine() -> str | None:
     for engine in ("podman", "docker"):
-        if shutil.which(engine) and subprocess.run([engine, "info"], capture_output=True).returncode == 0:
+        if (
+            shutil.which(engine)
+            and subprocess.run([engine, "info"], capture_output=True).returncode == 0
+        ):
             return engine
     return None
 
@@ -57,15 +69,24 @@ def _engine() -> str | None:
 def test_the_image_builds_and_serves_where_a_container_engine_runs():
     engine = _engine()
     if engine is None:
-        pytest.skip("no working container engine here (podman and docker cannot run containers on this machine)")
-    subprocess.run([engine, "build", "-t", "draco-test", "-f", "Containerfile", "."], cwd=ROOT, check=True)
-    result = subprocess.run([engine, "run", "--rm", "draco-test", "--help"], capture_output=True, text=True)
+        pytest.skip(
+            "no working container engine here "
+            "(podman and docker cannot run containers on this machine)"
+        )
+    subprocess.run(
+        [engine, "build", "-t", "draco-test", "-f", "Containerfile", "."], cwd=ROOT, check=True
+    )
+    result = subprocess.run(
+        [engine, "run", "--rm", "draco-test", "--help"], capture_output=True, text=True
+    )
     assert "serve" in result.stdout
 
 
 def test_the_healthcheck_one_liner_works_against_a_running_draco(start_draco):
     draco = start_draco(args=["--demo"])
-    command = re.search(r'CMD \["python", "-c", "(.+)"\]', (ROOT / "Containerfile").read_text()).group(1)
+    command = re.search(
+        r'CMD \["python", "-c", "(.+)"\]', (ROOT / "Containerfile").read_text()
+    ).group(1)
     command = command.replace("http://127.0.0.1:8000", draco.base)
     assert subprocess.run([sys.executable, "-c", command]).returncode == 0
     draco.stop()
@@ -108,12 +129,13 @@ def test_max_requests_ends_the_process_for_its_supervisor(start_draco, tmp_path)
             except httpx.TransportError:
                 break
             served += 1
-    assert 20 <= served <= 26 and draco.proc.wait(10) == 0
+    assert 20 <= served <= 26
+    assert draco.proc.wait(10) == 0
     assert "served max_requests" in draco.logs()
 
 
 @pytest.mark.parametrize(
-    "content, problem",
+    ("content", "problem"),
     [
         ("keep_alive_timeout = ", "cannot read"),
         ("keep_alive_timout = 5", "keep_alive_timout"),
@@ -123,22 +145,50 @@ def test_max_requests_ends_the_process_for_its_supervisor(start_draco, tmp_path)
 def test_a_bad_hypercorn_config_stops_start_up(tmp_path, content, problem):
     config = tmp_path / "bad.toml"
     config.write_text(content + "\n")
-    result = subprocess.run([sys.executable, "-m", "draco", "serve", "--config", str(config)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=30)  # fmt: skip
-    assert result.returncode == 2 and "--config:" in result.stderr and problem in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "draco", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--config:" in result.stderr
+    assert problem in result.stderr
 
 
 def test_http3_starts_on_the_quic_bind_and_answers(start_draco, certificate):
     cert, key = certificate
     port = free_port()
     draco = start_draco(
-        args=["--demo", "--certfile", str(cert), "--keyfile", str(key), "--quic-bind", f"127.0.0.1:{port}"]
+        args=[
+            "--demo",
+            "--certfile",
+            str(cert),
+            "--keyfile",
+            str(key),
+            "--quic-bind",
+            f"127.0.0.1:{port}",
+        ]
     )
     context = ssl.create_default_context(cafile=str(cert))
-    assert httpx.get(draco.url("/health"), verify=context).headers["alt-svc"] == f'h3=":{port}"; ma=3600'
+    assert (
+        httpx.get(draco.url("/health"), verify=context).headers["alt-svc"]
+        == f'h3=":{port}"; ma=3600'
+    )
     client = need("gtlsclient")
-    result = subprocess.run([client, "--exit-on-all-streams-close", "127.0.0.1", str(port), f"https://127.0.0.1:{port}/health"],
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    result = subprocess.run(
+        [
+            client,
+            "--exit-on-all-streams-close",
+            "127.0.0.1",
+            str(port),
+            f"https://127.0.0.1:{port}/health",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "[:status: 200]" in result.stdout + result.stderr
 
 
@@ -170,30 +220,45 @@ def behind_nginx(start_draco, upstreams, certificate, tmp_path):
     nginx = need("nginx")
     cert, key = certificate
     env = {
-        **upstream_env(upstreams), "TRUSTED_HOSTS": '["127.0.0.1"]', "RATE_LIMIT_REQUESTS": "10",
-        "RATE_LIMIT_PERIOD": "60", "DEBUG": "true",  # /docs exists at draco: the proxy must hide it
-    }  # fmt: skip
+        **upstream_env(upstreams),
+        "TRUSTED_HOSTS": '["127.0.0.1"]',
+        "RATE_LIMIT_REQUESTS": "10",
+        "RATE_LIMIT_PERIOD": "60",
+        "DEBUG": "true",  # /docs exists at draco: the proxy must hide it
+    }
     draco = start_draco(env)
     https_port, http_port = free_port(), free_port()
     conf = _nginx_conf(tmp_path, draco.port, https_port, http_port, cert, key)
-    tested = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
+    tested = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True
+    )
     assert tested.returncode == 0, tested.stderr
-    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [nginx, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.PIPE
+    )
     wait_for_port("127.0.0.1", https_port)
-    yield draco, f"https://127.0.0.1:{https_port}", ssl.create_default_context(cafile=str(cert)), tested
+    yield (
+        draco,
+        f"https://127.0.0.1:{https_port}",
+        ssl.create_default_context(cafile=str(cert)),
+        tested,
+    )
     proc.terminate()
     proc.wait(10)
 
 
 def test_nginx_config_passes_nginx_t(behind_nginx):
     *_, tested = behind_nginx
-    assert "syntax is ok" in tested.stderr and "test is successful" in tested.stderr
+    assert "syntax is ok" in tested.stderr
+    assert "test is successful" in tested.stderr
 
 
 def _through(base: str, context, source: str, headers=None) -> list[int]:
     transport = httpx.HTTPTransport(local_address=source, verify=context)
     with httpx.Client(transport=transport, base_url=base) as client:
-        return [client.get("/api/nordvpn/countries", headers=headers).status_code for _ in range(11)]
+        return [
+            client.get("/api/nordvpn/countries", headers=headers).status_code for _ in range(11)
+        ]
 
 
 def test_through_nginx_each_client_has_its_own_limit_and_forging_changes_nothing(behind_nginx):
@@ -213,7 +278,9 @@ def test_nginx_hides_the_docs_even_in_debug_mode(behind_nginx):
 
 def test_the_caddyfile_adapts():
     caddy = need("caddy")
-    result = subprocess.run([caddy, "adapt", "--config", str(CONF / "Caddyfile")], capture_output=True, text=True)
+    result = subprocess.run(
+        [caddy, "adapt", "--config", str(CONF / "Caddyfile")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert '"handler":"reverse_proxy"' in result.stdout.replace(" ", "")
 
@@ -229,9 +296,14 @@ def _keyfile(folder: Path, mode: int = 0o600) -> Path:
 
 
 PASSING = {
-    "DEBUG": "false", "ENABLE_API_KEY_AUTH": "true", "ENABLE_SECURITY_HEADERS": "true", "RATE_LIMIT_ENABLED": "true",
-    "CORS_ORIGINS": '["https://app.example.com"]', "LOG_LEVEL": "WARNING", "TRUSTED_HOSTS": '["127.0.0.1"]',
-}  # fmt: skip
+    "DEBUG": "false",
+    "ENABLE_API_KEY_AUTH": "true",
+    "ENABLE_SECURITY_HEADERS": "true",
+    "RATE_LIMIT_ENABLED": "true",
+    "CORS_ORIGINS": '["https://app.example.com"]',
+    "LOG_LEVEL": "WARNING",
+    "TRUSTED_HOSTS": '["127.0.0.1"]',
+}
 
 FAILURES = [
     ({"DEBUG": "true"}, (), "DEBUG is off"),
@@ -243,8 +315,17 @@ FAILURES = [
     ({"TRUSTED_HOSTS": '["0.0.0.0/0"]'}, (), "TRUSTED_HOSTS names only your proxies"),
     ({"TRUSTED_HOSTS": '["::/0"]'}, (), "TRUSTED_HOSTS names only your proxies"),
     ({}, ("--bind", "0.0.0.0:8000"), "plain HTTP is served on loopback"),
-    ({"CATALOG_STORAGE": "redis://127.0.0.1:6379/0"}, (), "Redis, where used, is reached with a password"),
-    ({"RATE_LIMIT_STORAGE": "rediss://redis.internal/0"}, (), "Redis, where used, is reached with a password"),
+    (
+        {"CATALOG_STORAGE": "redis://127.0.0.1:6379/0"},
+        (),
+        "Redis, where used, is reached with a password",
+    ),
+    (
+        {"RATE_LIMIT_STORAGE": "rediss://redis.internal/0"},
+        (),
+        "Redis, where used, is reached with a password",
+    ),
+    ({"LATENCY_ALLOW_PRIVATE": "true"}, (), "LATENCY_ALLOW_PRIVATE is off"),
 ]
 
 
@@ -253,7 +334,11 @@ def _check(env: dict, args=(), folder: Path | None = None, key_mode: int = 0o600
     if folder is not None:
         env["API_KEYS_FILE"] = str(_keyfile(folder, key_mode))
     return subprocess.run(
-        [sys.executable, "-m", "draco", "check", *args], env=env, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "draco", "check", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
 
 
@@ -261,21 +346,25 @@ def test_check_passes_a_production_configuration(tmp_path):
     result = _check({}, folder=tmp_path)
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert len(lines) == 10 and all(line.startswith("PASS") for line in lines)
+    assert len(lines) == 11
+    assert all(line.startswith("PASS") for line in lines)
 
 
-@pytest.mark.parametrize("env, args, item", FAILURES)
+@pytest.mark.parametrize(("env", "args", "item"), FAILURES)
 def test_check_fails_each_item_with_its_fix(tmp_path, env, args, item):
     result = _check(env, args, folder=tmp_path)
     assert result.returncode == 1
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
-    assert len(failed) == 1 and item in failed[0]
+    assert len(failed) == 1
+    assert item in failed[0]
     assert "fix:" in result.stdout
 
 
 def test_check_fails_a_key_file_others_can_read(tmp_path):
     result = _check({}, folder=tmp_path, key_mode=0o644)
-    assert result.returncode == 1 and "FAIL  files holding API keys" in result.stdout and "chmod 600" in result.stdout
+    assert result.returncode == 1
+    assert "FAIL  files holding API keys" in result.stdout
+    assert "chmod 600" in result.stdout
 
 
 def test_check_looks_at_keys_in_an_env_file_too(tmp_path):
@@ -290,11 +379,18 @@ def test_check_looks_at_keys_in_an_env_file_too(tmp_path):
         text=True,
         cwd=ROOT,
     )
-    assert result.returncode == 1 and "FAIL  files holding API keys" in result.stdout
+    assert result.returncode == 1
+    assert "FAIL  files holding API keys" in result.stdout
 
 
-@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:6379/0", "rediss://draco:s3cret@redis.internal/0",
-                                 "unix:///run/redis/redis.sock"])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@127.0.0.1:6379/0",
+        "rediss://draco:s3cret@redis.internal/0",
+        "unix:///run/redis/redis.sock",
+    ],
+)
 def test_check_accepts_redis_behind_a_password_or_a_socket(tmp_path, url):
     result = _check({"RATE_LIMIT_STORAGE": url, "CATALOG_STORAGE": url}, folder=tmp_path)
     assert result.returncode == 0, result.stdout
@@ -303,14 +399,24 @@ def test_check_accepts_redis_behind_a_password_or_a_socket(tmp_path, url):
 
 def test_check_accepts_tls_on_draco_itself(tmp_path, certificate):
     cert, key = certificate
-    result = _check({}, ("--bind", "0.0.0.0:8443", "--certfile", str(cert), "--keyfile", str(key)), folder=tmp_path)
+    result = _check(
+        {},
+        ("--bind", "0.0.0.0:8443", "--certfile", str(cert), "--keyfile", str(key)),
+        folder=tmp_path,
+    )
     assert result.returncode == 0, result.stdout
 
 
 def test_check_refuses_an_invalid_configuration_with_status_2():
-    result = subprocess.run([sys.executable, "-m", "draco", "check"], env={"PATH": "/usr/bin:/bin", "CACHE_TTL": "1"},
-                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-    assert result.returncode == 2 and "CACHE_TTL" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "draco", "check"],
+        env={"PATH": "/usr/bin:/bin", "CACHE_TTL": "1"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "CACHE_TTL" in result.stderr
 
 
 # --- key rotation -----------------------------------------------------------------------------
@@ -334,12 +440,15 @@ def _status(draco, key: str) -> int:
 
 def test_sighup_swaps_the_key_ring_without_a_restart(rotating):
     draco, keys = rotating
-    assert _status(draco, KEY) == 200 and _status(draco, OTHER_KEY) == 403
+    assert _status(draco, KEY) == 200
+    assert _status(draco, OTHER_KEY) == 403
     keys.write_text(f"{OTHER_KEY}\n")
     draco.proc.send_signal(signal.SIGHUP)
     assert eventually(lambda: _status(draco, OTHER_KEY) == 200)
-    assert _status(draco, KEY) == 403 and draco.proc.poll() is None
-    assert "API keys reloaded" in draco.logs() and OTHER_KEY not in draco.logs()
+    assert _status(draco, KEY) == 403
+    assert draco.proc.poll() is None
+    assert "API keys reloaded" in draco.logs()
+    assert OTHER_KEY not in draco.logs()
 
 
 def test_a_changed_key_file_is_picked_up_by_itself(rotating):
@@ -358,7 +467,8 @@ def test_a_key_file_swapped_in_by_rename_is_picked_up_even_with_the_same_time_an
     new.write_text(f"{OTHER_KEY}\n")  # as long as the old key
     os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
     os.replace(new, keys)
-    assert eventually(lambda: _status(draco, OTHER_KEY) == 200) and _status(draco, KEY) == 403
+    assert eventually(lambda: _status(draco, OTHER_KEY) == 200)
+    assert _status(draco, KEY) == 403
 
 
 @pytest.mark.parametrize("content", ["short-key\n", "", "\n\n"])
@@ -386,14 +496,19 @@ def test_metrics_need_the_key_unless_public(start_draco, upstreams):
         "API_KEYS": f'["{KEY}"]',
     }
     assert httpx.get(start_draco(env).url("/metrics")).status_code == 401
-    assert httpx.get(start_draco({**env, "METRICS_PUBLIC": "true"}).url("/metrics")).status_code == 200
+    assert (
+        httpx.get(start_draco({**env, "METRICS_PUBLIC": "true"}).url("/metrics")).status_code == 200
+    )
 
 
 def test_metrics_count_requests_refusals_fetches_catalogs_and_clients(start_draco, upstreams):
     env = {
-        **upstream_env(upstreams), "METRICS_ENABLED": "true", "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]',
+        **upstream_env(upstreams),
+        "METRICS_ENABLED": "true",
+        "ENABLE_API_KEY_AUTH": "true",
+        "API_KEYS": f'["{KEY}"]',
         "RATE_LIMIT_REQUESTS": "10",
-    }  # fmt: skip
+    }
     draco = start_draco(env)
     with httpx.Client(headers={"X-API-Key": KEY}) as client:
         client.get(draco.url("/api/surfshark/servers"))
@@ -406,18 +521,26 @@ def test_metrics_count_requests_refusals_fetches_catalogs_and_clients(start_drac
     httpx.get(draco.url("/api/surfshark/servers"), headers={"X-API-Key": "w" * 40})  # 403
     for _ in range(10):
         httpx.get(draco.url("/api/surfshark/countries"), headers={"X-API-Key": KEY})
-    scraper = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))  # a client of its own
+    scraper = httpx.Client(
+        transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    )  # a client of its own
     text = scraper.get(draco.url("/metrics"), headers={"X-API-Key": KEY}).text
-    assert 'draco_requests_total{method="GET",route="/api/{provider}/servers",status="200"} 1.0' in text
+    assert (
+        'draco_requests_total{method="GET",route="/api/{provider}/servers",status="200"} 1.0'
+        in text
+    )
     assert 'route="/api/{provider}/servers/{country_code}",status="200"' in text
     for status in ("401", "403", "429"):
         assert f'status="{status}"' in text
-    assert 'route="unmatched",status="404"' in text and 'method="other"' in text
-    assert "xxxxx" not in text and "BREW" not in text  # nothing the client chose becomes a label
+    assert 'route="unmatched",status="404"' in text
+    assert 'method="other"' in text
+    assert "xxxxx" not in text
+    assert "BREW" not in text
     assert 'draco_upstream_fetches_total{outcome="ok",provider="surfshark"} 1.0' in text
     assert 'draco_catalog_servers{provider="surfshark"} 36.0' in text
     assert 'draco_catalog_stale{provider="surfshark"} 0.0' in text
-    assert "draco_catalog_age_seconds" in text and "draco_ratelimit_tracked_clients 2.0" in text
+    assert "draco_catalog_age_seconds" in text
+    assert "draco_ratelimit_tracked_clients 2.0" in text
 
 
 # --- systemd -----------------------------------------------------------------------------------
@@ -427,7 +550,9 @@ def test_the_systemd_unit_verifies(tmp_path):
     analyze = need("systemd-analyze")
     unit = tmp_path / "draco.service"
     unit.write_text(
-        (CONF / "draco.service").read_text().replace("/opt/draco/bin/draco", str(Path(sys.executable).parent / "draco"))
+        (CONF / "draco.service")
+        .read_text()
+        .replace("/opt/draco/bin/draco", str(Path(sys.executable).parent / "draco"))
     )
     result = subprocess.run(
         [analyze, "verify", str(unit)],
@@ -435,4 +560,5 @@ def test_the_systemd_unit_verifies(tmp_path):
         text=True,
         env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
     )
-    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr

@@ -22,7 +22,8 @@ def valid_key(value) -> bool:
 
 
 def nordvpn_expected(entries: list) -> set[str]:
-    """Written from the rules, not from the parser: online, WireGuard online, a key, not dedicated-IP."""
+    """Written from the rules, not from the parser: online, WireGuard online, a key, not
+    dedicated-IP."""
     keep = set()
     for e in entries:
         wg = [t for t in e.get("technologies", []) if t.get("identifier") == "wireguard_udp"]
@@ -38,16 +39,27 @@ def nordvpn_expected(entries: list) -> set[str]:
 
 def surfshark_expected(entries: list) -> set[str]:
     return {
-        e["connectionName"] for e in entries if e["type"] in ("wireguard", "generic") and valid_key(e.get("pubKey"))
+        e["connectionName"]
+        for e in entries
+        if e["type"] in ("wireguard", "generic") and valid_key(e.get("pubKey"))
     }
 
 
 def mullvad_expected(payload: dict) -> set[str]:
-    return {r["hostname"] for r in payload["wireguard"]["relays"] if r["active"] is True and valid_key(r["public_key"])}
+    return {
+        r["hostname"]
+        for r in payload["wireguard"]["relays"]
+        if r["active"] is True and valid_key(r["public_key"])
+    }
 
 
 def ivpn_expected(payload: dict) -> set[str]:
-    return {h["hostname"] for loc in payload["wireguard"] for h in loc["hosts"] if valid_key(h["public_key"])}
+    return {
+        h["hostname"]
+        for loc in payload["wireguard"]
+        for h in loc["hosts"]
+        if valid_key(h["public_key"])
+    }
 
 
 def windscribe_expected(payload: dict) -> set[str]:
@@ -60,7 +72,7 @@ def airvpn_expected(payload: dict) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "provider, expected",
+    ("provider", "expected"),
     [
         ("nordvpn", nordvpn_expected),
         ("surfshark", surfshark_expected),
@@ -93,7 +105,8 @@ def test_nordvpn_real_payload_counts():
 def test_surfshark_2022_payload_without_keys_yields_nothing_and_counts_the_skips():
     path = next(p for p in fixture_files("surfshark") if "no-pubKey" in p.name)
     servers, skipped = surfshark.parse(path.read_bytes())
-    assert servers == [] and skipped == 137  # the 12 `double` clusters are filtered, not bad
+    assert servers == []
+    assert skipped == 137
 
 
 def _fixture(provider: str, fragment: str) -> bytes:
@@ -103,33 +116,49 @@ def _fixture(provider: str, fragment: str) -> bytes:
 def test_windscribe_real_payload_counts_one_server_per_group_and_its_flags():
     raw = json.loads(_fixture("windscribe", "201groups"))
     servers, skipped = REGISTRY["windscribe"].parse(_fixture("windscribe", "201groups"))
-    assert (len(servers), skipped) == (201, 0) and len({s.country_code for s in servers}) == 72
+    assert (len(servers), skipped) == (201, 0)
+    assert len({s.country_code for s in servers}) == 72
     by_endpoint = {s.identifier: s for s in servers}
     for location in raw["data"]:
         for group in location["groups"]:
             s = by_endpoint[group["wg_endpoint"]]
-            assert (s.public_key, s.city, s.ipv4, s.load) == (group["wg_pubkey"], group["city"], group["ping_ip"], None)
+            assert (s.public_key, s.city, s.ipv4, s.load) == (
+                group["wg_pubkey"],
+                group["city"],
+                group["ping_ip"],
+                None,
+            )
             assert (s.country_code, s.p2p, s.free) == (
                 location["country_code"],
                 location["p2p"] == 1,
                 group["pro"] == 0,
             )
     names = {s.country_code: s.country for s in servers}
-    assert (names["GB"], names["DE"], names["CZ"]) == ("United Kingdom", "Germany", "Czechia")  # from ISO 3166
+    assert (names["GB"], names["DE"], names["CZ"]) == (
+        "United Kingdom",
+        "Germany",
+        "Czechia",
+    )  # from ISO 3166
 
 
 def test_airvpn_real_payload_keeps_the_healthy_servers_with_airvpns_one_key():
     raw = json.loads(_fixture("airvpn", "255servers"))
     servers, skipped = REGISTRY["airvpn"].parse(_fixture("airvpn", "255servers"))
-    assert (len(servers), skipped) == (253, 0) and len({s.country_code for s in servers}) == 23
+    assert (len(servers), skipped) == (253, 0)
+    assert len({s.country_code for s in servers}) == 23
     assert {s.public_key for s in servers} == {"PyLCXAQT8KkM4T+dUsOQfn+Ub3pGxfGlxkIApuig+hk="}
     entries = {e["public_name"].lower(): e for e in raw["servers"]}
     for s in servers:
         entry = entries[s.identifier]
         load = min(entry["currentload"], 100)  # over capacity is full
-        assert (s.country_code, s.load, s.ipv4) == (entry["country_code"].upper(), load, entry["ip_v4_in1"])
+        assert (s.country_code, s.load, s.ipv4) == (
+            entry["country_code"].upper(),
+            load,
+            entry["ip_v4_in1"],
+        )
     left_out = {e["public_name"].lower() for e in raw["servers"] if e["health"] != "ok"}
-    assert len(left_out) == 2 and not left_out & {s.identifier for s in servers}
+    assert len(left_out) == 2
+    assert not left_out & {s.identifier for s in servers}
 
 
 def test_mullvad_real_payload_counts_names_and_country_flags():
@@ -139,12 +168,20 @@ def test_mullvad_real_payload_counts_names_and_country_flags():
     assert (len(servers), skipped) == (545, 0)  # 563 WireGuard relays, 18 inactive
     assert all(s.load is None for s in servers)
     names = {s.country_code: s.country for s in servers}
-    assert names["GB"] == "United Kingdom" and names["US"] == "United States"
+    assert names["GB"] == "United Kingdom"
+    assert names["US"] == "United States"
     assert all(len(code) == 2 and code.isupper() for code in names)
-    left_out = {r["hostname"] for r in raw["wireguard"]["relays"] if r["active"] and not r["include_in_country"]}
-    assert {s.identifier for s in servers if not s.include_in_country} == left_out and len(left_out) == 17
+    left_out = {
+        r["hostname"]
+        for r in raw["wireguard"]["relays"]
+        if r["active"] and not r["include_in_country"]
+    }
+    assert {s.identifier for s in servers if not s.include_in_country} == left_out
+    assert len(left_out) == 17
     weights = {r["hostname"]: r["weight"] for r in raw["wireguard"]["relays"]}
-    assert [weights[s.identifier] for s in servers] == sorted((weights[s.identifier] for s in servers), reverse=True)
+    assert [weights[s.identifier] for s in servers] == sorted(
+        (weights[s.identifier] for s in servers), reverse=True
+    )
 
 
 def test_mullvad_relays_left_out_of_their_country_stay_in_the_list_but_not_in_country_queries():
@@ -153,7 +190,8 @@ def test_mullvad_relays_left_out_of_their_country_stay_in_the_list_but_not_in_co
     servers, _ = REGISTRY["mullvad"].parse(_fixture("mullvad", "563wg"))
     data = make_dataset("mullvad", servers, 0.0)
     glasgow = next(s for s in servers if s.identifier.startswith("gb-glw"))
-    assert glasgow in data.servers and glasgow not in data.by_country["GB"]
+    assert glasgow in data.servers
+    assert glasgow not in data.by_country["GB"]
 
 
 def test_ivpn_keeps_hosts_that_share_a_key_and_rounds_float_loads():
@@ -170,12 +208,14 @@ def test_ivpn_keeps_hosts_that_share_a_key_and_rounds_float_loads():
 
 def test_ivpn_files_without_load_give_null_load():
     servers, skipped = REGISTRY["ivpn"].parse(_fixture("ivpn", "no-load"))
-    assert (len(servers), skipped) == (77, 0) and {s.load for s in servers} == {None}
+    assert (len(servers), skipped) == (77, 0)
+    assert {s.load for s in servers} == {None}
 
 
 def test_ivpn_latest_file_counts():
     servers, _ = REGISTRY["ivpn"].parse(_fixture("ivpn", "90wghosts"))
-    assert len(servers) == 90 and all(s.ipv4 and s.city for s in servers)
+    assert len(servers) == 90
+    assert all(s.ipv4 and s.city for s in servers)
 
 
 def _nord_entry(**changes) -> dict:
@@ -193,19 +233,30 @@ def test_key_whitespace_is_trimmed():
 
 
 @pytest.mark.parametrize(
-    "key", ["", "not base64!", base64.b64encode(b"x" * 31).decode(), base64.b64encode(b"x" * 33).decode(), 42, None]
+    "key",
+    [
+        "",
+        "not base64!",
+        base64.b64encode(b"x" * 31).decode(),
+        base64.b64encode(b"x" * 33).decode(),
+        42,
+        None,
+    ],
 )
 def test_an_entry_with_a_bad_key_is_skipped_and_counted(key):
     good, bad = _nord_entry(), _nord_entry(hostname="bad.example")
     bad["technologies"][0]["metadata"][0]["value"] = key
     servers, skipped = nordvpn.parse(json.dumps([good, bad]).encode())
-    assert [s.identifier for s in servers] == [good["hostname"]] and skipped == 1
+    assert [s.identifier for s in servers] == [good["hostname"]]
+    assert skipped == 1
 
 
 def test_a_key_with_a_character_outside_base64_is_skipped_however_it_decodes():
     entry = _nord_entry()
     key = entry["technologies"][0]["metadata"][0]["value"]
-    entry["technologies"][0]["metadata"][0]["value"] = key[:20] + "!" + key[20:]  # a lenient decoder drops the "!"
+    entry["technologies"][0]["metadata"][0]["value"] = (
+        key[:20] + "!" + key[20:]
+    )  # a lenient decoder drops the "!"
     assert nordvpn.parse(json.dumps([entry]).encode()) == ([], 1)
 
 
@@ -217,16 +268,24 @@ def test_an_entry_whose_country_code_is_not_two_ascii_letters_is_skipped(code):
 
 
 @pytest.mark.parametrize(
-    "field, value",
-    [("load", True), ("load", 101), ("load", "7"), ("station", "192.0.2.300"), ("station", "2001:db8::1"),
-     ("station", "192.0.2.1\nAllowedIPs=0.0.0.0/0")],
-)  # fmt: skip
+    ("field", "value"),
+    [
+        ("load", True),
+        ("load", 101),
+        ("load", "7"),
+        ("station", "192.0.2.300"),
+        ("station", "2001:db8::1"),
+        ("station", "192.0.2.1\nAllowedIPs=0.0.0.0/0"),
+    ],
+)
 def test_a_malformed_load_or_address_is_unknown(field, value):
     [server], _ = nordvpn.parse(json.dumps([_nord_entry(**{field: value})]).encode())
     assert (server.load, server.ipv4)[field == "station"] is None
 
 
-@pytest.mark.parametrize("owned, expected", [(True, True), (0, False), (2, None), ("true", None)])
+@pytest.mark.parametrize(
+    ("owned", "expected"), [(True, True), (0, False), (2, None), ("true", None)]
+)
 def test_an_upstream_flag_is_0_1_false_or_true_and_anything_else_unknown(owned, expected):
     payload = json.loads(demo_payload("mullvad"))
     relay = payload["wireguard"]["relays"][0]
@@ -240,7 +299,10 @@ def test_uk_becomes_gb_and_known_misspellings_are_fixed():
     clusters[0].update(countryCode="uk", country="UK")
     clusters[1].update(countryCode="KH", country="Combodia")
     servers, _ = surfshark.parse(json.dumps(clusters).encode())
-    assert [(s.country_code, s.country) for s in servers] == [("GB", "United Kingdom"), ("KH", "Cambodia")]
+    assert [(s.country_code, s.country) for s in servers] == [
+        ("GB", "United Kingdom"),
+        ("KH", "Cambodia"),
+    ]
 
 
 def test_surfshark_keeps_the_wireguard_and_generic_clusters_only():
@@ -248,14 +310,17 @@ def test_surfshark_keeps_the_wireguard_and_generic_clusters_only():
     for cluster, kind in zip(clusters, ("wireguard", "generic", "double", "static"), strict=True):
         cluster["type"] = kind
     servers, skipped = surfshark.parse(json.dumps(clusters).encode())
-    assert [s.identifier for s in servers] == [c["connectionName"] for c in clusters[:2]] and skipped == 0
+    assert [s.identifier for s in servers] == [c["connectionName"] for c in clusters[:2]]
+    assert skipped == 0
 
 
 def test_duplicate_identifiers_keep_the_first_and_count_the_rest():
     clusters = json.loads(demo_payload("surfshark"))[:2]
     clusters[1]["connectionName"] = clusters[0]["connectionName"].upper()
     servers, skipped = surfshark.parse(json.dumps(clusters).encode())
-    assert len(servers) == 1 and skipped == 1 and servers[0].public_key == clusters[0]["pubKey"]
+    assert len(servers) == 1
+    assert skipped == 1
+    assert servers[0].public_key == clusters[0]["pubKey"]
 
 
 def test_offline_servers_and_offline_wireguard_are_left_out():
@@ -270,7 +335,8 @@ def test_windscribe_leaves_out_the_groups_of_a_location_that_is_not_up():
     down = payload["data"][0]
     down["status"] = 2  # 1 is up
     servers, _ = windscribe.parse(json.dumps(payload).encode())
-    assert servers and not {g["wg_endpoint"] for g in down["groups"]} & {s.identifier for s in servers}
+    assert servers
+    assert not {g["wg_endpoint"] for g in down["groups"]} & {s.identifier for s in servers}
 
 
 @pytest.mark.parametrize("active", [None, "true", 1, "missing"])
@@ -279,25 +345,35 @@ def test_mullvad_keeps_a_relay_only_when_it_is_marked_active_true(active):
     relay = payload["wireguard"]["relays"][0]
     relay.pop("active") if active == "missing" else relay.update(active=active)
     servers, _ = mullvad.parse(json.dumps(payload).encode())
-    assert servers and relay["hostname"] not in {s.identifier for s in servers}
+    assert servers
+    assert relay["hostname"] not in {s.identifier for s in servers}
 
 
 def test_no_upstream_text_carries_a_line_break_or_a_control_into_a_server():
-    """The [Peer] section is text: a line break in a country or city name could forge a line of it."""
+    """The [Peer] section is text: a line break in a country or city name could forge a line of
+    it."""
     clusters = json.loads(demo_payload("surfshark"))[:2]
-    clusters[0].update(country="Germany\nEndpoint = 198.51.100.1:51820", location="Berlin\u2028[Interface]")
+    clusters[0].update(
+        country="Germany\nEndpoint = 198.51.100.1:51820", location="Berlin\u2028[Interface]"
+    )
     clusters[1].update(connectionName="de-9.example\nAllowedIPs=0.0.0.0/0")
     servers, skipped = surfshark.parse(json.dumps(clusters).encode())
-    assert [(s.country, s.city) for s in servers] == [(clusters[0]["countryCode"], None)] and skipped == 1
+    assert [(s.country, s.city) for s in servers] == [(clusters[0]["countryCode"], None)]
+    assert skipped == 1
 
 
 def test_nordvpn_orders_by_load_with_unknown_last():
-    entries = [_nord_entry(hostname=f"h{i}.example", load=load) for i, load in enumerate([50, None, 3, "7"])]
+    entries = [
+        _nord_entry(hostname=f"h{i}.example", load=load)
+        for i, load in enumerate([50, None, 3, "7"])
+    ]
     servers, _ = nordvpn.parse(json.dumps(entries).encode())
     assert [s.load for s in servers] == [3, 50, None, None]
 
 
-@pytest.mark.parametrize("payload", [b"{}", b'{"servers": {}}', b"null", b"42", b"<html>", b"[1, 2", b"", b"[]"[:1]])
+@pytest.mark.parametrize(
+    "payload", [b"{}", b'{"servers": {}}', b"null", b"42", b"<html>", b"[1, 2", b"", b"[]"[:1]]
+)
 @pytest.mark.parametrize("provider", list(REGISTRY))
 def test_a_payload_of_the_wrong_shape_is_a_data_error(provider, payload):
     with pytest.raises(VPNDataError):
@@ -306,7 +382,9 @@ def test_a_payload_of_the_wrong_shape_is_a_data_error(provider, payload):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -316,7 +394,8 @@ def _lenient(parse, payload):
         servers, skipped = parse(payload)
     except VPNDataError:
         return
-    assert skipped >= 0 and all(s.identifier for s in servers)
+    assert skipped >= 0
+    assert all(s.identifier for s in servers)
 
 
 @st.composite
@@ -324,12 +403,28 @@ def deeply_nested(draw) -> bytes:
     """JSON nested far past any recursion limit, arrays and objects in any mix, placed
     where a provider's payload, entry or field would be."""
     depth = draw(st.integers(1_000, 30_000))
-    levels = draw(st.lists(st.sampled_from([(b"[", b"]"), (b'{"hostname":', b"}"), (b'{"":', b"}")]), min_size=1))
+    levels = draw(
+        st.lists(
+            st.sampled_from([(b"[", b"]"), (b'{"hostname":', b"}"), (b'{"":', b"}")]), min_size=1
+        )
+    )
     pattern = [levels[i % len(levels)] for i in range(depth)]
     nested = b"".join(o for o, _ in pattern) + b"1" + b"".join(c for _, c in reversed(pattern))
-    template = draw(st.sampled_from(["%s", "[%s]", '[{"hostname": %s}]', '{"wireguard": %s}', '{"wireguard": [%s]}',
-                                     '{"locations": {}, "wireguard": {"relays": [%s]}}', '{"data": [%s]}',
-                                     '{"data": [{"status": 1, "groups": [%s]}]}', '{"servers": [%s]}']))  # fmt: skip
+    template = draw(
+        st.sampled_from(
+            [
+                "%s",
+                "[%s]",
+                '[{"hostname": %s}]',
+                '{"wireguard": %s}',
+                '{"wireguard": [%s]}',
+                '{"locations": {}, "wireguard": {"relays": [%s]}}',
+                '{"data": [%s]}',
+                '{"data": [{"status": 1, "groups": [%s]}]}',
+                '{"servers": [%s]}',
+            ]
+        )
+    )
     return template.encode() % nested
 
 
@@ -342,7 +437,10 @@ def test_parsers_never_raise_on_arbitrary_json(payload):
 
 @pytest.mark.parametrize("provider", list(REGISTRY))
 def test_nesting_deeper_than_the_decoder_goes_is_a_data_error_or_a_skipped_entry(provider):
-    for payload in (b"[" * 100_000 + b"]" * 100_000, b'[{"hostname":' + b"[" * 1000 + b"]" * 1000 + b"}]"):
+    for payload in (
+        b"[" * 100_000 + b"]" * 100_000,
+        b'[{"hostname":' + b"[" * 1000 + b"]" * 1000 + b"}]",
+    ):
         _lenient(REGISTRY[provider].parse, payload)
 
 
@@ -368,5 +466,7 @@ def mutated_entries(draw, provider: str):
 def test_parsers_never_raise_on_damaged_real_looking_entries(data):
     for name, provider in REGISTRY.items():
         entries = data.draw(st.lists(mutated_entries(name), min_size=1, max_size=3))
-        payload = json.dumps(entries if isinstance(json.loads(demo_payload(name)), list) else entries[0]).encode()
+        payload = json.dumps(
+            entries if isinstance(json.loads(demo_payload(name)), list) else entries[0]
+        ).encode()
         _lenient(provider.parse, payload)

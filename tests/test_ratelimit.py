@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from draco.security.address import TrustedHosts, address_text, client_address, client_key, parse_address
+from draco.security.address import (
+    TrustedHosts,
+    address_text,
+    client_address,
+    parse_address,
+    rate_limit_key,
+)
 from draco.security.limiter import MICROS, Limiter, MemoryStore
 
 
@@ -62,7 +68,9 @@ def traces(draw, max_cost: int = 1, back: bool = False):
     steps = draw(
         st.lists(
             st.tuples(
-                st.sampled_from("abc"), st.integers(-2500 if back else 0, 2500), st.integers(1, min(max_cost, limit))
+                st.sampled_from("abc"),
+                st.integers(-2500 if back else 0, 2500),
+                st.integers(1, min(max_cost, limit)),
             ),
             max_size=80,
         )
@@ -80,7 +88,12 @@ def stepping_clock(draw):
     forward; the clock runs with it, but may step back by up to 3 s at any request."""
     limit, period = draw(st.integers(1, 6)), draw(st.integers(1, 5))
     back = st.just(0) | st.integers(1, 3000)
-    steps = draw(st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 2500), back, st.integers(1, 3)), max_size=80))
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from("ab"), st.integers(0, 2500), back, st.integers(1, 3)),
+            max_size=80,
+        )
+    )
     trace, real, offset = [], 0, 0
     for client, forward, step_back, cost in steps:
         real, offset = real + forward, offset + step_back
@@ -90,9 +103,18 @@ def stepping_clock(draw):
 
 def most_in_a_period(trace, admitted, period) -> int:
     """The most requests (costs summed) one client had admitted within `period` s of real time."""
-    taken = [(client, real, cost) for (client, real, _, cost), ok in zip(trace, admitted, strict=True) if ok]
-    return max((sum(k for c, r, k in taken if c == client and start <= r < start + period * 1000)
-                for client, start, _ in taken), default=0)  # fmt: skip
+    taken = [
+        (client, real, cost)
+        for (client, real, _, cost), ok in zip(trace, admitted, strict=True)
+        if ok
+    ]
+    return max(
+        (
+            sum(k for c, r, k in taken if c == client and start <= r < start + period * 1000)
+            for client, start, _ in taken
+        ),
+        default=0,
+    )
 
 
 def run(store, trace, limit, period):
@@ -128,7 +150,12 @@ def test_a_clock_stepping_back_decides_as_at_the_latest_time_seen(case):
 @given(stepping_clock())
 def test_with_the_clock_stepping_back_no_period_of_real_time_admits_more_than_the_limit(case):
     limit, period, trace = case
-    decisions = run(MemoryStore(), [(client, reading, cost) for client, _, reading, cost in trace], limit, period)
+    decisions = run(
+        MemoryStore(),
+        [(client, reading, cost) for client, _, reading, cost in trace],
+        limit,
+        period,
+    )
     assert most_in_a_period(trace, [allowed for allowed, _, _ in decisions], period) <= limit
 
 
@@ -154,7 +181,9 @@ def test_sweeping_idle_clients_never_changes_a_decision(case):
 def test_no_window_of_the_period_ever_holds_more_than_the_limit(case):
     limit, period, trace = case
     decisions = run(MemoryStore(), trace, limit, period)
-    admitted = [(c, round(t * MICROS)) for (c, t, _), (ok, _, _) in zip(trace, decisions, strict=True) if ok]
+    admitted = [
+        (c, round(t * MICROS)) for (c, t, _), (ok, _, _) in zip(trace, decisions, strict=True) if ok
+    ]
     for client, start in admitted:
         inside = [s for c, s in admitted if c == client and start <= s < start + period * MICROS]
         assert len(inside) <= limit
@@ -178,7 +207,8 @@ def test_a_fixed_window_boundary_does_not_double_the_limit():
     # at the boundary would admit all 2N; an exact sliding window admits N.
     before = [store.hit_now("a", 59.9 + i / 1000, 10, 60).allowed for i in range(10)]
     after = [store.hit_now("a", 60.1 + i / 1000, 10, 60).allowed for i in range(10)]
-    assert before == [True] * 10 and after == [False] * 10
+    assert before == [True] * 10
+    assert after == [False] * 10
     assert store.hit_now("a", 119.9 + 0.0001, 10, 60).allowed
 
 
@@ -195,9 +225,13 @@ def test_idle_clients_are_dropped_and_the_cap_evicts_the_least_recently_seen():
         store.hit_now(f"c{i}", 0, 10, 60)
     store.hit_now("c0", 1, 10, 60)  # c0 is now the most recently seen
     store.hit_now("new", 2, 10, 60)
-    assert store.tracked() == 1000 and "c1" not in store.windows and "c0" in store.windows
+    assert store.tracked() == 1000
+    assert "c1" not in store.windows
+    assert "c0" in store.windows
     for _ in range(16):
-        store.hit_now("late", 100, 10, 60)  # everyone else is idle by now: a few go every 16 requests
+        store.hit_now(
+            "late", 100, 10, 60
+        )  # everyone else is idle by now: a few go every 16 requests
     assert 1000 - 32 <= store.tracked() < 1000
     asyncio.run(store.sweep(100, 60))
     assert set(store.windows) == {"late"}
@@ -226,17 +260,42 @@ TABLE = [
     ("9.9.9.9", ["1.2.3.4, 10.0.0.1"], ["10.0.0.0/8"], "9.9.9.9"),  # untrusted peer: header ignored
     ("9.9.9.9", [], ["10.0.0.0/8"], "9.9.9.9"),
     ("10.0.0.5", ["3.3.3.3, 10.0.0.1"], ["10.0.0.0/8"], "3.3.3.3"),
-    ("10.0.0.5", ["2.2.2.2:3384, 3.3.3.3", "4.4.4.4"], ["10.0.0.0/8"], "4.4.4.4"),  # several lines, in order
+    (
+        "10.0.0.5",
+        ["2.2.2.2:3384, 3.3.3.3", "4.4.4.4"],
+        ["10.0.0.0/8"],
+        "4.4.4.4",
+    ),  # several lines, in order
     ("10.0.0.5", ["2.2.2.2:3384, 3.3.3.3", "4.4.4.4"], ["10.0.0.0/8", "4.4.4.0/24"], "3.3.3.3"),
     ("10.0.0.5", ["2.2.2.2:3384, 3.3.3.3", "4.4.4.4"], ["10.0.0.0/8", "4.4.4.4"], "3.3.3.3"),
-    ("10.0.0.5", ["2.2.2.2:3384, 2.2.2.3", "2.2.2.4"], ["10.0.0.0/8", "2.2.2.0/24"], "10.0.0.5"),  # all trusted
-    ("10.0.0.5", ["nope, 2.2.2.2:3384, 2.2.2.3", "2.2.2.4"], ["10.0.0.0/8", "2.2.2.0/24"], "10.0.0.5"),  # garbage
-    ("10.0.0.5", ["::, 2.2.2.2:3384", "2.2.2.4"], ["10.0.0.0/8", "2.2.2.0/24"], "10.0.0.5"),  # unspecified
+    (
+        "10.0.0.5",
+        ["2.2.2.2:3384, 2.2.2.3", "2.2.2.4"],
+        ["10.0.0.0/8", "2.2.2.0/24"],
+        "10.0.0.5",
+    ),  # all trusted
+    (
+        "10.0.0.5",
+        ["nope, 2.2.2.2:3384, 2.2.2.3", "2.2.2.4"],
+        ["10.0.0.0/8", "2.2.2.0/24"],
+        "10.0.0.5",
+    ),  # garbage
+    (
+        "10.0.0.5",
+        ["::, 2.2.2.2:3384", "2.2.2.4"],
+        ["10.0.0.0/8", "2.2.2.0/24"],
+        "10.0.0.5",
+    ),  # unspecified
     ("10.0.0.5", [""], ["10.0.0.0/8"], "10.0.0.5"),  # empty header
     ("10.0.0.5", ["1.1.1.1, "], ["10.0.0.0/8"], "10.0.0.5"),  # empty rightmost entry
     ("10.0.0.5", ["[1.2.3.45"], ["10.0.0.0/8"], "10.0.0.5"),  # a bracket never closed: garbage
     ("10.0.0.5", ["[2001:db8::1"], ["10.0.0.0/8"], "10.0.0.5"),
-    ("10.0.0.5", ["[2607:f8b0:4004:83f::18]:3838"], ["10.0.0.0/8"], "2607:f8b0:4004:83f::/64"),  # brackets+port
+    (
+        "10.0.0.5",
+        ["[2607:f8b0:4004:83f::18]:3838"],
+        ["10.0.0.0/8"],
+        "2607:f8b0:4004:83f::/64",
+    ),  # brackets+port
     ("10.0.0.5", ["2607:f8b0:4004:83f::19"], ["10.0.0.0/8"], "2607:f8b0:4004:83f::/64"),
     ("10.0.0.5", ["[fe80::1111%eth0]:4848"], ["10.0.0.0/8"], "fe80::/64"),  # zone
     ("10.0.0.5", ["::ffff:188.0.2.128"], ["10.0.0.0/8"], "188.0.2.128"),  # IPv4-mapped
@@ -247,26 +306,33 @@ TABLE = [
         ["10.0.0.0/8", "2001:db8::/32"],
         "203.0.113.195",
     ),
-    ("::ffff:10.0.0.5", ["5.5.5.5"], ["10.0.0.0/8"], "5.5.5.5"),  # a mapped peer is unmapped before the check
+    (
+        "::ffff:10.0.0.5",
+        ["5.5.5.5"],
+        ["10.0.0.0/8"],
+        "5.5.5.5",
+    ),  # a mapped peer is unmapped before the check
     (None, ["5.5.5.5, 10.0.0.9"], ["10.0.0.0/8"], "5.5.5.5"),  # unix socket: the local proxy
     (None, [], ["10.0.0.0/8"], "local"),
 ]
 
 
-@pytest.mark.parametrize("peer, lines, trusted, expected", TABLE)
+@pytest.mark.parametrize(("peer", "lines", "trusted", "expected"), TABLE)
 def test_rightmost_untrusted_examples(peer, lines, trusted, expected):
     assert limit_key(client_address(peer, lines, TrustedHosts(trusted))) == expected
 
 
 def limit_key(address: bytes | None) -> str:
     """The rate-limit key of a resolved address, written into the scope as text."""
-    return client_key(address_text(address) if address else None)
+    return rate_limit_key(address_text(address) if address else None)
 
 
 def test_ipv6_clients_share_one_key_per_64():
-    one = client_key("2001:db8:1:2::1")
-    assert one == client_key("2001:db8:1:2:ffff::9") != client_key("2001:db8:1:3::1")
-    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"  # an IPv4 client of a dual-stack socket
+    one = rate_limit_key("2001:db8:1:2::1")
+    assert one == rate_limit_key("2001:db8:1:2:ffff::9") != rate_limit_key("2001:db8:1:3::1")
+    assert (
+        rate_limit_key("::ffff:192.0.2.7") == "192.0.2.7"
+    )  # an IPv4 client of a dual-stack socket
 
 
 addresses = st.one_of(
@@ -288,7 +354,12 @@ def dress(draw, address: str) -> str:
 
 @st.composite
 def chains(draw):
-    entries = draw(st.lists(st.one_of(addresses, st.sampled_from(["", "nope", "unknown", "1.2.3", "::g"])), max_size=8))
+    entries = draw(
+        st.lists(
+            st.one_of(addresses, st.sampled_from(["", "nope", "unknown", "1.2.3", "::g"])),
+            max_size=8,
+        )
+    )
     written = [dress(draw, e) if parse_address(e) else e for e in entries]
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(written) - 1)), max_size=3)))
     lines, start = [], 0
@@ -303,7 +374,7 @@ def chains(draw):
 @settings(max_examples=600)
 @given(chains())
 def test_client_address_is_the_rightmost_untrusted_entry_or_the_peer(case):
-    peer, lines, entries = case
+    peer, lines, _entries = case
     result = client_address(peer, lines, TRUSTED)  # never raises
     peer_address = parse_address(peer) if peer else None
     if peer and (peer_address is None or peer_address not in TRUSTED):
@@ -324,18 +395,43 @@ def test_client_address_is_the_rightmost_untrusted_entry_or_the_peer(case):
 @given(st.ip_addresses(), st.data())
 def test_parse_address_agrees_with_the_ipaddress_module(address, data):
     mapped = address.ipv4_mapped if address.version == 6 else None
-    expected = None if address.is_unspecified or (mapped and mapped.is_unspecified) else (mapped or address).packed
+    expected = (
+        None
+        if address.is_unspecified or (mapped and mapped.is_unspecified)
+        else (mapped or address).packed
+    )
     assert parse_address(dress(data.draw, str(address))) == expected
     if expected is not None:  # the key is the address, or the /64 network, as ipaddress writes it
         plain = mapped or address
-        key = str(ipaddress.ip_network((int(plain) >> 64 << 64, 64))) if plain.version == 6 else str(plain)
-        assert client_key(address_text(expected)) == key
+        key = (
+            str(ipaddress.ip_network((int(plain) >> 64 << 64, 64)))
+            if plain.version == 6
+            else str(plain)
+        )
+        assert rate_limit_key(address_text(expected)) == key
+
+
+@given(st.ip_addresses(), st.text(min_size=1, max_size=6), st.booleans())
+def test_anything_after_the_bracket_or_an_ipv4_port_fails_closed(address, junk, with_port):
+    """`[::1]x`, `[::1]:80x` and `1.2.3.4:80x` are no address: a proxy never writes them, so
+    what they are is not guessed."""
+    port = ":443" if with_port else ""
+    written = f"[{address}]{port}x{junk}" if address.version == 6 else f"{address}:443x{junk}"
+    assert parse_address(written) is None
+
+
+@pytest.mark.parametrize("written", ["[::1]:", "[::1]:123456", "1.2.3.4:", "[::1", "1.2.3.4:80:1"])
+def test_an_empty_or_overlong_port_fails_closed(written):
+    assert parse_address(written) is None
 
 
 @given(
     st.ip_addresses(),
     st.lists(
-        st.ip_addresses().flatmap(lambda a: st.integers(0, a.max_prefixlen).map(lambda n: f"{a}/{n}")), max_size=4
+        st.ip_addresses().flatmap(
+            lambda a: st.integers(0, a.max_prefixlen).map(lambda n: f"{a}/{n}")
+        ),
+        max_size=4,
     ),
 )
 def test_trusted_membership_agrees_with_the_ipaddress_module(address, entries):

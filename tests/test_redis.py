@@ -36,7 +36,17 @@ class RedisServer:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
-            [need("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                need("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_for_port("127.0.0.1", self.port)
@@ -78,7 +88,9 @@ def run_on(make_store, trace, limit, period):
     return asyncio.run(go())
 
 
-@example(case=(1, 1, [("a", 1_700_000_000.0, 1), ("a", 1_700_000_001.0, 1)]))  # one period later: it has left
+@example(
+    case=(1, 1, [("a", 1_700_000_000.0, 1), ("a", 1_700_000_001.0, 1)])
+)  # one period later: it has left
 @settings(max_examples=150, deadline=None)
 @given(case=traces(max_cost=3))
 def test_the_redis_store_decides_exactly_as_the_model_and_the_memory_store(redis_server, case):
@@ -89,13 +101,17 @@ def test_the_redis_store_decides_exactly_as_the_model_and_the_memory_store(redis
 
 @settings(max_examples=150, deadline=None)
 @given(case=stepping_clock())
-def test_with_the_redis_clock_stepping_back_no_period_of_real_time_admits_more_than_the_limit(redis_server, case):
+def test_with_the_redis_clock_stepping_back_no_period_of_real_time_admits_more_than_the_limit(
+    redis_server, case
+):
     """Redis times an admission no earlier than the client's last one (the memory store: no earlier
     than the latest time it has seen), so its decisions may differ from the model's once the clock
     steps back, but neither ever admits more than the limit in a period of real time."""
     limit, period, trace = case
     readings = [(client, reading, cost) for client, _, reading, cost in trace]
-    decisions = run_on(lambda: RedisStore(redis_server.url, server_time=False), readings, limit, period)
+    decisions = run_on(
+        lambda: RedisStore(redis_server.url, server_time=False), readings, limit, period
+    )
     assert most_in_a_period(trace, [allowed for allowed, _, _ in decisions], period) <= limit
 
 
@@ -126,7 +142,8 @@ def test_the_server_clock_is_used_when_none_is_injected(redis_server):
 
 
 @pytest.mark.parametrize(
-    "failure, allowed", [("local", [True] * 10 + [False]), ("open", [True] * 11), ("closed", [False] * 11)]
+    ("failure", "allowed"),
+    [("local", [True] * 10 + [False]), ("open", [True] * 11), ("closed", [False] * 11)],
 )
 def test_an_unreachable_redis_fails_as_configured(failure, allowed):
     async def go():
@@ -170,7 +187,10 @@ def pair(upstreams):
 def alternate(a: Draco, b: Draco, n: int, client: str = "127.0.0.2") -> list[int]:
     transport = httpx.HTTPTransport(local_address=client)
     with httpx.Client(transport=transport) as session:
-        return [session.get((a if i % 2 == 0 else b).url("/api/nordvpn/countries")).status_code for i in range(n)]
+        return [
+            session.get((a if i % 2 == 0 else b).url("/api/nordvpn/countries")).status_code
+            for i in range(n)
+        ]
 
 
 def test_two_instances_admit_exactly_n_per_window_in_total(pair):
@@ -186,7 +206,8 @@ def test_two_instances_hold_the_window_across_a_fixed_boundary(pair):
     first = alternate(a, b, 10, "127.0.0.3")
     time.sleep(10.5 - time.time() % 10)
     second = alternate(a, b, 10, "127.0.0.3")
-    assert first == [200] * 10 and second == [429] * 10
+    assert first == [200] * 10
+    assert second == [429] * 10
 
 
 def test_redis_killed_mid_run_means_no_5xx_then_recovery(pair):
@@ -196,8 +217,10 @@ def test_redis_killed_mid_run_means_no_5xx_then_recovery(pair):
     during = alternate(a, b, 24, "127.0.0.4")
     assert max(during) < 500
     # Each instance falls back to its own memory limiter: at most 10 each.
-    assert during.count(200) <= 20 and during.count(429) >= 4
-    assert "rate limit store unreachable" in a.logs() and a.logs().count("unreachable") == 1  # logged once
+    assert during.count(200) <= 20
+    assert during.count(429) >= 4
+    assert "rate limit store unreachable" in a.logs()
+    assert a.logs().count("unreachable") == 1
     revived = RedisServer(server.port)  # back on the same address
     try:
         time.sleep(1.2)  # Redis is asked again at most once a second
@@ -208,7 +231,7 @@ def test_redis_killed_mid_run_means_no_5xx_then_recovery(pair):
         revived.stop()
 
 
-# --- one upstream fetch for many instances ---------------------------------------------------------
+# --- one upstream fetch for many instances ------------------------------------------------
 
 
 @pytest.fixture
@@ -226,7 +249,7 @@ def shared_env(upstreams):
 
 
 def test_three_instances_under_load_make_one_upstream_fetch_per_ttl(shared_env, upstreams):
-    server, env = shared_env
+    _server, env = shared_env
     processes: list[Draco] = []
     try:
         instances = [start(env, processes) for _ in range(3)]
@@ -236,7 +259,9 @@ def test_three_instances_under_load_make_one_upstream_fetch_per_ttl(shared_env, 
             async with httpx.AsyncClient(timeout=30) as client:
                 stop_at = time.monotonic() + seconds
                 while time.monotonic() < stop_at:
-                    answers = await asyncio.gather(*(client.get(d.url("/api/surfshark/servers")) for d in instances))
+                    answers = await asyncio.gather(
+                        *(client.get(d.url("/api/surfshark/servers")) for d in instances)
+                    )
                     statuses += [a.status_code for a in answers]
                     await asyncio.sleep(0.2)
             return statuses
@@ -249,14 +274,18 @@ def test_three_instances_under_load_make_one_upstream_fetch_per_ttl(shared_env, 
             draco.close()
 
 
-def test_when_the_lease_holder_dies_mid_refresh_another_takes_over_after_the_lease(shared_env, upstreams):
+def test_when_the_lease_holder_dies_mid_refresh_another_takes_over_after_the_lease(
+    shared_env, upstreams
+):
     server, env = shared_env
     env = {**env, "READY_PROVIDERS": '["nordvpn"]'}  # ivpn stays cold until asked for
     processes: list[Draco] = []
     try:
         a, b = start(env, processes), start(env, processes)
         upstreams["ivpn"].set("hang")
-        slow = subprocess.Popen(["curl", "-s", "-m", "30", a.url("/api/ivpn/servers")], stdout=subprocess.DEVNULL)
+        slow = subprocess.Popen(
+            ["curl", "-s", "-m", "30", a.url("/api/ivpn/servers")], stdout=subprocess.DEVNULL
+        )
         time.sleep(1)
         assert server.client().get("draco:catalog:ivpn:lease") is not None  # a holds the lease
         a.proc.send_signal(signal.SIGKILL)
@@ -265,7 +294,9 @@ def test_when_the_lease_holder_dies_mid_refresh_another_takes_over_after_the_lea
         answer = httpx.get(b.url("/api/ivpn/servers"), timeout=30)
         waited = time.monotonic() - started
         assert answer.status_code == 200
-        assert 5 <= waited <= 12  # b waited for a's lease (HTTP_TIMEOUT + 5 = 10 s from a's start) to expire
+        assert (
+            5 <= waited <= 12
+        )  # b waited for a's lease (HTTP_TIMEOUT + 5 = 10 s from a's start) to expire
         assert upstreams["ivpn"].hits == 2
         slow.kill()
     finally:
@@ -287,7 +318,7 @@ def test_with_redis_down_each_instance_serves_its_own_catalog(upstreams):
             draco.close()
 
 
-# --- the README's multi-instance deployment, exactly ------------------------------------------------
+# --- the README's multi-instance deployment, exactly ---------------------------------------
 
 
 def test_the_multi_instance_deployment_of_the_readme(upstreams, tmp_path):
@@ -297,10 +328,14 @@ def test_the_multi_instance_deployment_of_the_readme(upstreams, tmp_path):
     proxy = None
     try:
         env = {
-            **upstream_env(upstreams), "RATE_LIMIT_STORAGE": server.url, "CATALOG_STORAGE": server.url,
-            "TRUSTED_HOSTS": '["127.0.0.1"]', "RATE_LIMIT_REQUESTS": "10", "ENABLE_API_KEY_AUTH": "true",
+            **upstream_env(upstreams),
+            "RATE_LIMIT_STORAGE": server.url,
+            "CATALOG_STORAGE": server.url,
+            "TRUSTED_HOSTS": '["127.0.0.1"]',
+            "RATE_LIMIT_REQUESTS": "10",
+            "ENABLE_API_KEY_AUTH": "true",
             "API_KEYS": f'["{KEY}"]',
-        }  # fmt: skip
+        }
         a, b = start(env, processes), start(env, processes)
         port = free_port()
         conf = (ROOT / "conf" / "nginx-multi.conf").read_text()
@@ -315,15 +350,21 @@ def test_the_multi_instance_deployment_of_the_readme(upstreams, tmp_path):
             assert old in conf, f"conf/nginx-multi.conf no longer has {old!r}"
             conf = conf.replace(old, new)
         (tmp_path / "nginx.conf").write_text(conf)
-        proxy = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"])
+        proxy = subprocess.Popen(
+            [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"]
+        )
         wait_for_port("127.0.0.1", port)
         transport = httpx.HTTPTransport(local_address="127.0.0.6")
         with httpx.Client(transport=transport, headers={"X-API-Key": KEY}) as client:
-            statuses = [client.get(f"http://127.0.0.1:{port}/api/nordvpn/countries").status_code for _ in range(14)]
+            statuses = [
+                client.get(f"http://127.0.0.1:{port}/api/nordvpn/countries").status_code
+                for _ in range(14)
+            ]
         assert statuses == [200] * 10 + [429] * 4  # one window, whichever instance answered
         assert upstreams["nordvpn"].hits == 1  # one fetch, shared
         served_by = (tmp_path / "access.log").read_text()
-        assert f"127.0.0.1:{a.port}" in served_by and f"127.0.0.1:{b.port}" in served_by  # both instances answered
+        assert f"127.0.0.1:{a.port}" in served_by
+        assert f"127.0.0.1:{b.port}" in served_by
     finally:
         if proxy:
             proxy.terminate()
@@ -345,7 +386,11 @@ def test_an_adopted_renewal_rewrites_this_instances_snapshot(redis_server, tmp_p
             catalogs = []
             for name in ("a", "b"):
                 (tmp_path / name).mkdir()
-                env = {"SURFSHARK_API_URL": upstream.url, "SNAPSHOT_DIR": str(tmp_path / name), "CACHE_TTL": "300"}
+                env = {
+                    "SURFSHARK_API_URL": upstream.url,
+                    "SNAPSHOT_DIR": str(tmp_path / name),
+                    "CACHE_TTL": "300",
+                }
                 shared = SharedCatalog(redis_server.url, lease_seconds=10)
                 providers = {"surfshark": REGISTRY["surfshark"]}
                 catalogs.append(Catalog(load(env), client, providers, clock=clock, shared=shared))
@@ -354,12 +399,15 @@ def test_an_adopted_renewal_rewrites_this_instances_snapshot(redis_server, tmp_p
                 first = await a.get("surfshark")
                 assert (await b.get("surfshark")).version == first.version  # adopted, not fetched
                 clock.now += 400
-                assert await a.refresh("surfshark") and upstream.requests[-1][1]["If-None-Match"] == upstream.etag
+                assert await a.refresh("surfshark")
+                assert upstream.requests[-1][1]["If-None-Match"] == upstream.etag
                 await b.refresh("surfshark")
                 assert upstream.hits == 2  # a's full fetch and a's 304; b asked nothing
                 assert b.status["surfshark"].data.fetched_at == clock.now
                 assert read_snapshot(tmp_path / "b", "surfshark").fetched_at == clock.now
-                assert b.status["surfshark"].outcomes == {"shared": 1}  # a renewal is not another list
+                assert b.status["surfshark"].outcomes == {
+                    "shared": 1
+                }  # a renewal is not another list
             finally:
                 for catalog in catalogs:
                     await catalog.close()
@@ -385,7 +433,9 @@ def test_the_batch_task_is_held_until_it_has_answered_every_waiter(redis_server)
         return held, answered, set(store.sending)
 
     held, answered, after = asyncio.run(go())
-    assert len(held) == 1 and all(d.allowed for d in answered) and not after
+    assert len(held) == 1
+    assert all(d.allowed for d in answered)
+    assert not after
 
 
 def test_closing_the_catalog_closes_its_shared_catalogs_connections(redis_server, upstreams):
@@ -394,7 +444,9 @@ def test_closing_the_catalog_closes_its_shared_catalogs_connections(redis_server
     async def go():
         async with httpx.AsyncClient() as client:
             shared = SharedCatalog(f"{redis_server.url}?client_name={name}", lease_seconds=10)
-            catalog = Catalog(load(upstream_env(upstreams)), client, {"ivpn": REGISTRY["ivpn"]}, shared=shared)
+            catalog = Catalog(
+                load(upstream_env(upstreams)), client, {"ivpn": REGISTRY["ivpn"]}, shared=shared
+            )
             await catalog.get("ivpn")
             connected = name in redis_server.client().client_list().__repr__()
             await catalog.close()
@@ -412,9 +464,14 @@ def on_shared(redis_server, scenario, lease_seconds: float = 10, clock=time.time
 
     async def go():
         async with httpx.AsyncClient() as client:
-            shared, other = SharedCatalog(redis_server.url, lease_seconds), SharedCatalog(redis_server.url, 30)
+            shared, other = (
+                SharedCatalog(redis_server.url, lease_seconds),
+                SharedCatalog(redis_server.url, 30),
+            )
             env = {"SURFSHARK_API_URL": upstream.url, "CACHE_TTL": "300"}
-            catalog = Catalog(load(env), client, {"surfshark": REGISTRY["surfshark"]}, clock=clock, shared=shared)
+            catalog = Catalog(
+                load(env), client, {"surfshark": REGISTRY["surfshark"]}, clock=clock, shared=shared
+            )
             try:
                 return await scenario(catalog, other, upstream)
             finally:
@@ -427,7 +484,9 @@ def on_shared(redis_server, scenario, lease_seconds: float = 10, clock=time.time
         upstream.stop()
 
 
-def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_again_a_second_later(redis_server):
+def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_again_a_second_later(
+    redis_server,
+):
     clock = Clock()
 
     async def scenario(catalog, other, upstream):
@@ -436,10 +495,12 @@ def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_aga
         clock.now += 400
         assert await other.lease("surfshark")  # another instance is refreshing the list
         await catalog.refresh("surfshark")
-        assert status.retry_at == clock.now + 1 and upstream.hits == 1
+        assert status.retry_at == clock.now + 1
+        assert upstream.hits == 1
         looked = status.task
         clock.now += 0.5
-        assert await catalog.get("surfshark") is first and status.task is looked  # not asked again yet
+        assert await catalog.get("surfshark") is first
+        assert status.task is looked
         await other.release("surfshark")
         clock.now += 0.6
         await catalog.get("surfshark")
@@ -449,7 +510,9 @@ def test_while_another_instance_refreshes_this_one_serves_its_list_and_looks_aga
     on_shared(redis_server, scenario, clock=clock)
 
 
-def test_with_nothing_to_serve_an_instance_waits_one_lease_for_another_instances_refresh(redis_server):
+def test_with_nothing_to_serve_an_instance_waits_one_lease_for_another_instances_refresh(
+    redis_server,
+):
     async def scenario(catalog, other, upstream):
         assert await other.lease("surfshark")  # another instance's refresh, and it never ends
         started = time.monotonic()
@@ -458,7 +521,9 @@ def test_with_nothing_to_serve_an_instance_waits_one_lease_for_another_instances
         return caught.value.reason, time.monotonic() - started, upstream.hits
 
     reason, waited, asked = on_shared(redis_server, scenario, lease_seconds=0.5)
-    assert reason == "shared_timeout" and 0.5 <= waited < 5 and asked == 0
+    assert reason == "shared_timeout"
+    assert 0.5 <= waited < 5
+    assert asked == 0
 
 
 def test_a_shared_list_older_than_this_instances_is_never_adopted(redis_server):

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import email.utils
 import gzip
+import itertools
 import json
 import logging
 from unittest import mock
@@ -46,7 +47,8 @@ def upstream():
 
 
 def run(coroutine_fn, upstream, snapshot_dir=None, clock=None, providers=None, **env):
-    """Run `coroutine_fn(catalog, clock)` against a catalog of `providers`, the surfshark one unless told."""
+    """Run `coroutine_fn(catalog, clock)` against a catalog of `providers`, the surfshark one
+    unless told."""
     clock = clock or Clock()
     values = {"SURFSHARK_API_URL": upstream.url, "HTTP_TIMEOUT": "5", **env}
     if snapshot_dir is not None:
@@ -55,7 +57,9 @@ def run(coroutine_fn, upstream, snapshot_dir=None, clock=None, providers=None, *
 
     async def go():
         async with httpx.AsyncClient() as client:
-            catalog = Catalog(settings, client, providers or {"surfshark": REGISTRY["surfshark"]}, clock=clock)
+            catalog = Catalog(
+                settings, client, providers or {"surfshark": REGISTRY["surfshark"]}, clock=clock
+            )
             catalog.restore()
             try:
                 return await coroutine_fn(catalog, clock)
@@ -76,15 +80,20 @@ def test_an_expired_list_is_served_at_once_while_one_background_refresh_runs(ups
     async def scenario(catalog, clock):
         first = await catalog.get("surfshark")
         clock.now += 299
-        assert await catalog.get("surfshark") is first and not catalog.is_stale(first)
+        assert await catalog.get("surfshark") is first
+        assert not catalog.is_stale(first)
         clock.now += 1  # CACHE_TTL: from its 300th second a list is stale
         upstream.set("delay", delay=1.0)
-        served = await asyncio.wait_for(asyncio.gather(*(catalog.get("surfshark") for _ in range(20))), 0.5)
-        assert all(d is first for d in served) and catalog.is_stale(first)
+        served = await asyncio.wait_for(
+            asyncio.gather(*(catalog.get("surfshark") for _ in range(20))), 0.5
+        )
+        assert all(d is first for d in served)
+        assert catalog.is_stale(first)
         await settle(catalog)
         assert upstream.hits == 2  # one cold fetch, one refresh for twenty stale requests
         fresh = await catalog.get("surfshark")
-        assert fresh.fetched_at == clock.now and not catalog.is_stale(fresh)
+        assert fresh.fetched_at == clock.now
+        assert not catalog.is_stale(fresh)
 
     run(scenario, upstream)
 
@@ -119,7 +128,8 @@ def test_a_down_upstream_is_asked_once_per_backoff_step(upstream):
             clock.now += 0.5
         status = catalog.status["surfshark"]
         # Delays double from 1 s (times a jitter of 0.5-1): 20 s of requests allow about 5 attempts.
-        assert 3 <= asked[-1] <= 7 and status.failures == asked[-1]
+        assert 3 <= asked[-1] <= 7
+        assert status.failures == asked[-1]
         assert status.last_failure == "http_503"
 
     run(scenario, upstream)
@@ -137,7 +147,9 @@ def test_each_failure_doubles_the_backoff_within_its_jitter_up_to_the_cap(upstre
             await catalog.refresh("surfshark")
             delays.append(catalog.status["surfshark"].retry_at - clock.now)
         steps = [min(30, 2**n) for n in range(12)]
-        assert all(step / 2 <= delay <= step for delay, step in zip(delays, steps, strict=True)), delays
+        assert all(step / 2 <= delay <= step for delay, step in zip(delays, steps, strict=True)), (
+            delays
+        )
         assert catalog.status["surfshark"].last_failure == "connection"
         upstream.set("status", status=503, headers={"Retry-After": "100000"})
         await catalog.refresh("surfshark")
@@ -163,16 +175,22 @@ def test_a_retry_after_date_is_counted_on_the_catalogs_clock(upstream):
         await catalog.get("surfshark")
         clock.now += 301
         upstream.set(
-            "status", status=503, headers={"Retry-After": email.utils.formatdate(clock.now + 200, usegmt=True)}
+            "status",
+            status=503,
+            headers={"Retry-After": email.utils.formatdate(clock.now + 200, usegmt=True)},
         )
         await catalog.get("surfshark")
         await settle(catalog)
-        assert catalog.status["surfshark"].retry_at - clock.now == pytest.approx(200)  # not the wall clock's view
+        assert catalog.status["surfshark"].retry_at - clock.now == pytest.approx(
+            200
+        )  # not the wall clock's view
 
     run(scenario, upstream)
 
 
-@pytest.mark.parametrize("header", ["soon", "²", "Wed, 32 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 99999 07:28:00 GMT"])
+@pytest.mark.parametrize(
+    "header", ["soon", "²", "Wed, 32 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 99999 07:28:00 GMT"]
+)
 def test_an_unparsable_retry_after_is_ignored_and_the_failure_keeps_its_class(upstream, header):
     async def scenario(catalog, clock):
         await catalog.get("surfshark")
@@ -181,12 +199,13 @@ def test_an_unparsable_retry_after_is_ignored_and_the_failure_keeps_its_class(up
         await catalog.get("surfshark")
         await settle(catalog)
         status = catalog.status["surfshark"]
-        assert status.last_failure == "http_503" and status.retry_at - clock.now <= 1  # the first backoff step
+        assert status.last_failure == "http_503"
+        assert status.retry_at - clock.now <= 1
 
     run(scenario, upstream)
 
 
-@pytest.mark.parametrize("keep, accepted", [(10, False), (17, False), (18, True), (36, True)])
+@pytest.mark.parametrize(("keep", "accepted"), [(10, False), (17, False), (18, True), (36, True)])
 def test_a_list_shrunk_by_more_than_half_is_a_fault(upstream, keep, accepted):
     clusters = json.loads(demo_payload("surfshark"))  # 36 servers
 
@@ -221,8 +240,10 @@ def test_a_shrunk_list_is_accepted_once_the_old_one_may_no_longer_be_served(upst
 
 def keyed(generations: list[int]) -> dataset.Dataset:
     """A list of servers s0, s1... whose WireGuard keys are of the given generations."""
-    servers = [Server("x", "Germany", "DE", f"s{i}", base64.b64encode(bytes([i, g]) * 16).decode())
-               for i, g in enumerate(generations)]  # fmt: skip
+    servers = [
+        Server("x", "Germany", "DE", f"s{i}", base64.b64encode(bytes([i, g]) * 16).decode())
+        for i, g in enumerate(generations)
+    ]
     return make_dataset("x", servers, 0)
 
 
@@ -248,9 +269,20 @@ def test_a_key_swap_over_cache_max_rekey_is_held_until_sent_alike_on_three_refre
     three, two_more = [1, 1, 1] + [0] * 7, [1] * 5 + [0] * 5
     assert outcomes(three, three, three, two_more) == ["rekeyed", "rekeyed", "accepted", "accepted"]
     other, another = [1] * 5 + [2, 2, 2, 0, 0], [1] * 5 + [2, 2, 0, 2, 0]
-    assert outcomes(other, another, another, another) == ["rekeyed", "rekeyed", "rekeyed", "accepted"]
-    swap, same = [3, 3, 3] + another[3:], list(another)
-    assert outcomes(swap, same, swap, swap, swap) == ["rekeyed", "accepted", "rekeyed", "rekeyed", "accepted"]
+    assert outcomes(other, another, another, another) == [
+        "rekeyed",
+        "rekeyed",
+        "rekeyed",
+        "accepted",
+    ]
+    swap, same = [3, 3, 3, *another[3:]], list(another)
+    assert outcomes(swap, same, swap, swap, swap) == [
+        "rekeyed",
+        "accepted",
+        "rekeyed",
+        "rekeyed",
+        "accepted",
+    ]
 
 
 def test_snapshots_are_written_and_restored_as_stale(upstream, tmp_path):
@@ -263,7 +295,8 @@ def test_snapshots_are_written_and_restored_as_stale(upstream, tmp_path):
 
     async def second_life(catalog, clock):
         data = await catalog.get("surfshark")
-        assert data.servers == good.servers and data.fetched_at == good.fetched_at
+        assert data.servers == good.servers
+        assert data.fetched_at == good.fetched_at
         assert catalog.is_stale(data)  # restored: stale until the upstream confirms it
         await settle(catalog)
         assert catalog.status["surfshark"].last_failure == "connection"
@@ -284,14 +317,17 @@ def test_a_restored_list_the_upstream_confirms_with_a_304_is_fresh_again(upstrea
         return catalog.is_stale(restored), catalog.is_stale(confirmed), confirmed
 
     was_stale, is_stale, confirmed = run(second_life, upstream, tmp_path)
-    assert upstream.requests[-1][1]["If-None-Match"] == upstream.etag and upstream.hits == 2  # answered 304
+    assert upstream.requests[-1][1]["If-None-Match"] == upstream.etag
+    assert upstream.hits == 2
     assert (was_stale, is_stale, confirmed.servers) == (True, False, good.servers)
 
 
 def sound_snapshot(**changes) -> bytes:
     """A snapshot of the demo surfshark list, with `changes` made to it: one defect each."""
     servers, _ = REGISTRY["surfshark"].parse(demo_payload("surfshark"))
-    return encode({**json.loads(snapshot_bytes(make_dataset("surfshark", servers, 1.0))), **changes})
+    return encode(
+        {**json.loads(snapshot_bytes(make_dataset("surfshark", servers, 1.0))), **changes}
+    )
 
 
 @pytest.mark.parametrize(
@@ -306,7 +342,9 @@ def sound_snapshot(**changes) -> bytes:
         b"\x00\xff" * 100,
     ],
 )
-def test_a_corrupt_truncated_or_foreign_snapshot_is_ignored_with_a_warning(upstream, tmp_path, caplog, content):
+def test_a_corrupt_truncated_or_foreign_snapshot_is_ignored_with_a_warning(
+    upstream, tmp_path, caplog, content
+):
     (tmp_path / "surfshark.json").write_bytes(content)
 
     async def scenario(catalog, clock):
@@ -314,7 +352,8 @@ def test_a_corrupt_truncated_or_foreign_snapshot_is_ignored_with_a_warning(upstr
 
     with caplog.at_level(logging.WARNING, "draco.catalog"):
         data = run(scenario, upstream, tmp_path)
-    assert len(data.servers) == 36 and upstream.hits == 1
+    assert len(data.servers) == 36
+    assert upstream.hits == 1
     assert "ignoring snapshot" in caplog.text
 
 
@@ -339,7 +378,9 @@ def test_a_snapshot_holding_another_providers_servers_is_refused(upstream, tmp_p
         .replace(b'"provider":"surfshark","fetched', b'"provider":"nordvpn","fetched')
     )
     assert read_snapshot(tmp_path, "nordvpn") is None
-    write_snapshot(tmp_path, "surfshark", snapshot_bytes(data))  # atomic: no temporary file is left behind
+    write_snapshot(
+        tmp_path, "surfshark", snapshot_bytes(data)
+    )  # atomic: no temporary file is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nordvpn.json", "surfshark.json"]
 
 
@@ -357,11 +398,15 @@ def test_conditional_refreshes_renew_the_age_without_reparsing(upstream, tmp_pat
         await catalog.get("surfshark")
         await settle(catalog)
         renewed = await catalog.get("surfshark")
-        assert renewed.servers is first.servers and renewed.fetched_at == clock.now and len(parses) == 1
+        assert renewed.servers is first.servers
+        assert renewed.fetched_at == clock.now
+        assert len(parses) == 1
         assert renewed.rendered is first.rendered  # the encoded pages stay valid too
         union = await catalog.union()  # provider=all: renewed the same way, not rebuilt
-        assert union.servers is union_before.servers and union.rendered is union_before.rendered
-        assert union.fetched_at == clock.now and union.version == union_before.version
+        assert union.servers is union_before.servers
+        assert union.rendered is union_before.rendered
+        assert union.fetched_at == clock.now
+        assert union.version == union_before.version
         # the snapshot carries the renewed time: a restart must not think the list older
         assert read_snapshot(tmp_path, "surfshark").fetched_at == clock.now
 
@@ -392,14 +437,18 @@ def test_a_cold_provider_in_backoff_fails_fast_without_asking_again(upstream):
 KiB = 1024
 
 
-@example(keys=list(range(0, 2 * dataset.RENDER_CACHE_SIZE + 40, 2)))  # more small answers than the count allows
+@example(
+    keys=list(range(0, 2 * dataset.RENDER_CACHE_SIZE + 40, 2))
+)  # more small answers than the count allows
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 1000), max_size=40))
 def test_the_pages_kept_per_list_stay_within_their_count_and_bytes(keys):
     """Each key's answer has its own size, up to past the whole budget; whatever the
     order, every answer is right, built only when not kept, and what is kept stays
     within both bounds."""
-    size = {key: (key % 101) * 2 * KiB if key % 2 else key % 100 for key in keys}  # odd: up to 200 KiB; even: tiny
+    size = {
+        key: (key % 101) * 2 * KiB if key % 2 else key % 100 for key in keys
+    }  # odd: up to 200 KiB; even: tiny
     with mock.patch.object(dataset, "RENDER_CACHE_BYTES", 64 * KiB):
         data = make_dataset("x", [], 0.0)
         for key in keys:
@@ -407,9 +456,11 @@ def test_the_pages_kept_per_list_stay_within_their_count_and_bytes(keys):
             answer = "y" * size[key]
             built = []
             rendered = render(data, key, lambda: built.append(key) or answer)  # noqa: B023 (called here, at once)
-            assert rendered.body == encode(answer) and built == ([] if key in before else [key])
+            assert rendered.body == encode(answer)
+            assert built == ([] if key in before else [key])
             kept = rendered.size <= dataset.RENDER_CACHE_BYTES
-            assert (key in data.rendered) == kept and (kept or data.rendered == before)  # too large: evicts nothing
+            assert (key in data.rendered) == kept
+            assert kept or data.rendered == before
             assert len(data.rendered) <= dataset.RENDER_CACHE_SIZE
             assert sum(r.size for r in data.rendered.values()) <= dataset.RENDER_CACHE_BYTES
 
@@ -425,41 +476,56 @@ class _Chunks(httpx.AsyncByteStream):
 
 _MiB = 1 << 20
 _SIZES = st.sampled_from([_MiB - 1, _MiB, _MiB + 1, 3 * _MiB]) | st.integers(0, 3 * _MiB)
-_PART = st.binary(max_size=2000) | st.builds(lambda n, byte: bytes([byte]) * n, _SIZES, st.integers(0, 255))
+_PART = st.binary(max_size=2000) | st.builds(
+    lambda n, byte: bytes([byte]) * n, _SIZES, st.integers(0, 255)
+)
 
 
 @settings(max_examples=80, deadline=None)
-@given(parts=st.lists(_PART, min_size=1, max_size=3), cuts=st.lists(st.integers(0, _MiB), max_size=6),
-       over=st.integers(-2, 2) | st.integers(-4 * _MiB, 4 * _MiB))  # fmt: skip
+@given(
+    parts=st.lists(_PART, min_size=1, max_size=3),
+    cuts=st.lists(st.integers(0, _MiB), max_size=6),
+    over=st.integers(-2, 2) | st.integers(-4 * _MiB, 4 * _MiB),
+)
 def test_gzip_members_inflate_whole_however_the_body_arrives_cut(parts, cuts, over):
     """Any gzip members (some larger than the MiB inflated per step), cut anywhere, under a cap
     near their size or not: the body they hold, or `oversized` exactly when it is larger."""
     cap = max(0, len(b"".join(parts)) - over)
     body = b"".join(gzip.compress(part, 1) for part in parts)
     bounds = sorted({0, len(body), *(cut % (len(body) + 1) for cut in cuts)})
-    chunks = [body[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+    chunks = [body[start:end] for start, end in itertools.pairwise(bounds)]
     response = httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=_Chunks(chunks))
     whole = b"".join(parts)
-    try:
-        assert asyncio.run(read_capped(response, cap)) == whole and len(whole) <= cap
-    except VPNAPIError as exc:
-        assert exc.reason == "oversized" and len(whole) > cap
+    if len(whole) > cap:
+        with pytest.raises(VPNAPIError) as refused:
+            asyncio.run(read_capped(response, cap))
+        assert refused.value.reason == "oversized"
+    else:
+        assert asyncio.run(read_capped(response, cap)) == whole
 
 
-def test_provider_all_leaves_out_a_provider_it_cannot_serve_and_is_stale_until_every_one_is_back(upstream):
+def test_provider_all_leaves_out_a_provider_it_cannot_serve_and_is_stale_until_every_one_is_back(
+    upstream,
+):
     down = FakeUpstream(demo_payload("ivpn"))
     down.set("status", status=503)
 
     async def scenario(catalog, clock):
         union = await catalog.union()
-        assert {s.provider for s in union.servers} == {"surfshark"} and catalog.is_stale(union)
+        assert {s.provider for s in union.servers} == {"surfshark"}
+        assert catalog.is_stale(union)
         down.set("ok")
         clock.now += 5  # past ivpn's first backoff step
         union = await catalog.union()
-        assert {s.provider for s in union.servers} == {"surfshark", "ivpn"} and not catalog.is_stale(union)
+        assert {s.provider for s in union.servers} == {
+            "surfshark",
+            "ivpn",
+        }
+        assert not catalog.is_stale(union)
         clock.now += 296  # surfshark's list, the older, is now past CACHE_TTL: so is the union
         union = await catalog.union()
-        assert catalog.is_stale(union) and catalog.age(union) == 301
+        assert catalog.is_stale(union)
+        assert catalog.age(union) == 301
 
     try:
         both = {name: REGISTRY[name] for name in ("surfshark", "ivpn")}

@@ -57,31 +57,44 @@ def test_each_provider_has_its_default_order(service, client):
     def identifiers(provider):
         return [
             s["identifier"]
-            for s in client.get(service.url(f"/api/{provider}/servers"), params={"page_size": 1000}).json()
+            for s in client.get(
+                service.url(f"/api/{provider}/servers"), params={"page_size": 1000}
+            ).json()
         ]
 
     loads = [s["load"] for s in client.get(service.url("/api/nordvpn/servers")).json()]
     assert loads == sorted(loads)  # NordVPN: least loaded first
-    assert identifiers("surfshark") == [c["connectionName"] for c in json.loads(demo_payload("surfshark"))]
+    assert identifiers("surfshark") == [
+        c["connectionName"] for c in json.loads(demo_payload("surfshark"))
+    ]
     relays = json.loads(demo_payload("mullvad"))["wireguard"]["relays"]
     by_weight = sorted((r for r in relays if r["active"]), key=lambda r: -r["weight"])
     assert identifiers("mullvad") == [r["hostname"] for r in by_weight]  # Mullvad: heaviest first
-    hosts = [h["hostname"] for loc in json.loads(demo_payload("ivpn"))["wireguard"] for h in loc["hosts"]]
+    hosts = [
+        h["hostname"] for loc in json.loads(demo_payload("ivpn"))["wireguard"] for h in loc["hosts"]
+    ]
     assert identifiers("ivpn") == hosts  # IVPN: upstream order
-    assert identifiers("all") == [s.identifier for s in expected("all")]  # the union, provider by provider
+    assert identifiers("all") == [
+        s.identifier for s in expected("all")
+    ]  # the union, provider by provider
 
 
 @pytest.mark.parametrize("provider", EVERY)
 def test_page_and_page_size_select_a_slice(service, client, provider):
     everything = [s.identifier for s in expected(provider)]
-    got = client.get(service.url(f"/api/{provider}/servers"), params={"page": 2, "page_size": 7}).json()
+    got = client.get(
+        service.url(f"/api/{provider}/servers"), params={"page": 2, "page_size": 7}
+    ).json()
     assert [s["identifier"] for s in got] == everything[7:14]
-    past = client.get(service.url(f"/api/{provider}/servers"), params={"page": 999, "page_size": 10})
-    assert past.status_code == 200 and past.json() == []
+    past = client.get(
+        service.url(f"/api/{provider}/servers"), params={"page": 999, "page_size": 10}
+    )
+    assert past.status_code == 200
+    assert past.json() == []
 
 
 @pytest.mark.parametrize(
-    "params, loc, kind",
+    ("params", "loc", "kind"),
     [
         ({"page": "0"}, "page", "greater_than_equal"),
         ({"page": "x"}, "page", "int_parsing"),
@@ -100,25 +113,38 @@ def test_bad_parameters_are_422_with_details(service, client, params, loc, kind)
     assert response.status_code == 422
     body = response.json()
     assert body["error"] == "Unprocessable Entity"
-    assert body["details"] == [{"loc": ["query", loc], "msg": body["details"][0]["msg"], "type": kind}]
+    assert body["details"] == [
+        {"loc": ["query", loc], "msg": body["details"][0]["msg"], "type": kind}
+    ]
 
 
 def test_every_bad_parameter_is_reported_at_once(service, client):
     asked = {"page": "-1", "page_size": "abc", "private_key": "x"}
     response = client.get(service.url("/api/nordvpn/servers"), params=asked)
     locs = [d["loc"] for d in response.json()["details"]]
-    assert locs == [["query", "private_key"], ["query", "page"], ["query", "page_size"]]  # unknown names first
+    assert locs == [
+        ["query", "private_key"],
+        ["query", "page"],
+        ["query", "page_size"],
+    ]  # unknown names first
 
 
 def test_page_size_bounds_are_inclusive(service, client):
-    assert client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1}).status_code == 200
-    assert client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1000}).status_code == 200
+    assert (
+        client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1}).status_code == 200
+    )
+    assert (
+        client.get(service.url("/api/nordvpn/servers"), params={"page_size": 1000}).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize("provider", EVERY)
 def test_paginated_has_the_envelope(service, client, provider):
     total = len(expected(provider))
-    body = client.get(service.url(f"/api/{provider}/servers/paginated"), params={"page_size": 10}).json()
+    body = client.get(
+        service.url(f"/api/{provider}/servers/paginated"), params={"page_size": 10}
+    ).json()
     assert list(body) == ["total", "page", "page_size", "total_pages", "data"]
     assert (body["total"], body["page"], body["page_size"]) == (total, 1, 10)
     assert body["total_pages"] == -(-total // 10)
@@ -126,21 +152,32 @@ def test_paginated_has_the_envelope(service, client, provider):
 
 
 def test_paginated_past_the_last_page_is_404(service, client):
-    last = client.get(service.url("/api/surfshark/servers/paginated"), params={"page_size": 10}).json()["total_pages"]
+    last = client.get(
+        service.url("/api/surfshark/servers/paginated"), params={"page_size": 10}
+    ).json()["total_pages"]
     assert (
-        client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last, "page_size": 10}).status_code
+        client.get(
+            service.url("/api/surfshark/servers/paginated"), params={"page": last, "page_size": 10}
+        ).status_code
         == 200
     )
-    past = client.get(service.url("/api/surfshark/servers/paginated"), params={"page": last + 1, "page_size": 10})
+    past = client.get(
+        service.url("/api/surfshark/servers/paginated"), params={"page": last + 1, "page_size": 10}
+    )
     assert past.status_code == 404
     assert past.json()["error"] == "Not Found"
-    none = client.get(service.url("/api/surfshark/servers/paginated"), params={"identifier": "nowhere.example"})
-    assert none.status_code == 200 and none.json()["total_pages"] == 0  # the first page of nothing is empty
+    none = client.get(
+        service.url("/api/surfshark/servers/paginated"), params={"identifier": "nowhere.example"}
+    )
+    assert none.status_code == 200
+    assert none.json()["total_pages"] == 0
 
 
 @pytest.mark.parametrize("provider", EVERY)
 def test_country_lists_only_that_country(service, client, provider):
-    want = [s.identifier for s in expected(provider) if s.country_code == "DE" and s.include_in_country]
+    want = [
+        s.identifier for s in expected(provider) if s.country_code == "DE" and s.include_in_country
+    ]
     got = client.get(service.url(f"/api/{provider}/servers/DE")).json()
     assert [s["identifier"] for s in got] == want
     assert want
@@ -163,14 +200,19 @@ def test_country_without_servers_is_404(service, client):
 def test_top_leaves_out_servers_with_load_3_or_less_and_ranks_by_load(service, client, provider):
     top = client.get(service.url(f"/api/{provider}/servers/top"), params={"limit": 50}).json()
     operational = [s for s in expected(provider) if s.load is None or s.load > 3]
-    operational.sort(key=lambda s: (s.load is None, s.load or 0))  # no latency measured: by load, unknown last
+    operational.sort(
+        key=lambda s: (s.load is None, s.load or 0)
+    )  # no latency measured: by load, unknown last
     assert [s["identifier"] for s in top] == [s.identifier for s in operational[:50]]
     assert all(s["load"] is None or s["load"] > 3 for s in top)
 
 
 def test_top_filters_by_country_and_limits(service, client):
-    top = client.get(service.url("/api/nordvpn/servers/top"), params={"limit": 2, "country_code": "FR"}).json()
-    assert len(top) == 2 and {s["country_code"] for s in top} == {"FR"}
+    top = client.get(
+        service.url("/api/nordvpn/servers/top"), params={"limit": 2, "country_code": "FR"}
+    ).json()
+    assert len(top) == 2
+    assert {s["country_code"] for s in top} == {"FR"}
 
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 51}, {"country_code": "fr"}])
@@ -179,7 +221,12 @@ def test_top_parameters_are_checked(service, client, params):
 
 
 def test_top_with_nothing_operational_is_404(service, client):
-    assert client.get(service.url("/api/nordvpn/servers/top"), params={"country_code": "ZZ"}).status_code == 404
+    assert (
+        client.get(
+            service.url("/api/nordvpn/servers/top"), params={"country_code": "ZZ"}
+        ).status_code
+        == 404
+    )
 
 
 @pytest.mark.parametrize("provider", EVERY)
@@ -187,7 +234,8 @@ def test_countries_are_sorted_by_code_with_display(service, client, provider):
     countries = client.get(service.url(f"/api/{provider}/countries")).json()
     assert [c["code"] for c in countries] == sorted({s.country_code for s in expected(provider)})
     assert all(
-        c["display"] == f"{c['code']} - {c['name']}" and list(c) == ["code", "name", "display"] for c in countries
+        c["display"] == f"{c['code']} - {c['name']}" and list(c) == ["code", "name", "display"]
+        for c in countries
     )
 
 
@@ -200,15 +248,18 @@ def test_the_provider_index_tells_what_each_provider_offers(service, client):
         len(expected("ivpn")),
         len({s.country_code for s in expected("ivpn")}),
     )
-    assert ivpn["status"] == "fresh" and 0 <= ivpn["data_age"] < 60
-    assert index["mullvad"]["reports_load"] is False and index["nordvpn"]["reports_load"] is True
+    assert ivpn["status"] == "fresh"
+    assert 0 <= ivpn["data_age"] < 60
+    assert index["mullvad"]["reports_load"] is False
+    assert index["nordvpn"]["reports_load"] is True
     assert (index["surfshark"]["reports_status"], index["nordvpn"]["ordering"]) == (False, "load")
 
 
 def test_the_index_reports_none_for_a_list_never_fetched(start_draco):
     draco = start_draco({})  # every upstream is a closed port: nothing can be fetched
     index = httpx.get(draco.url("/api/providers")).json()
-    assert {p["status"] for p in index} == {"none"} and {p["data_age"] for p in index} == {None}
+    assert {p["status"] for p in index} == {"none"}
+    assert {p["data_age"] for p in index} == {None}
 
 
 def test_unknown_provider_is_404_in_the_envelope(service, client):
@@ -220,7 +271,10 @@ def test_unknown_provider_is_404_in_the_envelope(service, client):
 def test_unknown_path_is_404_in_the_envelope(service, client):
     response = client.get(service.url("/nothing/here"))
     assert response.status_code == 404
-    assert response.json() == {"error": "Not Found", "message": "The requested resource was not found."}
+    assert response.json() == {
+        "error": "Not Found",
+        "message": "The requested resource was not found.",
+    }
 
 
 @pytest.mark.parametrize(
@@ -230,8 +284,12 @@ def test_head_answers_like_get_without_a_body(service, client, path):
     # /health reports ages in whole seconds, so its length may change between two
     # requests: HEAD must match the GET before it or the one after it.
     before, head, after = (client.request(m, service.url(path)) for m in ("GET", "HEAD", "GET"))
-    assert head.status_code == 200 and head.content == b""
-    assert head.headers["content-length"] in {before.headers["content-length"], after.headers["content-length"]}
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] in {
+        before.headers["content-length"],
+        after.headers["content-length"],
+    }
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
@@ -255,15 +313,20 @@ def test_large_responses_are_gzipped_when_asked(service, client):
 def test_answers_built_per_request_are_compressed_by_the_same_rule(service, client):
     plain = client.get(service.url("/api/providers"), headers={"Accept-Encoding": "identity"})
     zipped = client.get(service.url("/api/providers"), headers={"Accept-Encoding": "gzip"})
-    assert len(plain.content) >= 500 and zipped.headers["content-encoding"] == "gzip"
+    assert len(plain.content) >= 500
+    assert zipped.headers["content-encoding"] == "gzip"
     assert "Accept-Encoding" in zipped.headers["vary"]
-    ageless = [[{**p, "data_age": None} for p in r.json()] for r in (plain, zipped)]  # a second may pass between
+    ageless = [
+        [{**p, "data_age": None} for p in r.json()] for r in (plain, zipped)
+    ]  # a second may pass between
     assert ageless[0] == ageless[1]
 
 
 def test_small_responses_are_not_compressed(service, client):
     response = client.get(
-        service.url("/api/nordvpn/servers"), params={"page_size": 1}, headers={"Accept-Encoding": "gzip"}
+        service.url("/api/nordvpn/servers"),
+        params={"page_size": 1},
+        headers={"Accept-Encoding": "gzip"},
     )
     assert "content-encoding" not in response.headers
 
@@ -276,34 +339,54 @@ def test_no_server_header_on_any_response(service, client):
 def test_catalog_answers_carry_an_etag_and_304_when_current(service, client):
     first = client.get(service.url("/api/nordvpn/servers"), headers={"Accept-Encoding": "identity"})
     etag = first.headers["etag"]
-    assert etag.startswith('"') and not etag.startswith("W/")
-    assert first.headers["cache-control"] == "private, no-cache"  # kept by the client alone, and revalidated
+    assert etag.startswith('"')
+    assert not etag.startswith("W/")
+    assert (
+        first.headers["cache-control"] == "private, no-cache"
+    )  # kept by the client alone, and revalidated
     again = client.get(
-        service.url("/api/nordvpn/servers"), headers={"If-None-Match": etag, "Accept-Encoding": "identity"}
+        service.url("/api/nordvpn/servers"),
+        headers={"If-None-Match": etag, "Accept-Encoding": "identity"},
     )
-    assert again.status_code == 304 and again.content == b""
+    assert again.status_code == 304
+    assert again.content == b""
     assert again.headers["etag"] == etag
 
 
 @pytest.mark.parametrize(
-    "presented, status",
-    [("W/{etag}", 304), ('"other", {etag}', 304), ("*", 304), ('"other"', 200), ('W/"other", "more"', 200)],
+    ("presented", "status"),
+    [
+        ("W/{etag}", 304),
+        ('"other", {etag}', 304),
+        ("*", 304),
+        ('"other"', 200),
+        ('W/"other", "more"', 200),
+    ],
 )
-def test_if_none_match_compares_weakly_and_takes_a_list_or_a_star(service, client, presented, status):
+def test_if_none_match_compares_weakly_and_takes_a_list_or_a_star(
+    service, client, presented, status
+):
     url, identity = service.url("/api/nordvpn/servers"), {"Accept-Encoding": "identity"}
     etag = client.get(url, headers=identity).headers["etag"]
     again = client.get(url, headers={**identity, "If-None-Match": presented.format(etag=etag)})
-    assert again.status_code == status and again.headers["etag"] == etag
+    assert again.status_code == status
+    assert again.headers["etag"] == etag
 
 
 def test_etag_differs_by_query_and_by_encoding(service, client):
     one = client.get(
-        service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "identity"}
+        service.url("/api/nordvpn/servers"),
+        params={"page_size": 10},
+        headers={"Accept-Encoding": "identity"},
     )
     two = client.get(
-        service.url("/api/nordvpn/servers"), params={"page_size": 11}, headers={"Accept-Encoding": "identity"}
+        service.url("/api/nordvpn/servers"),
+        params={"page_size": 11},
+        headers={"Accept-Encoding": "identity"},
     )
     zipped = client.get(
-        service.url("/api/nordvpn/servers"), params={"page_size": 10}, headers={"Accept-Encoding": "gzip"}
+        service.url("/api/nordvpn/servers"),
+        params={"page_size": 10},
+        headers={"Accept-Encoding": "gzip"},
     )
     assert len({one.headers["etag"], two.headers["etag"], zipped.headers["etag"]}) == 3

@@ -16,16 +16,24 @@ from draco.settings import ConfigError, Settings, load
 
 SECRET = "s3cr3t-" + "x" * 30
 
+EN_DASH = "\N{EN DASH}"  # the README writes ranges as 60\N{EN DASH}3600
+
 
 def test_defaults_match_the_original():
     s = load({})
-    assert (s.cache_ttl, s.http_timeout, s.http_max_connections, s.http_max_keepalive_connections) == (300, 30, 100, 20)
+    assert (
+        s.cache_ttl,
+        s.http_timeout,
+        s.http_max_connections,
+        s.http_max_keepalive_connections,
+    ) == (300, 30, 100, 20)
     assert (s.nordvpn_server_limit, s.default_page_size, s.max_page_size) == (0, 100, 1000)
     assert (s.rate_limit_requests, s.rate_limit_period, s.rate_limit_enabled) == (100, 60, True)
     assert (s.enable_api_key_auth, s.enable_security_headers, s.debug) == (False, True, False)
     assert (s.log_level, s.log_format, s.cors_origins, s.trusted_hosts) == ("INFO", "text", (), ())
     assert s.upstream_max_bytes == 64 << 20
-    assert s.nordvpn_api_url.startswith("https://") and s.surfshark_api_url.startswith("https://")
+    assert s.nordvpn_api_url.startswith("https://")
+    assert s.surfshark_api_url.startswith("https://")
 
 
 RANGES = {
@@ -51,7 +59,8 @@ def test_integer_ranges_are_inclusive_and_enforced(name):
         with pytest.raises(ConfigError) as caught:
             load({name: bad})
         assert caught.value.problems == [
-            f"{name}: must be {'a number' if name == 'HTTP_TIMEOUT' else 'an integer'} from {lo} to {hi}"
+            f"{name}: must be {'a number' if name == 'HTTP_TIMEOUT' else 'an integer'} "
+            f"from {lo} to {hi}"
         ]
 
 
@@ -63,32 +72,47 @@ def _written(value) -> str:
 
 
 def test_the_readmes_table_gives_every_variable_with_its_default_and_its_range():
-    rows = re.findall(r"^\| `([A-Z_0-9]+)` \| (.*?) \|(.*)\|$", (ROOT / "README.md").read_text(), re.M)
-    documented = {name for name, _, _ in rows} | {"APP_NAME", "APP_VERSION"}  # those two share a row
+    rows = re.findall(
+        r"^\| `([A-Z_0-9]+)` \| (.*?) \|(.*)\|$", (ROOT / "README.md").read_text(), re.M
+    )
+    documented = {name for name, _, _ in rows} | {
+        "APP_NAME",
+        "APP_VERSION",
+    }  # those two share a row
     assert documented == {field.name.upper() for field in attrs.fields(Settings)}
     defaults, number = Settings(), r"(\d+(?:\.\d+)?)"
     for name, default, rule in rows:
         value, shown = getattr(defaults, name.lower()), re.match(r"`([^`]*)`", default)
         assert shown[1] == _written(value) if shown else value in (None, tuple(REGISTRY)), name
-        bounds = re.search(rf"(?<![\d.]){number}–{number}(?![\d.])", rule)
+        bounds = re.search(rf"(?<![\d.]){number}{EN_DASH}{number}(?![\d.])", rule)
         if bounds:  # both ends admitted, the values just outside refused
             step = 1 if "." not in bounds[0] else 0.01
             lo, hi = (type(value)(end) for end in bounds.groups())
-            wide = {"MAX_PAGE_SIZE": "2000", "RATE_LIMIT_REQUESTS": "10000"}  # room for the rules across variables
-            assert [getattr(load({**wide, name: str(v)}), name.lower()) for v in (lo, hi)] == [lo, hi], name
+            wide = {
+                "MAX_PAGE_SIZE": "2000",
+                "RATE_LIMIT_REQUESTS": "10000",
+            }  # room for the rules across variables
+            assert [getattr(load({**wide, name: str(v)}), name.lower()) for v in (lo, hi)] == [
+                lo,
+                hi,
+            ], name
             for outside in (lo - step, hi + step):
                 with pytest.raises(ConfigError):
                     load({**wide, name: str(outside)})
 
 
 def test_lists_are_json_arrays_as_documented():
-    s = load({"API_KEYS": f'["{KEY}", "{KEY[::-1]}"]', "TRUSTED_HOSTS": '["10.0.0.1", "192.168.0.0/16"]'})
+    s = load(
+        {"API_KEYS": f'["{KEY}", "{KEY[::-1]}"]', "TRUSTED_HOSTS": '["10.0.0.1", "192.168.0.0/16"]'}
+    )
     assert s.api_keys == (KEY, KEY[::-1])
     assert s.trusted_hosts == ("10.0.0.1", "192.168.0.0/16")
 
 
 def test_booleans_accept_the_usual_spellings():
-    assert load({"DEBUG": "TRUE"}).debug and load({"DEBUG": "1"}).debug and not load({"DEBUG": "off"}).debug
+    assert load({"DEBUG": "TRUE"}).debug
+    assert load({"DEBUG": "1"}).debug
+    assert not load({"DEBUG": "off"}).debug
     with pytest.raises(ConfigError, match="DEBUG: must be true or false"):
         load({"DEBUG": "maybe"})
 
@@ -122,7 +146,9 @@ def test_keys_must_be_at_least_32_characters_and_are_never_echoed():
         load({"API_KEYS": f'["{"k" * 31}"]'})
 
 
-@pytest.mark.parametrize("key", ["k" * 20 + " " + "k" * 20, "k" * 40 + "\t", "k" * 40 + "é", "k" * 40 + "\x7f"])
+@pytest.mark.parametrize(
+    "key", ["k" * 20 + " " + "k" * 20, "k" * 40 + "\t", "k" * 40 + "é", "k" * 40 + "\x7f"]
+)
 def test_a_key_with_a_space_a_control_or_a_non_ascii_character_is_refused(key):
     with pytest.raises(ConfigError, match="printable ASCII characters without spaces"):
         load({"API_KEYS": json.dumps([key])})
@@ -139,7 +165,9 @@ def test_auth_enabled_without_keys_is_an_error():
         load({"ENABLE_API_KEY_AUTH": "true"})
 
 
-@pytest.mark.parametrize("url", ["http://api.example.com/x", "ftp://127.0.0.1/", "https://", "not a url"])
+@pytest.mark.parametrize(
+    "url", ["http://api.example.com/x", "ftp://127.0.0.1/", "https://", "not a url"]
+)
 def test_upstream_urls_must_be_https(url):
     with pytest.raises(ConfigError, match="NORDVPN_API_URL: must be an https URL"):
         load({"NORDVPN_API_URL": url})
@@ -154,13 +182,27 @@ def test_plain_http_is_allowed_to_loopback_only(url):
 
 def test_every_problem_is_listed_at_once():
     with pytest.raises(ConfigError) as caught:
-        load({"CACHE_TTL": "1", "LOG_FORMAT": "xml", "TRUSTED_HOSTS": '["not-an-ip"]', "LOG_LEVEL": "LOUD"})
-    assert [p.split(":")[0] for p in caught.value.problems] == ["LOG_LEVEL", "LOG_FORMAT", "CACHE_TTL", "TRUSTED_HOSTS"]
+        load(
+            {
+                "CACHE_TTL": "1",
+                "LOG_FORMAT": "xml",
+                "TRUSTED_HOSTS": '["not-an-ip"]',
+                "LOG_LEVEL": "LOUD",
+            }
+        )
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "CACHE_TTL",
+        "TRUSTED_HOSTS",
+    ]
 
 
 def test_env_file_is_read_and_the_environment_wins(tmp_path):
     env_file = tmp_path / "draco.env"
-    env_file.write_text('# comment\nexport CACHE_TTL=120\nAPP_NAME="from file"\nRATE_LIMIT_PERIOD=30\n')
+    env_file.write_text(
+        '# comment\nexport CACHE_TTL=120\nAPP_NAME="from file"\nRATE_LIMIT_PERIOD=30\n'
+    )
     s = load({"RATE_LIMIT_PERIOD": "45"}, env_file)
     assert (s.cache_ttl, s.app_name, s.rate_limit_period) == (120, "from file", 45)
 
@@ -221,7 +263,7 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize("name, value", INVALID)
+@pytest.mark.parametrize(("name", "value"), INVALID)
 def test_serve_exits_2_naming_the_variable_before_binding(name, value):
     result = subprocess.run(
         [sys.executable, "-m", "draco", "serve", "--bind", "127.0.0.1:1"],
@@ -247,4 +289,6 @@ def test_serve_reports_a_bad_bind_and_a_missing_certificate_together():
         timeout=30,
     )
     assert result.returncode == 2
-    assert "--bind:" in result.stderr and "--certfile:" in result.stderr and "--keyfile" in result.stderr
+    assert "--bind:" in result.stderr
+    assert "--certfile:" in result.stderr
+    assert "--keyfile" in result.stderr

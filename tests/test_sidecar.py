@@ -28,23 +28,37 @@ def ready(draco) -> httpx.Response:
 
 
 def snapshot(folder: Path, provider: str, age: float) -> None:
-    servers = REGISTRY[provider].parse((ROOT / "draco" / "demo_data" / f"{provider}.json").read_bytes())[0]
-    write_snapshot(folder, provider, snapshot_bytes(make_dataset(provider, servers, time.time() - age)))
+    servers = REGISTRY[provider].parse(
+        (ROOT / "draco" / "demo_data" / f"{provider}.json").read_bytes()
+    )[0]
+    write_snapshot(
+        folder, provider, snapshot_bytes(make_dataset(provider, servers, time.time() - age))
+    )
 
 
 # --- /health/ready -------------------------------------------------------------------------------
 
 
-def test_not_ready_while_a_listed_provider_has_nothing_then_ready_once_it_has(start_draco, upstreams):
+def test_not_ready_while_a_listed_provider_has_nothing_then_ready_once_it_has(
+    start_draco, upstreams
+):
     upstreams["mullvad"].set("refused")
-    env = {**upstream_env(upstreams), "READY_PROVIDERS": '["mullvad", "ivpn"]', "REFRESH_BACKOFF_MAX": "1"}
+    env = {
+        **upstream_env(upstreams),
+        "READY_PROVIDERS": '["mullvad", "ivpn"]',
+        "REFRESH_BACKOFF_MAX": "1",
+    }
     draco = start_draco(env)
     refused = ready(draco)
-    assert refused.status_code == 503 and refused.json()["error"] == "Service Unavailable"
-    assert "mullvad" in refused.json()["message"] and "ivpn" not in refused.json()["message"]
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "Service Unavailable"
+    assert "mullvad" in refused.json()["message"]
+    assert "ivpn" not in refused.json()["message"]
     assert httpx.get(draco.url("/health")).status_code == 200  # alive all the same
     upstreams["mullvad"].set("ok")
-    assert eventually(lambda: ready(draco).status_code == 200, 15)  # the probe itself drives the retries
+    assert eventually(
+        lambda: ready(draco).status_code == 200, 15
+    )  # the probe itself drives the retries
     assert ready(draco).json() == {"status": "ready", "providers": ["mullvad", "ivpn"]}
 
 
@@ -52,7 +66,8 @@ def test_health_is_503_once_every_provider_has_failed_with_nothing_to_serve(star
     draco = start_draco({})  # every upstream a closed port
     assert eventually(lambda: httpx.get(draco.url("/health")).status_code == 503)
     body = httpx.get(draco.url("/health")).json()
-    assert body["status"] == "unhealthy" and {p["last_failure"] for p in body["providers"].values()} == {"connection"}
+    assert body["status"] == "unhealthy"
+    assert {p["last_failure"] for p in body["providers"].values()} == {"connection"}
 
 
 def test_ready_at_start_without_any_client_request(start_draco, upstreams):
@@ -61,11 +76,18 @@ def test_ready_at_start_without_any_client_request(start_draco, upstreams):
     assert ready(draco).status_code == 200
 
 
-def test_ready_on_a_stale_snapshot_within_cache_max_stale_then_not_past_it(start_draco, upstreams, tmp_path):
+def test_ready_on_a_stale_snapshot_within_cache_max_stale_then_not_past_it(
+    start_draco, upstreams, tmp_path
+):
     upstreams["surfshark"].set("refused")
     snapshot(tmp_path, "surfshark", age=57)
-    env = {**upstream_env(upstreams), "SNAPSHOT_DIR": str(tmp_path), "READY_PROVIDERS": '["surfshark"]',
-           "CACHE_TTL": "60", "CACHE_MAX_STALE": "60"}  # fmt: skip
+    env = {
+        **upstream_env(upstreams),
+        "SNAPSHOT_DIR": str(tmp_path),
+        "READY_PROVIDERS": '["surfshark"]',
+        "CACHE_TTL": "60",
+        "CACHE_MAX_STALE": "60",
+    }
     draco = start_draco(env)
     assert ready(draco).status_code == 200  # stale, within CACHE_MAX_STALE
     assert httpx.get(draco.url("/api/surfshark/servers")).headers["x-data-status"] == "stale"
@@ -74,8 +96,13 @@ def test_ready_on_a_stale_snapshot_within_cache_max_stale_then_not_past_it(start
 
 
 def test_readiness_needs_no_key_and_is_never_limited(start_draco, upstreams):
-    env = {**upstream_env(upstreams), "ENABLE_API_KEY_AUTH": "true", "API_KEYS": f'["{KEY}"]',
-           "RATE_LIMIT_REQUESTS": "10", "READY_PROVIDERS": '["ivpn"]'}  # fmt: skip
+    env = {
+        **upstream_env(upstreams),
+        "ENABLE_API_KEY_AUTH": "true",
+        "API_KEYS": f'["{KEY}"]',
+        "RATE_LIMIT_REQUESTS": "10",
+        "READY_PROVIDERS": '["ivpn"]',
+    }
     draco = start_draco(env)
     eventually(lambda: ready(draco).status_code == 200, 5)
     assert {ready(draco).status_code for _ in range(25)} == {200}
@@ -120,8 +147,13 @@ def problems(deployment: dict, policy: dict) -> list[str]:
     context, draco = pod.get("securityContext", {}), sidecar(pod)
     own, resources = draco.get("securityContext", {}), draco.get("resources", {})
     env = env_of(draco)
-    mounted = {m["mountPath"]: next(v for v in pod["volumes"] if v["name"] == m["name"]) for m in draco["volumeMounts"]}
-    egress = sorted(port["port"] for rule in policy["spec"].get("egress", []) for port in rule.get("ports", []))
+    mounted = {
+        m["mountPath"]: next(v for v in pod["volumes"] if v["name"] == m["name"])
+        for m in draco["volumeMounts"]
+    }
+    egress = sorted(
+        port["port"] for rule in policy["spec"].get("egress", []) for port in rule.get("ports", [])
+    )
     checks = {
         "runAsNonRoot": context.get("runAsNonRoot") is True,
         "uid 65532": context.get("runAsUser") == 65532,
@@ -131,19 +163,24 @@ def problems(deployment: dict, policy: dict) -> list[str]:
         "read-only root": own.get("readOnlyRootFilesystem") is True,
         "every capability dropped": own.get("capabilities", {}).get("drop") == ["ALL"],
         "native sidecar": draco.get("restartPolicy") == "Always",
-        "loopback only": "127.0.0.1:" in " ".join(draco.get("command", [])) and not draco.get("ports"),
-        "keys from a Secret file": "secret" in mounted.get("/run/secrets/draco", {}) and "API_KEYS" not in env
+        "loopback only": "127.0.0.1:" in " ".join(draco.get("command", []))
+        and not draco.get("ports"),
+        "keys from a Secret file": "secret" in mounted.get("/run/secrets/draco", {})
+        and "API_KEYS" not in env
         and env.get("API_KEYS_FILE", "").startswith("/run/secrets/draco/"),
         "snapshots on an emptyDir": "emptyDir" in mounted.get(env.get("SNAPSHOT_DIR", ""), {}),
         "memory and CPU requests and limits": all(
-            resources.get(kind, {}).get(what) for kind in ("requests", "limits") for what in ("memory", "cpu")
+            resources.get(kind, {}).get(what)
+            for kind in ("requests", "limits")
+            for what in ("memory", "cpu")
         ),
         "startup and readiness on /health/ready": "/health/ready" in probe(draco, "startupProbe")
         and "/health/ready" in probe(draco, "readinessProbe"),
         "liveness on /health": "/health'" in probe(draco, "livenessProbe"),
         "egress: DNS and 443 only": egress == [53, 53, 443],
-        "no ingress": policy["spec"].get("ingress") == [] and "Ingress" in policy["spec"].get("policyTypes", []),
-    }  # fmt: skip
+        "no ingress": policy["spec"].get("ingress") == []
+        and "Ingress" in policy["spec"].get("policyTypes", []),
+    }
     return [name for name, ok in checks.items() if not ok]
 
 
@@ -173,7 +210,11 @@ REMOVALS = {
 def test_removing_a_security_field_is_caught(check):
     changed = copy.deepcopy(deployment())
     where, *path = REMOVALS[check]
-    node = changed["spec"]["template"]["spec"] if where == "pod" else sidecar(changed["spec"]["template"]["spec"])
+    node = (
+        changed["spec"]["template"]["spec"]
+        if where == "pod"
+        else sidecar(changed["spec"]["template"]["spec"])
+    )
     for key in path[:-1]:
         node = node[key]
     del node[path[-1]]
@@ -195,9 +236,19 @@ def memory_limit_kib() -> int:
 
 
 EVERYDAY = [f"/api/{p}/servers?page_size=500" for p in (*REGISTRY, "all")]
-EVERYDAY += ["/api/all/countries", "/api/nordvpn/servers/top", "/api/all/servers?city=London", "/health/ready"]
-# Each a different page, so each is encoded and compressed anew: 1,200 answers of 401 to 1,000 servers.
-CYCLING = [f"/api/{p}/servers?page_size={size}" for size in range(1000, 400, -1) for p in ("nordvpn", "all")]
+EVERYDAY += [
+    "/api/all/countries",
+    "/api/nordvpn/servers/top",
+    "/api/all/servers?city=London",
+    "/health/ready",
+]
+# Each a different page, so each is encoded and compressed anew: 1,200 answers of 401 to 1,000
+# servers.
+CYCLING = [
+    f"/api/{p}/servers?page_size={size}"
+    for size in range(1000, 400, -1)
+    for p in ("nordvpn", "all")
+]
 
 
 async def load(base: str, paths: list[str], seconds: float = 8.0, clients: int = 32) -> int:
@@ -207,7 +258,9 @@ async def load(base: str, paths: list[str], seconds: float = 8.0, clients: int =
         nonlocal done
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             while time.monotonic() < stop:
-                response = await http.get(paths[(n + done) % len(paths)], headers={"Accept-Encoding": "gzip"})
+                response = await http.get(
+                    paths[(n + done) % len(paths)], headers={"Accept-Encoding": "gzip"}
+                )
                 assert response.status_code == 200
                 done += 1
 
@@ -215,16 +268,23 @@ async def load(base: str, paths: list[str], seconds: float = 8.0, clients: int =
     return done
 
 
-@pytest.mark.parametrize("paths, largest", [(EVERYDAY, False), (CYCLING, False), (CYCLING, True)],
-                         ids=["everyday", "cycling page sizes", "cycling, NordVPN at the manifest's cap"])  # fmt: skip
-def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(start_draco, paths, largest):
+@pytest.mark.parametrize(
+    ("paths", "largest"),
+    [(EVERYDAY, False), (CYCLING, False), (CYCLING, True)],
+    ids=["everyday", "cycling page sizes", "cycling, NordVPN at the manifest's cap"],
+)
+def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_limit(
+    start_draco, paths, largest
+):
     cap = env_of(deployed_sidecar())["UPSTREAM_MAX_BYTES"]
     bodies = payloads()  # NordVPN: 6,300 servers, about 21 MB
     if largest:
         bodies["nordvpn"] = nordvpn_as_large_as(int(cap))
     fakes = {name: FakeUpstream(body) for name, body in bodies.items()}
     try:
-        draco = start_draco({**upstream_env(fakes), "RATE_LIMIT_ENABLED": "false", "UPSTREAM_MAX_BYTES": cap})
+        draco = start_draco(
+            {**upstream_env(fakes), "RATE_LIMIT_ENABLED": "false", "UPSTREAM_MAX_BYTES": cap}
+        )
         assert eventually(lambda: ready(draco).status_code == 200, 30)
         requests = asyncio.run(load(draco.base, paths))
         peak = draco.rss_peak_kb()
@@ -232,5 +292,9 @@ def test_under_load_with_every_provider_cached_rss_stays_under_the_manifests_lim
         for fake in fakes.values():
             fake.stop()
     limit = memory_limit_kib()
-    print(f"peak RSS {peak / 1024:.1f} MiB after {requests} requests; the manifest's limit {limit // 1024} MiB")
-    assert requests > 1000 and peak < limit
+    print(
+        f"peak RSS {peak / 1024:.1f} MiB after {requests} requests; "
+        f"the manifest's limit {limit // 1024} MiB"
+    )
+    assert requests > 1000
+    assert peak < limit

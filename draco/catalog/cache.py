@@ -19,7 +19,7 @@ import attrs
 import httpx
 
 from draco.catalog.dataset import Dataset, changes, make_dataset, rekeyed
-from draco.catalog.fetch import failure_class, fetch
+from draco.catalog.fetch import NotModified, failure_class, fetch
 from draco.catalog.shared import SharedCatalog
 from draco.catalog.snapshot import read_snapshot, snapshot_bytes, write_snapshot
 from draco.exceptions import VPNAPIError, VPNDataError, VPNServiceError
@@ -40,14 +40,24 @@ class Status:
     last_failure: str | None = None
     last_failure_at: float | None = None
     error_type: type[VPNServiceError] = VPNAPIError  # what a cold request raises after a failure
-    outcomes: collections.Counter[str] = attrs.field(factory=collections.Counter)  # refreshes by outcome
-    held: tuple[str, int] | None = None  # a mass key swap held back: its digest, and how often it came
+    outcomes: collections.Counter[str] = attrs.field(
+        factory=collections.Counter
+    )  # refreshes by outcome
+    held: tuple[str, int] | None = (
+        None  # a mass key swap held back: its digest, and how often it came
+    )
     changes: Changes | None = None  # between the last two accepted lists
 
 
 class Catalog:
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, providers: Mapping[str, Provider] = REGISTRY,
-                 clock: Callable[[], float] = time.time, shared: SharedCatalog | None = None):  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        providers: Mapping[str, Provider] = REGISTRY,
+        clock: Callable[[], float] = time.time,
+        shared: SharedCatalog | None = None,
+    ):
         self.settings, self.client, self.providers, self.clock = settings, client, providers, clock
         self.shared = shared  # when several instances share one Redis
         self.status = {name: Status() for name in providers}
@@ -105,7 +115,9 @@ class Catalog:
     async def union(self) -> Dataset:
         """Every provider's list in one dataset (`provider=all`). A provider that cannot
         be served is left out, and the union is then marked provisional (stale)."""
-        parts = await asyncio.gather(*(self.get(name) for name in self.providers), return_exceptions=True)
+        parts = await asyncio.gather(
+            *(self.get(name) for name in self.providers), return_exceptions=True
+        )
         served = [p for p in parts if isinstance(p, Dataset)]
         if not served:
             raise next(p for p in parts if isinstance(p, BaseException))
@@ -114,7 +126,9 @@ class Catalog:
         union, version = self._union, "+".join(p.version for p in served)
         if union is None or union.version != version:
             servers = (s for p in served for s in p.servers)
-            union = make_dataset("all", servers, fetched_at, provisional=provisional, version=version)
+            union = make_dataset(
+                "all", servers, fetched_at, provisional=provisional, version=version
+            )
         elif (union.fetched_at, union.provisional) != (fetched_at, provisional):
             # the same lists, renewed: the servers and their encoded pages stay
             union = attrs.evolve(union, fetched_at=fetched_at, provisional=provisional)
@@ -138,20 +152,27 @@ class Catalog:
             if self.shared and not await self._take_turn(name, self.shared):
                 return  # another instance refreshed the list, or is refreshing it
             try:
-                data = await fetch(self.client, self.settings, self.providers[name], status.data, self.clock)
-                self._check(status, data)
+                provider = self.providers[name]
+                fetched = await fetch(self.client, self.settings, provider, status.data, self.clock)
+                if isinstance(fetched, NotModified):
+                    data = fetched.data
+                else:
+                    data = fetched
+                    self._check(status, data)
             finally:
                 if self.shared:
                     await self.shared.release(name)
         except Exception as exc:  # recorded, never raised: the previous list stays
             self._failed(name, exc)
             return
-        renewed = status.data is not None and data.servers is status.data.servers  # a 304
+        renewed = isinstance(fetched, NotModified)
         status.outcomes["not_modified" if renewed else "ok"] += 1
         await self._accept(name, data, publish=True, renewed=renewed)
         log.info("refreshed %s: %d servers", name, len(data.servers))
 
-    async def _accept(self, name: str, data: Dataset, publish: bool, renewed: bool = False) -> None:
+    async def _accept(
+        self, name: str, data: Dataset, *, publish: bool, renewed: bool = False
+    ) -> None:
         """Serve `data` from now on, and keep it: snapshot file, and the shared catalog."""
         status = self.status[name]
         if status.data is not None and data.servers is not status.data.servers:
@@ -208,13 +229,19 @@ class Catalog:
         status.last_failure, status.last_failure_at = failure_class(exc), self.clock()
         status.outcomes[status.last_failure] += 1
         status.error_type = VPNDataError if isinstance(exc, VPNDataError) else VPNAPIError
-        most = self.settings.refresh_backoff_max  # exponential, jittered; at least what the upstream asked
-        delay = min(most, 2.0 ** (status.failures - 1)) * random.uniform(0.5, 1.0)
-        delay = max(delay, min(exc.retry_after or 0, most) if isinstance(exc, VPNServiceError) else 0)
+        most = (
+            self.settings.refresh_backoff_max
+        )  # exponential, jittered; at least what the upstream asked
+        delay = min(most, 2.0 ** (status.failures - 1)) * random.uniform(0.5, 1.0)  # noqa: S311 - a jitter, no secret
+        delay = max(
+            delay, min(exc.retry_after or 0, most) if isinstance(exc, VPNServiceError) else 0
+        )
         status.retry_at = self.clock() + delay
         why = f"{status.last_failure}: {getattr(exc, 'detail', '') or exc}"
         message = "refresh of %s failed (%s), attempt %d, next in %.1fs"
-        log.warning(message, name, why, status.failures, delay, exc_info=status.last_failure == "error")
+        log.warning(
+            message, name, why, status.failures, delay, exc_info=status.last_failure == "error"
+        )
 
     def _check(self, status: Status, new: Dataset) -> None:
         """The sanity guard, while the previous list may still be served: an empty list, or one
@@ -224,7 +251,11 @@ class Catalog:
         old, s = status.data, self.settings
         if not new.servers:
             raise VPNDataError("empty")
-        if old is None or old.servers is new.servers or self.clock() - old.fetched_at > s.cache_max_stale:
+        if (
+            old is None
+            or old.servers is new.servers
+            or self.clock() - old.fetched_at > s.cache_max_stale
+        ):
             return
         if len(new.servers) < len(old.servers) * (1 - s.cache_max_shrink):
             raise VPNDataError("shrunk", f"from {len(old.servers)} to {len(new.servers)} servers")
@@ -236,12 +267,19 @@ class Catalog:
         seen = status.held[1] + 1 if status.held and status.held[0] == digest else 1
         status.held = None if seen >= s.cache_rekey_confirmations else (digest, seen)
         if status.held:
-            detail = f"{len(swapped)} of {kept} keys changed, sent {seen} of {s.cache_rekey_confirmations} times"
+            needed = s.cache_rekey_confirmations
+            detail = f"{len(swapped)} of {kept} keys changed, sent {seen} of {needed} times"
             raise VPNDataError("rekeyed", detail)
 
     def health(self) -> dict[str, ProviderHealth]:
-        return {name: ProviderHealth(servers=len(s.data.servers) if s.data else 0,
-                                     data_age=self.age(s.data) if s.data else None,
-                                     serving_stale=bool(s.data and self.is_stale(s.data)),
-                                     last_success=s.last_success, last_failure=s.last_failure,
-                                     last_failure_at=s.last_failure_at) for name, s in self.status.items()}  # fmt: skip
+        return {
+            name: ProviderHealth(
+                servers=len(s.data.servers) if s.data else 0,
+                data_age=self.age(s.data) if s.data else None,
+                serving_stale=bool(s.data and self.is_stale(s.data)),
+                last_success=s.last_success,
+                last_failure=s.last_failure,
+                last_failure_at=s.last_failure_at,
+            )
+            for name, s in self.status.items()
+        }

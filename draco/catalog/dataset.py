@@ -1,4 +1,5 @@
-"""One provider's accepted list, indexed by country, and its pages encoded once."""
+"""One provider's accepted list, indexed by country and identifier, and its answers
+encoded once."""
 
 from __future__ import annotations
 
@@ -10,16 +11,42 @@ import attrs
 
 from draco.models import Changes, Country, KeyChange, Server, countries, encode, gzipped
 
-# Encoded answers kept per list version, at most: a client asking for pages of ever new sizes cannot fill memory.
-RENDER_CACHE_SIZE, RENDER_CACHE_BYTES = 512, 4 << 20
+# Encoded answers kept per list version, at most: a client asking for pages of ever new
+# sizes cannot fill memory.
+RENDER_CACHE_SIZE = 512
+RENDER_CACHE_BYTES = 4 << 20
+
+
+def entity_tag(digest: str, *, compressed: bool) -> str:
+    """The one spelling of an ETag: the gzipped body is another representation, another tag."""
+    return f'"{digest}-gzip"' if compressed else f'"{digest}"'
 
 
 @attrs.frozen
 class Rendered:
     body: bytes
-    etag: str
-    gzipped: bytes | None  # None when the body is too small to be worth compressing (models.gzipped)
-    size: int  # bytes held: the body and its gzipped copy
+    digest: str  # of the body
+    gzipped: bytes | None  # None when the body is too small to be worth compressing
+    empty: bool  # the answer is an empty list
+
+    @property
+    def size(self) -> int:
+        """Bytes held: the body and its gzipped copy."""
+        return len(self.body) + len(self.gzipped or b"")
+
+    def etag(self, *, compressed: bool) -> str:
+        return entity_tag(self.digest, compressed=compressed)
+
+
+@attrs.frozen
+class Validators:
+    """What the upstream said identifies its answer, sent back on the next refresh."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+NO_VALIDATORS = Validators()
 
 
 @attrs.frozen(eq=False)
@@ -28,12 +55,12 @@ class Dataset:
     servers: tuple[Server, ...]
     fetched_at: float
     version: str
-    etag: str | None = None  # the upstream's validators, for conditional refreshes
-    last_modified: str | None = None
+    validators: Validators = NO_VALIDATORS
     # Read from a snapshot and not yet confirmed by the upstream, or a union missing
     # a provider: served as stale either way.
     provisional: bool = False
     by_country: dict[str, tuple[Server, ...]] = attrs.field(factory=dict)
+    by_identifier: dict[str, Server] = attrs.field(factory=dict)
     countries: tuple[Country, ...] = ()
     rendered: dict[Any, Rendered] = attrs.field(factory=dict)
 
@@ -42,31 +69,46 @@ class Dataset:
         return self.by_country.get(country_code, ()) if country_code else self.servers
 
 
-def make_dataset(provider: str, servers: Iterable[Server], fetched_at: float, *, etag: str | None = None,
-                 last_modified: str | None = None, provisional: bool = False,
-                 version: str | None = None) -> Dataset:  # fmt: skip
-    """`servers`, indexed by country; `version` defaults to a digest of them."""
+def make_dataset(
+    provider: str,
+    servers: Iterable[Server],
+    fetched_at: float,
+    *,
+    validators: Validators = NO_VALIDATORS,
+    provisional: bool = False,
+    version: str | None = None,
+) -> Dataset:
+    """`servers`, indexed; `version` defaults to a digest of them."""
     servers = tuple(servers)
     by_country: dict[str, list[Server]] = {}
     for s in servers:
         if s.include_in_country:
             by_country.setdefault(s.country_code, []).append(s)
-    version = version or hashlib.blake2b(encode(servers), digest_size=12).hexdigest()
-    by_code = {code: tuple(group) for code, group in by_country.items()}
-    return Dataset(provider, servers, fetched_at, version, etag, last_modified, provisional, by_code,
-                   tuple(countries(servers)))  # fmt: skip
+    return Dataset(
+        provider=provider,
+        servers=servers,
+        fetched_at=fetched_at,
+        version=version or hashlib.blake2b(encode(servers), digest_size=12).hexdigest(),
+        validators=validators,
+        provisional=provisional,
+        by_country={code: tuple(group) for code, group in by_country.items()},
+        by_identifier={s.identifier: s for s in servers},
+        countries=tuple(countries(servers)),
+    )
 
 
 def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
-    """The answer for `key` on this list version, encoded and compressed once, not once per request.
-    The oldest answers make room for a new one; one larger than the whole budget is not kept."""
+    """The answer for `key` on this list version, encoded and compressed once, not once per
+    request. The oldest answers make room for a new one; one larger than the whole budget
+    is not kept."""
     kept = data.rendered
     found = kept.get(key)
     if found is None:
-        body = encode(build())
-        etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-        compressed = gzipped(body)
-        found = Rendered(body, etag, compressed, len(body) + len(compressed or b""))
+        answer = build()
+        body = encode(answer)
+        digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+        empty = isinstance(answer, Sequence) and not answer
+        found = Rendered(body=body, digest=digest, gzipped=gzipped(body), empty=empty)
         if found.size <= RENDER_CACHE_BYTES:
             kept[key] = found
             held = sum(r.size for r in kept.values())
@@ -79,13 +121,20 @@ def rekeyed(old: Dataset, new: Dataset) -> tuple[int, list[KeyChange]]:
     """How many servers of `old` are still in `new`, and those whose key changed."""
     before = {s.identifier: s.public_key for s in old.servers}
     kept = [s for s in new.servers if s.identifier in before]
-    return len(kept), [KeyChange(s.identifier, before[s.identifier], s.public_key)
-                       for s in kept if s.public_key != before[s.identifier]]  # fmt: skip
+    swapped = [
+        KeyChange(s.identifier, before[s.identifier], s.public_key)
+        for s in kept
+        if s.public_key != before[s.identifier]
+    ]
+    return len(kept), swapped
 
 
 def changes(old: Dataset, new: Dataset) -> Changes:
     """What changed from one accepted list to the next."""
-    before, after = {s.identifier for s in old.servers}, {s.identifier for s in new.servers}
+    before = {s.identifier for s in old.servers}
+    after = {s.identifier for s in new.servers}
     added = [s for s in new.servers if s.identifier not in before]
     removed = [s for s in old.servers if s.identifier not in after]
-    return Changes(new.provider, old.fetched_at, new.fetched_at, added, removed, rekeyed(old, new)[1])
+    return Changes(
+        new.provider, old.fetched_at, new.fetched_at, added, removed, rekeyed(old, new)[1]
+    )

@@ -11,12 +11,14 @@ import attrs
 import httpx
 
 from draco.providers import REGISTRY
-from draco.settings import Settings
+from draco.settings import Settings, api_url_field
 
 
 def settings(base: Settings) -> Settings:
     """`base` with every provider's URL on the demo transport."""
-    urls: dict[str, Any] = {p.url_setting: f"https://{name}.demo.invalid/servers" for name, p in REGISTRY.items()}
+    urls: dict[str, Any] = {
+        api_url_field(name): f"https://{name}.demo.invalid/servers" for name in REGISTRY
+    }
     return attrs.evolve(base, **urls)
 
 
@@ -27,6 +29,8 @@ def transport() -> httpx.MockTransport:
             return httpx.Response(404)
         body = (resources.files("draco") / "demo_data" / f"{name}.json").read_bytes()
         # streamed, as a real upstream's body is (content= would arrive already read)
-        return httpx.Response(200, stream=httpx.ByteStream(body), headers={"Content-Type": "application/json"})
+        return httpx.Response(
+            200, stream=httpx.ByteStream(body), headers={"Content-Type": "application/json"}
+        )
 
     return httpx.MockTransport(handle)

@@ -19,40 +19,49 @@ from draco.catalog.snapshot import from_snapshot
 log = logging.getLogger("draco.catalog")
 
 # Delete the lease only if this instance still holds it.
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RELEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 class SharedCatalog:
     def __init__(self, url: str, lease_seconds: float, timeout: float = 2.0):
         import redis.asyncio  # imported here: only deployments that share the catalog load it
 
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.client = redis.asyncio.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         self.errors = (redis.RedisError, OSError, TimeoutError)
         self.release_script = self.client.register_script(_RELEASE)
         self.lease_ms = int(lease_seconds * 1000)
         self.holder = uuid.uuid4().hex  # this instance, in the lease
         self.reachable = True
 
-    def _state(self, reachable: bool, exc: BaseException | None = None) -> None:
+    def _state(self, *, reachable: bool, exc: BaseException | None = None) -> None:
         if reachable != self.reachable:
             if reachable:
                 log.warning("shared catalog reachable again")
             else:
-                log.error("shared catalog unreachable (%s): serving this instance's own lists", type(exc).__name__)
+                log.error(
+                    "shared catalog unreachable (%s): serving this instance's own lists",
+                    type(exc).__name__,
+                )
             self.reachable = reachable
 
     async def _call(self, default: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             result = await getattr(self.client, method)(*args, **kwargs)
         except self.errors as exc:
-            self._state(False, exc)
+            self._state(reachable=False, exc=exc)
             return default
-        self._state(True)
+        self._state(reachable=True)
         return result
 
     async def version(self, provider: str) -> tuple[str, float] | None:
         """(version, fetched_at) of the shared list, without transferring it."""
-        found = await self._call(None, "hmget", f"draco:catalog:{provider}:meta", "version", "fetched_at")
+        found = await self._call(
+            None, "hmget", f"draco:catalog:{provider}:meta", "version", "fetched_at"
+        )
         if not found or None in found:
             return None
         return found[0].decode(), float(found[1])
@@ -60,11 +69,14 @@ class SharedCatalog:
     async def save(self, provider: str, content: bytes, version: str, fetched_at: float) -> None:
         pipe = self.client.pipeline(transaction=True)  # the list and its record change together
         pipe.set(f"draco:catalog:{provider}", content)
-        pipe.hset(f"draco:catalog:{provider}:meta", mapping={"version": version, "fetched_at": repr(fetched_at)})
+        pipe.hset(
+            f"draco:catalog:{provider}:meta",
+            mapping={"version": version, "fetched_at": repr(fetched_at)},
+        )
         try:
             await pipe.execute()
         except self.errors as exc:
-            self._state(False, exc)
+            self._state(reachable=False, exc=exc)
 
     async def newer(self, provider: str, current: Dataset | None) -> Dataset | None:
         """The shared list when it is newer than `current`: another instance's refresh,
@@ -75,28 +87,33 @@ class SharedCatalog:
         version, fetched_at = found
         if current is not None and (current.version == version or fetched_at <= current.fetched_at):
             renewed = current.version == version and fetched_at > current.fetched_at
-            return attrs.evolve(current, fetched_at=fetched_at, provisional=False) if renewed else None
+            return (
+                attrs.evolve(current, fetched_at=fetched_at, provisional=False) if renewed else None
+            )
         content = await self._call(None, "get", f"draco:catalog:{provider}")
         try:
-            return await asyncio.to_thread(from_snapshot, content, provider, False) if content else None
+            return await asyncio.to_thread(from_snapshot, content, provider) if content else None
         except ValueError as exc:
             log.warning("ignoring the shared %s list: %s", provider, exc)
             return None
 
     async def renew(self, provider: str, fetched_at: float) -> None:
         """A 304 from the upstream: the same list, fetched again."""
-        await self._call(None, "hset", f"draco:catalog:{provider}:meta", "fetched_at", repr(fetched_at))
+        await self._call(
+            None, "hset", f"draco:catalog:{provider}:meta", "fetched_at", repr(fetched_at)
+        )
 
     async def lease(self, provider: str) -> bool:
         """True when this instance may refresh `provider` now (always, without Redis)."""
-        taken = await self._call(True, "set", f"draco:catalog:{provider}:lease", self.holder, nx=True, px=self.lease_ms)
+        key = f"draco:catalog:{provider}:lease"
+        taken = await self._call(True, "set", key, self.holder, nx=True, px=self.lease_ms)  # noqa: FBT003 - the answer without Redis
         return bool(taken)
 
     async def release(self, provider: str) -> None:
         try:
             await self.release_script(keys=[f"draco:catalog:{provider}:lease"], args=[self.holder])
         except self.errors as exc:
-            self._state(False, exc)
+            self._state(reachable=False, exc=exc)
 
     async def close(self) -> None:
         await self.client.aclose()

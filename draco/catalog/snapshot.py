@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from draco.catalog.dataset import Dataset, make_dataset
+from draco.catalog.dataset import Dataset, Validators, make_dataset
 from draco.models import Server, encode
 
 log = logging.getLogger("draco.catalog")
@@ -28,18 +28,32 @@ class Snapshot(msgspec.Struct):
 
 
 def snapshot_bytes(data: Dataset) -> bytes:
-    return encode(Snapshot(FORMAT, data.provider, data.fetched_at, list(data.servers), data.etag, data.last_modified))
+    return encode(
+        Snapshot(
+            FORMAT,
+            data.provider,
+            data.fetched_at,
+            list(data.servers),
+            data.validators.etag,
+            data.validators.last_modified,
+        )
+    )
 
 
-def from_snapshot(content: bytes, provider: str, provisional: bool) -> Dataset:
+def from_snapshot(content: bytes, provider: str, *, provisional: bool = False) -> Dataset:
     """The dataset in `content`; ValueError for anything corrupt, truncated or foreign."""
     snap = msgspec.json.decode(content, type=Snapshot)
     if snap.format != FORMAT or snap.provider != provider or not snap.servers:
         raise ValueError("not a snapshot of this provider")
     if any(s.provider != provider for s in snap.servers):
         raise ValueError("holds another provider's servers")
-    return make_dataset(provider, snap.servers, snap.fetched_at, etag=snap.etag, last_modified=snap.last_modified,
-                        provisional=provisional)  # fmt: skip
+    return make_dataset(
+        provider,
+        snap.servers,
+        snap.fetched_at,
+        validators=Validators(snap.etag, snap.last_modified),
+        provisional=provisional,
+    )
 
 
 def write_snapshot(directory: Path, provider: str, content: bytes) -> None:

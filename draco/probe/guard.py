@@ -31,7 +31,9 @@ IPV6_REFUSED = "2001::/23 2001:db8::/32 2002::/16 3fff::/20"
 REFUSED = [ipaddress.ip_network(block) for block in (IPV4_REFUSED + IPV6_REFUSED).split()]
 
 
-def probeable(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool = False) -> bool:
+def probeable(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool = False
+) -> bool:
     """Only globally reachable unicast; with allow_private (tests only), anything but
     multicast and the unspecified address."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -19,6 +19,9 @@ from collections.abc import Hashable, Iterable
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)  # whatever identifies a target to the caller
+ICMP_HEADER = 8  # bytes: type, code, checksum, identifier, sequence
+ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}  # ICMP, ICMPv6 types
+ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
 
 
 def _checksum(data: bytes) -> int:
@@ -45,7 +48,8 @@ class Pinger:
     @staticmethod
     def available(kind: str) -> bool:
         try:
-            socket.socket(socket.AF_INET, getattr(socket, f"SOCK_{kind.upper()}"), socket.IPPROTO_ICMP).close()
+            kind_of_socket = getattr(socket, f"SOCK_{kind.upper()}")
+            socket.socket(socket.AF_INET, kind_of_socket, socket.IPPROTO_ICMP).close()
             return True
         except OSError:
             return False
@@ -53,8 +57,9 @@ class Pinger:
     def _socket(self, family: int) -> socket.socket:
         if family not in self.sockets:
             proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
-            sock = socket.socket(family, socket.SOCK_DGRAM if self.kind == "dgram" else socket.SOCK_RAW, proto)
-            sock.setblocking(False)
+            kind_of_socket = socket.SOCK_DGRAM if self.kind == "dgram" else socket.SOCK_RAW
+            sock = socket.socket(family, kind_of_socket, proto)
+            sock.setblocking(False)  # noqa: FBT003 - the socket API's own flag
             asyncio.get_running_loop().add_reader(sock, self._read, sock, family)
             self.sockets[family] = sock
         return self.sockets[family]
@@ -68,10 +73,9 @@ class Pinger:
                 return
             if family == socket.AF_INET and self.kind == "raw":
                 data = data[(data[0] & 0x0F) * 4 :]  # raw IPv4 sockets include the IP header
-            reply = 0 if family == socket.AF_INET else 129
-            if len(data) < 8 or data[0] != reply or data[8:] != self.payload:
+            if data[:1] != bytes([ECHO_REPLY[family]]) or data[ICMP_HEADER:] != self.payload:
                 continue
-            ident, sequence = struct.unpack("!HH", data[4:8])
+            ident, sequence = struct.unpack("!HH", data[4:ICMP_HEADER])
             if self.kind == "raw" and ident != self.ident:
                 continue  # another process's ping
             waiter = self.waiting.get((source[0], sequence))
@@ -81,7 +85,7 @@ class Pinger:
     async def ping(self, address: str, timeout: float) -> float | None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sequence = next(self.sequence) & 0xFFFF
-        header = struct.pack("!BBHHH", 8 if family == socket.AF_INET else 128, 0, 0, self.ident, sequence)
+        header = struct.pack("!BBHHH", ECHO_REQUEST[family], 0, 0, self.ident, sequence)
         if self.kind == "raw" and family == socket.AF_INET:
             header = header[:2] + struct.pack("!H", _checksum(header + self.payload)) + header[4:]
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -110,7 +114,7 @@ async def tcp_connect(address: str, port: int, timeout: float) -> float | None:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setblocking(False)
+        sock.setblocking(False)  # noqa: FBT003 - the socket API's own flag
         done = loop.create_future()
         started = time.perf_counter()
         error = sock.connect_ex((address, port))
@@ -135,11 +139,15 @@ def _finish(done: asyncio.Future[float]) -> None:
         done.set_result(time.perf_counter())
 
 
+TCP_INFO_SIZE = 104  # bytes of Linux's struct tcp_info up to tcpi_rcv_space
+TCPI_RTT_AT = 68  # offset of tcpi_rtt, an unsigned 32-bit count of microseconds
+
+
 def _kernel_rtt(sock: socket.socket) -> float | None:
-    """Linux's smoothed RTT of a connection, in milliseconds (tcpi_rtt, microseconds)."""
+    """Linux's smoothed RTT of a connection, in milliseconds."""
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        rtt: int = struct.unpack_from("I", info, 68)[0]
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+        rtt: int = struct.unpack_from("I", info, TCPI_RTT_AT)[0]
         return rtt / 1000 or None
     except (OSError, AttributeError, struct.error):
         return None
@@ -150,9 +158,18 @@ _FPING_LINE = re.compile(r"^(\S+)\s*:\s*(\S+)")
 
 async def fping(addresses: list[str], timeout: float, deadline: float) -> dict[str, float | None]:
     """One fping run for every address (`-C 1`: one echo each, results on stderr)."""
-    command = [shutil.which("fping") or "fping", "-C1", "-q", "-i1", "-r0", f"-t{int(timeout * 1000)}", *addresses]
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL,
-                                                   stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    command = [
+        shutil.which("fping") or "fping",
+        "-C1",
+        "-q",
+        "-i1",
+        "-r0",
+        f"-t{int(timeout * 1000)}",
+        *addresses,
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
     try:
         async with asyncio.timeout(deadline):
             _, err = await process.communicate()
@@ -161,7 +178,11 @@ async def fping(addresses: list[str], timeout: float, deadline: float) -> dict[s
         await process.wait()
         return {}
     lines = (_FPING_LINE.match(line) for line in err.decode(errors="replace").splitlines())
-    return {found[1]: float(found[2]) if found[2].replace(".", "", 1).isdigit() else None for found in lines if found}
+    return {
+        found[1]: float(found[2]) if found[2].replace(".", "", 1).isdigit() else None
+        for found in lines
+        if found
+    }
 
 
 def methods_available() -> list[str]:
@@ -174,8 +195,15 @@ def methods_available() -> list[str]:
     return [*found, "tcp"]
 
 
-async def measure(targets: Iterable[tuple[K, str | None]], method: str, *, concurrency: int, timeout: float,
-                  deadline: float, port: int) -> dict[K, float | None]:  # fmt: skip
+async def measure(
+    targets: Iterable[tuple[K, str | None]],
+    method: str,
+    *,
+    concurrency: int,
+    timeout: float,
+    deadline: float,
+    port: int,
+) -> dict[K, float | None]:
     """Latency in milliseconds for each (key, address); None for no answer, no
     address, or no answer before the deadline."""
     targets = list(targets)
@@ -189,7 +217,9 @@ async def measure(targets: Iterable[tuple[K, str | None]], method: str, *, concu
 
     async def probe(key: K, address: str) -> None:
         async with gate:
-            results[key] = await (pinger.ping(address, timeout) if pinger else tcp_connect(address, port, timeout))
+            results[key] = await (
+                pinger.ping(address, timeout) if pinger else tcp_connect(address, port, timeout)
+            )
 
     tasks = [asyncio.ensure_future(probe(key, address)) for key, address in addressed]
     try:

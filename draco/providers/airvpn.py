@@ -16,16 +16,27 @@ from draco.providers import base
 # the project's tests/fixtures/SOURCES.md records both sources.
 PUBLIC_KEY = "PyLCXAQT8KkM4T+dUsOQfn+Ub3pGxfGlxkIApuig+hk="
 
-_Server = base.entry("AirServer", "identifier health country country_code city load ipv4",
-                     {"identifier": "public_name", "country": "country_name", "city": "location",
-                      "load": "currentload", "ipv4": "ip_v4_in1"})  # fmt: skip
+_Server = base.entry(
+    "AirServer",
+    "identifier health country country_code city load ipv4",
+    {
+        "identifier": "public_name",
+        "country": "country_name",
+        "city": "location",
+        "load": "currentload",
+        "ipv4": "ip_v4_in1",
+    },
+)
 
 
 def _server(entry: Any) -> Server | None:
     if entry.health != "ok":
         return None
-    # currentload is the bandwidth used over the server's, above 100 when it is over capacity: full.
-    load = min(entry.load, 100) if isinstance(entry.load, int) and not isinstance(entry.load, bool) else entry.load
+    # currentload is the bandwidth used over the server's, above 100 when it is over
+    # capacity: full.
+    load = entry.load
+    if isinstance(load, int) and not isinstance(load, bool):
+        load = min(load, base.FULL_LOAD)
     return base.server("airvpn", entry, public_key=PUBLIC_KEY, load=load)
 
 
@@ -37,4 +48,10 @@ def parse(payload: base.Payload) -> base.Parsed:
 # gluetun's AirVPN default WireGuard port: qdm12/gluetun internal/provider/airvpn/connection.go,
 # NewConnectionDefaults(443, 1194, 1637).
 NOTE = "AirVPN also needs your account's PresharedKey, from your AirVPN configuration."
-PROVIDER = base.Provider("airvpn", parse, "load city ipv4", wireguard_port=1637, peer_note=NOTE)
+PROVIDER = base.Provider(
+    name="airvpn",
+    parse=parse,
+    reports="load city ipv4",
+    wireguard_port=1637,
+    peer_note=NOTE,
+)

@@ -1,10 +1,13 @@
 """What a provider module declares, and the checks every parser shares.
 
-A parser is pure: bytes in, `(servers, skipped)` out. A payload of the wrong overall
-shape, or nested deeper than the decoder goes, raises VPNDataError; a bad entry is
-skipped and counted. Entries are split as raw JSON, then decoded one at a time into
-structs of only the fields a provider needs: memory stays near the body size, and
-one malformed entry cannot spoil the others."""
+A parser is pure: bytes in, `Parsed(servers, skipped)` out. A payload of the wrong
+overall shape, or nested deeper than the decoder goes, raises VPNDataError; a bad entry
+is skipped and counted. Entries are split as raw JSON, then decoded one at a time into
+structs of only the fields a provider needs: memory stays near the body size, and one
+malformed entry cannot spoil the others.
+
+`server()` is the one place a Server's fields are checked and normalised, for every
+provider alike, and for lists read back from a snapshot or a shared catalog too."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import base64
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 import msgspec
@@ -22,35 +25,51 @@ from draco.models import Ordering, Server
 
 NULL = msgspec.Raw(b"null")
 Payload = bytes | bytearray
-Parsed = tuple[list[Server], int]  # the servers kept, and how many malformed entries were skipped
 # What a bad entry may raise; RecursionError: nesting deeper than the decoder goes.
 BAD_ENTRY = (ValueError, LookupError, TypeError, AttributeError, RecursionError)
+KEY_BYTES = 32  # a WireGuard public key
+LONGEST_HOSTNAME = 253
+COUNTRY_CODE_LENGTH = 2
+FULL_LOAD = 100  # percent
+
+
+class Parsed(NamedTuple):
+    servers: list[Server]
+    skipped: int  # malformed entries left out
+
+
+class UpstreamSettings(Protocol):
+    """What an upstream request reads from the settings (draco.settings.Settings has it)."""
+
+    @property
+    def nordvpn_server_limit(self) -> int: ...
 
 
 def _words(fields: str | frozenset[str]) -> frozenset[str]:
     return fields if isinstance(fields, frozenset) else frozenset(fields.split())
 
 
+def _no_params(_settings: UpstreamSettings) -> dict[str, Any]:
+    return {}
+
+
 @attrs.frozen
 class Provider:
     name: str
     parse: Callable[[Payload], Parsed]
-    # The optional Server fields its list fills (load, city, ipv4, p2p, owned, free), space-separated.
+    # The optional Server fields its list fills (load, city, ipv4, p2p, owned, free),
+    # space-separated.
     reports: frozenset[str] = attrs.field(converter=_words)
     reports_status: bool = True  # whether the upstream says which servers are online
     ordering: Ordering = "upstream"  # the default order of its list, as told by /api/providers
     wireguard_port: int = 51820  # its documented default WireGuard port, with the source beside it
-    endpoint: Literal["ipv4", "identifier"] = "ipv4"  # what a [Peer] Endpoint names (ipv4 when known)
+    endpoint: Literal["ipv4", "identifier"] = "ipv4"  # what a [Peer] Endpoint names, when known
     peer_note: str | None = None  # what else a client needs to connect
-    params: Callable[[Any], dict[str, Any]] = lambda _settings: {}  # the upstream query, from the settings
+    params: Callable[[UpstreamSettings], dict[str, Any]] = _no_params  # the upstream query
 
-    @property
-    def url_setting(self) -> str:
-        return f"{self.name}_api_url"  # the Settings field holding its upstream URL
-
-    def url(self, settings: Any) -> str:
+    def url(self, template: str) -> str:
         """The upstream URL, with `{unix-ts}` in it filled (it only defeats caches)."""
-        return str(getattr(settings, self.url_setting)).replace("{unix-ts}", str(int(time.time())))
+        return template.replace("{unix-ts}", str(int(time.time())))
 
 
 def decode(payload: Payload, shape: Any) -> Any:
@@ -62,7 +81,8 @@ def decode(payload: Payload, shape: Any) -> Any:
 
 def listed(payload: Payload, key: str) -> list[msgspec.Raw]:
     """The entries of the list under `key` of the payload's top-level object, undecoded."""
-    return list(getattr(decode(payload, msgspec.defstruct("Top", [(key, list[msgspec.Raw])])), key))
+    top = decode(payload, msgspec.defstruct("Top", [(key, list[msgspec.Raw])]))
+    return list(getattr(top, key))
 
 
 def entry(name: str, fields: str, rename: dict[str, str] | None = None) -> Any:
@@ -82,12 +102,17 @@ def decoded(raws: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any]) -> 
     return entries
 
 
-def nested(parents: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any], children: str) -> list[Any]:
+def nested(
+    parents: Iterable[msgspec.Raw], decoder: msgspec.json.Decoder[Any], children: str
+) -> list[Any]:
     """(parent, raw child) for each child of each parent (a location's hosts); a parent
     that does not decode becomes (None, None), which collect() counts as skipped."""
     pairs: list[Any] = []
     for parent in decoded(parents, decoder):
-        pairs += [(parent, child) for child in getattr(parent, children) or ()] if parent else [(None, None)]
+        if parent is None:
+            pairs.append((None, None))
+        else:
+            pairs += [(parent, child) for child in getattr(parent, children) or ()]
     return pairs
 
 
@@ -102,20 +127,26 @@ def collect(entries: Iterable[Any], convert: Callable[[Any], Server | None]) -> 
         except BAD_ENTRY:  # one bad entry never fails the list
             skipped += 1
             continue
-        if server is not None and servers.setdefault(server.identifier, server) is not server:
+        if server is None:
+            continue
+        if server.identifier in servers:
             skipped += 1  # the identifier came before: the first stays
-    return list(servers.values()), skipped
+        else:
+            servers[server.identifier] = server
+    return Parsed(list(servers.values()), skipped)
 
 
 def wireguard_key(value: Any) -> str:
-    """A WireGuard public key is 32 bytes in standard base64; whitespace around it is trimmed."""
+    """A WireGuard public key: 32 bytes in canonical standard base64 (the one spelling
+    that re-encodes to itself, as `wg` requires); whitespace around it is trimmed."""
     key = value.strip() if isinstance(value, str) else ""
-    if len(base64.b64decode(key, validate=True)) != 32:  # not base64 at all: binascii.Error, a ValueError
+    raw = base64.b64decode(key, validate=True)  # not base64 at all: binascii.Error, a ValueError
+    if len(raw) != KEY_BYTES or base64.b64encode(raw).decode() != key:
         raise ValueError("not a WireGuard public key")
     return key
 
 
-# Real payloads carry codes and names outside ISO 3166 (see shared/fixtures SOURCES.md).
+# Real payloads carry codes and names outside ISO 3166 (see tests/fixtures/SOURCES.md).
 _CODE_ALIASES = {"UK": "GB"}
 _NAME_FIXES = {"UK": "United Kingdom", "USA": "United States", "Combodia": "Cambodia"}
 
@@ -126,27 +157,33 @@ def country(code: Any, name: Any) -> tuple[str, str]:
         raise ValueError("country missing")
     code = code.strip().upper()
     code = _CODE_ALIASES.get(code, code)
-    if not (len(code) == 2 and code.isascii() and code.isalpha()):
+    if not (len(code) == COUNTRY_CODE_LENGTH and code.isascii() and code.isalpha()):
         raise ValueError("not an ISO country code")
-    name = name.strip() if name.isprintable() else ""  # a line break in a name could forge a [Peer] line
+    name = text(name) or ""
     return code, _NAME_FIXES.get(name, name) or code
 
 
 def text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) and value.isprintable() else None
+    """A printable name, trimmed: a line break in a name could forge a line of a config."""
+    if not isinstance(value, str) or not value.isprintable():
+        return None
+    return value.strip() or None
 
 
 def identifier(value: Any) -> str:
     """Hostnames: printable ASCII, no spaces, at most 253 characters."""
     name = value.strip().lower() if isinstance(value, str) else ""
-    if 0 < len(name) <= 253 and name.isascii() and name.isprintable() and " " not in name:
-        return name
-    raise ValueError("bad identifier")
+    plain = name.isascii() and name.isprintable() and " " not in name
+    if not (0 < len(name) <= LONGEST_HOSTNAME and plain):
+        raise ValueError("bad identifier")
+    return name
 
 
 def load(value: Any) -> int | None:
     """A load percentage as the schema's integer; floats are rounded, anything else is unknown."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= FULL_LOAD:
         return None
     return round(value)
 
@@ -156,6 +193,11 @@ def flag(value: Any) -> bool | None:
     return bool(value) if value in (0, 1) else None
 
 
+def listed_in_country(value: Any) -> bool:
+    """Only an explicit false leaves a server out of country queries."""
+    return value is not False
+
+
 def ipv4(value: Any) -> str | None:
     try:
         return str(ipaddress.IPv4Address(value.strip())) if isinstance(value, str) else None
@@ -163,15 +205,30 @@ def ipv4(value: Any) -> str | None:
         return None
 
 
+# The optional fields, each with the one function that checks and normalises it.
+OPTIONAL: dict[str, Callable[[Any], Any]] = {
+    "load": load,
+    "city": text,
+    "ipv4": ipv4,
+    "include_in_country": listed_in_country,
+    "p2p": flag,
+    "owned": flag,
+    "free": flag,
+}
+_REQUIRED = ("country_code", "country", "identifier", "public_key")
+
+
 def server(provider: str, entry: Any, **given: Any) -> Server:
     """A Server from an upstream entry whose fields are named (msgspec `rename`) as the
-    schema names them, or given: each value is checked and normalised here, for
-    every provider alike. ValueError when a required one is missing or malformed."""
-    raw: dict[str, Any] = {field: getattr(entry, field, None) for field in _RAW} | given
-    code, name = country(raw.pop("country_code"), raw.pop("country"))
-    key, name_of_host = wireguard_key(raw.pop("public_key")), identifier(raw.pop("identifier"))
-    return Server(provider, name, code, name_of_host, key, load(raw.pop("load")), city=text(raw.pop("city")),
-                  ipv4=ipv4(raw.pop("ipv4")), **raw)  # fmt: skip
-
-
-_RAW = ("country_code", "country", "identifier", "public_key", "load", "city", "ipv4")
+    schema names them, or given: each value is checked and normalised here, for every
+    provider alike. ValueError when a required one is missing or malformed."""
+    raw = {field: getattr(entry, field, None) for field in (*_REQUIRED, *OPTIONAL)} | given
+    code, name = country(raw["country_code"], raw["country"])
+    return Server(
+        provider=provider,
+        country=name,
+        country_code=code,
+        identifier=identifier(raw["identifier"]),
+        public_key=wireguard_key(raw["public_key"]),
+        **{field: check(raw[field]) for field, check in OPTIONAL.items()},
+    )

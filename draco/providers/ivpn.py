@@ -11,7 +11,11 @@ import msgspec
 from draco.models import Server
 from draco.providers import base
 
-_Host = base.entry("Host", "identifier public_key ipv4 load", {"identifier": "hostname", "ipv4": "host"})
+_Host = base.entry(
+    "Host",
+    "identifier public_key ipv4 load",
+    {"identifier": "hostname", "ipv4": "host"},
+)
 
 
 class _Location(msgspec.Struct):
@@ -22,16 +26,29 @@ class _Location(msgspec.Struct):
 
 
 def parse(payload: base.Payload) -> base.Parsed:
-    location_decoder, host_decoder = msgspec.json.Decoder(_Location), msgspec.json.Decoder(_Host)
+    location_decoder = msgspec.json.Decoder(_Location)
+    host_decoder = msgspec.json.Decoder(_Host)
 
     def server(item: tuple[Any, Any]) -> Server:
         location, raw = item
-        place = {"country_code": location.country_code, "country": location.country, "city": location.city}
+        place = {
+            "country_code": location.country_code,
+            "country": location.country,
+            "city": location.city,
+        }
         return base.server("ivpn", host_decoder.decode(raw), **place)
 
-    return base.collect(base.nested(base.listed(payload, "wireguard"), location_decoder, "hosts"), server)
+    hosts = base.nested(base.listed(payload, "wireguard"), location_decoder, "hosts")
+    return base.collect(hosts, server)
 
 
 # gluetun's IVPN default WireGuard port: qdm12/gluetun internal/provider/ivpn/connection.go,
-# "const defaultPort = 58237" (IVPN's WireGuard ports: 2049, 2050, 53, 30587, 41893, 48574, 58237).
-PROVIDER = base.Provider("ivpn", parse, "load city ipv4", reports_status=False, wireguard_port=58237)
+# "const defaultPort = 58237" (IVPN's WireGuard ports: 2049, 2050, 53, 30587, 41893, 48574,
+# 58237).
+PROVIDER = base.Provider(
+    name="ivpn",
+    parse=parse,
+    reports="load city ipv4",
+    reports_status=False,
+    wireguard_port=58237,
+)

@@ -12,8 +12,11 @@ import msgspec
 from draco.models import Server
 from draco.providers import base
 
-_Relay = base.entry("Relay", "identifier active location public_key weight include_in_country ipv4 owned",
-                    {"identifier": "hostname", "ipv4": "ipv4_addr_in"})  # fmt: skip
+_Relay = base.entry(
+    "Relay",
+    "identifier active location public_key weight include_in_country ipv4 owned",
+    {"identifier": "hostname", "ipv4": "ipv4_addr_in"},
+)
 
 
 class _WireGuard(msgspec.Struct):
@@ -31,9 +34,15 @@ def _server(relay: Any, locations: dict[str, Any]) -> Server | None:
     if relay.active is not True:
         return None
     place = locations[relay.location]
-    return base.server("mullvad", relay, country_code=relay.location.partition("-")[0], country=place["country"],
-                       city=place.get("city"), include_in_country=relay.include_in_country is not False,
-                       owned=base.flag(relay.owned))  # fmt: skip
+    return base.server(
+        "mullvad",
+        relay,
+        country_code=relay.location.partition("-")[0],
+        country=place["country"],
+        city=place.get("city"),
+        include_in_country=relay.include_in_country,
+        owned=relay.owned,
+    )
 
 
 def _weight(relay: Any) -> float:
@@ -44,10 +53,17 @@ def _weight(relay: Any) -> float:
 def parse(payload: base.Payload) -> base.Parsed:
     top = base.decode(payload, _Payload)
     relays = base.decoded(top.wireguard.relays, msgspec.json.Decoder(_Relay))
-    relays.sort(key=_weight, reverse=True)  # heaviest first; a stable sort keeps ties in upstream order
+    # heaviest first; a stable sort keeps ties in upstream order
+    relays.sort(key=_weight, reverse=True)
     return base.collect(relays, lambda relay: _server(relay, top.locations))
 
 
 # gluetun's Mullvad default WireGuard port: qdm12/gluetun internal/provider/mullvad/connection.go,
 # NewConnectionDefaults(443, 1194, 51820); 51820 lies in the relay list's wireguard port_ranges.
-PROVIDER = base.Provider("mullvad", parse, "city ipv4 owned", ordering="weight", wireguard_port=51820)
+PROVIDER = base.Provider(
+    name="mullvad",
+    parse=parse,
+    reports="city ipv4 owned",
+    ordering="weight",
+    wireguard_port=51820,
+)

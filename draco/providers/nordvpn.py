@@ -62,23 +62,40 @@ def _server(entry: _Entry) -> Server | None:
     where = msgspec.json.decode(entry.locations, type=list[_Location])[0].country
     city = where.city.get("name") if isinstance(where.city, dict) else None
     p2p = "legacy_p2p" in groups
-    return base.server("nordvpn", entry, public_key=key, country_code=where.code, country=where.name, city=city,
-                       p2p=p2p)  # fmt: skip
+    return base.server(
+        "nordvpn",
+        entry,
+        public_key=key,
+        country_code=where.code,
+        country=where.name,
+        city=city,
+        p2p=p2p,
+    )
 
 
 def parse(payload: base.Payload) -> base.Parsed:
     decoder = msgspec.json.Decoder(_Entry)
     entries = base.decode(payload, list[msgspec.Raw])
-    servers, skipped = base.collect(entries, lambda raw: _server(decoder.decode(raw)))
-    servers.sort(key=lambda s: (s.load is None, s.load or 0))  # least loaded first, unknown last
-    return servers, skipped
+    parsed = base.collect(entries, lambda raw: _server(decoder.decode(raw)))
+    parsed.servers.sort(key=lambda s: (s.load is None, s.load or 0))  # least loaded, unknown last
+    return parsed
 
 
-def _params(settings: Any) -> dict[str, Any]:
+def _params(settings: base.UpstreamSettings) -> dict[str, Any]:
     # limit=0 asks the API for every server.
-    return {"filters[servers_technologies][identifier]": "wireguard_udp", "limit": settings.nordvpn_server_limit}
+    return {
+        "filters[servers_technologies][identifier]": "wireguard_udp",
+        "limit": settings.nordvpn_server_limit,
+    }
 
 
 # NordLynx (NordVPN's WireGuard) listens on UDP 51820: gluetun's default, qdm12/gluetun
 # internal/provider/nordvpn/connection.go, NewConnectionDefaults(443, 1194, 51820).
-PROVIDER = base.Provider("nordvpn", parse, "load city ipv4 p2p", ordering="load", wireguard_port=51820, params=_params)
+PROVIDER = base.Provider(
+    name="nordvpn",
+    parse=parse,
+    reports="load city ipv4 p2p",
+    ordering="load",
+    wireguard_port=51820,
+    params=_params,
+)

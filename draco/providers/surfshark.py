@@ -11,9 +11,16 @@ from draco.models import Server
 from draco.providers import base
 
 _WIREGUARD_TYPES = ("wireguard", "generic")
-_Cluster = base.entry("Cluster", "identifier type public_key country country_code city load",
-                      {"identifier": "connectionName", "public_key": "pubKey", "country_code": "countryCode",
-                       "city": "location"})  # fmt: skip
+_Cluster = base.entry(
+    "Cluster",
+    "identifier type public_key country country_code city load",
+    {
+        "identifier": "connectionName",
+        "public_key": "pubKey",
+        "country_code": "countryCode",
+        "city": "location",
+    },
+)
 
 
 def _server(cluster: Any) -> Server | None:
@@ -22,11 +29,19 @@ def _server(cluster: Any) -> Server | None:
 
 def parse(payload: base.Payload) -> base.Parsed:
     decoder = msgspec.json.Decoder(_Cluster)
-    return base.collect(base.decode(payload, list[msgspec.Raw]), lambda raw: _server(decoder.decode(raw)))
+    clusters = base.decode(payload, list[msgspec.Raw])
+    return base.collect(clusters, lambda raw: _server(decoder.decode(raw)))
 
 
 # NordLynx-style default port: gluetun's Surfshark WireGuard default, qdm12/gluetun
-# internal/provider/surfshark/connection.go, NewConnectionDefaults(1443, 1194, 51820); Surfshark's
-# own configurations say `Endpoint = …:51820`. The list gives no address: the Endpoint is the hostname.
-PROVIDER = base.Provider("surfshark", parse, "load city", reports_status=False, wireguard_port=51820,
-                         endpoint="identifier")  # fmt: skip
+# internal/provider/surfshark/connection.go, NewConnectionDefaults(1443, 1194, 51820);
+# Surfshark's own configurations say `Endpoint = …:51820`. The list gives no address: the
+# Endpoint is the hostname.
+PROVIDER = base.Provider(
+    name="surfshark",
+    parse=parse,
+    reports="load city",
+    reports_status=False,
+    wireguard_port=51820,
+    endpoint="identifier",
+)

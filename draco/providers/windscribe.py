@@ -14,10 +14,19 @@ from draco.models import Server
 from draco.providers import base
 
 # ISO's formal short names, but the common one where every other provider uses it.
-_COMMON = {"GB": "United Kingdom", "US": "United States", "KR": "South Korea", "MD": "Moldova", "RU": "Russia",
-           "VN": "Vietnam"}  # fmt: skip
-_Group = base.entry("Group", "identifier public_key ipv4 city pro",
-                    {"identifier": "wg_endpoint", "public_key": "wg_pubkey", "ipv4": "ping_ip"})  # fmt: skip
+_COMMON = {
+    "GB": "United Kingdom",
+    "US": "United States",
+    "KR": "South Korea",
+    "MD": "Moldova",
+    "RU": "Russia",
+    "VN": "Vietnam",
+}
+_Group = base.entry(
+    "Group",
+    "identifier public_key ipv4 city pro",
+    {"identifier": "wg_endpoint", "public_key": "wg_pubkey", "ipv4": "ping_ip"},
+)
 
 
 class _Location(msgspec.Struct):
@@ -35,7 +44,8 @@ def country_name(code: Any) -> str:
 
 
 def parse(payload: base.Payload) -> base.Parsed:
-    location_decoder, group_decoder = msgspec.json.Decoder(_Location), msgspec.json.Decoder(_Group)
+    location_decoder = msgspec.json.Decoder(_Location)
+    group_decoder = msgspec.json.Decoder(_Group)
     groups = base.nested(base.listed(payload, "data"), location_decoder, "groups")
 
     def server(item: tuple[Any, Any]) -> Server | None:
@@ -43,14 +53,27 @@ def parse(payload: base.Payload) -> base.Parsed:
         if location.status != 1:  # 1: up
             return None
         group = group_decoder.decode(raw)
-        pro, code = base.flag(group.pro), location.country_code
-        flags = {"p2p": base.flag(location.p2p), "free": None if pro is None else not pro}
-        return base.server("windscribe", group, country_code=code, country=country_name(code), **flags)
+        pro = base.flag(group.pro)
+        return base.server(
+            "windscribe",
+            group,
+            country_code=location.country_code,
+            country=country_name(location.country_code),
+            p2p=location.p2p,
+            free=None if pro is None else not pro,
+        )
 
     return base.collect(groups, server)
 
 
-# gluetun's Windscribe default WireGuard port: qdm12/gluetun internal/provider/windscribe/connection.go,
-# NewConnectionDefaults(443, 1194, 1194). The group's wg_endpoint hostname is the WireGuard endpoint
-# (its ping_ip is where latency is measured), so the Endpoint is the hostname.
-PROVIDER = base.Provider("windscribe", parse, "city ipv4 p2p free", wireguard_port=1194, endpoint="identifier")
+# gluetun's Windscribe default WireGuard port: qdm12/gluetun
+# internal/provider/windscribe/connection.go, NewConnectionDefaults(443, 1194, 1194). The
+# group's wg_endpoint hostname is the WireGuard endpoint (its ping_ip is where latency is
+# measured), so the Endpoint is the hostname.
+PROVIDER = base.Provider(
+    name="windscribe",
+    parse=parse,
+    reports="city ipv4 p2p free",
+    wireguard_port=1194,
+    endpoint="identifier",
+)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 
 Address = bytes
+IPV6_SIZE = 16  # bytes of a packed IPv6 address
+IPV6_PREFIX = 8  # bytes of the /64 that one IPv6 subscriber holds
 _MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 class TrustedHosts:
@@ -17,35 +21,55 @@ class TrustedHosts:
 
     def __init__(self, entries: Iterable[str]):
         networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
-        self._ranges = [(len(n.network_address.packed), int(n.network_address), int(n.netmask)) for n in networks]
+        self._ranges = [
+            (len(n.network_address.packed), int(n.network_address), int(n.netmask))
+            for n in networks
+        ]
 
     def __contains__(self, address: Address) -> bool:
         value = int.from_bytes(address)
-        return any(len(address) == size and value & mask == network for size, network, mask in self._ranges)
+        return any(
+            len(address) == size and value & mask == network for size, network, mask in self._ranges
+        )
+
+
+def _host(text: str) -> str | None:
+    """The address part of `text`: inside brackets, with an optional port after them, or
+    before an IPv4 address's port. Anything else after the address is no address at all."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port_given, _, port = rest.partition(":")
+        if not bracket or port_given or (rest and not _PORT.fullmatch(port)):
+            return None
+        return host
+    if text.count(":") == 1:  # IPv4 with a port
+        host, _, port = text.partition(":")
+        return host if _PORT.fullmatch(port) else None
+    return text
 
 
 def parse_address(text: str) -> Address | None:
     """An address as proxies write it: brackets, a port or an IPv6 zone may surround it.
     IPv4-mapped IPv6 is unmapped; the unspecified address (0.0.0.0, ::) is no client."""
-    try:  # what a proxy writes most: plain IPv4
-        return socket.inet_pton(socket.AF_INET, text) if text != "0.0.0.0" else None
-    except (OSError, ValueError):
-        pass
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1 : text.find("]")] if "]" in text else ""
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]  # IPv4 with a port
-    text = text.partition("%")[0]
+    with contextlib.suppress(OSError, ValueError):  # what a proxy writes most: plain IPv4
+        address = socket.inet_pton(socket.AF_INET, text)
+        return address if any(address) else None
+    host = _host(text.strip())
+    if host is None:
+        return None
+    host = host.partition("%")[0]  # an IPv6 zone
     for family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError, ValueError):  # inet_pton: as strict as ipaddress (no leading zeros)
-            address = socket.inet_pton(family, text)
-            address = address[12:] if address.startswith(_MAPPED) else address
+        # inet_pton is as strict as ipaddress: no leading zeros, no stray characters
+        with contextlib.suppress(OSError, ValueError):
+            address = socket.inet_pton(family, host)
+            address = address[len(_MAPPED) :] if address.startswith(_MAPPED) else address
             return address if any(address) else None
     return None
 
 
-def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedHosts) -> Address | None:
+def client_address(
+    peer: str | None, forwarded: Iterable[str], trusted: TrustedHosts
+) -> Address | None:
     """The socket peer, or, when the peer is a trusted proxy, the rightmost X-Forwarded-For
     entry that is not trusted (entries left of it are whatever the client chose to send).
     An unparsable entry where the client should stand, an empty header or an all-trusted
@@ -63,10 +87,12 @@ def client_address(peer: str | None, forwarded: Iterable[str], trusted: TrustedH
 
 
 def address_text(address: Address) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(address) == 16 else socket.AF_INET, address)  # canonical
+    """The canonical text of a packed address."""
+    family = socket.AF_INET6 if len(address) == IPV6_SIZE else socket.AF_INET
+    return socket.inet_ntop(family, address)
 
 
-def client_key(host: str | None) -> str:
+def rate_limit_key(host: str | None) -> str:
     """Whom the rate limit counts: an IPv4 client by its address, an IPv6 client by its
     /64 (what one subscriber holds), a unix-socket client without a proxy as "local"."""
     if host and ":" not in host:  # IPv4 as the scope holds it: already canonical
@@ -74,4 +100,6 @@ def client_key(host: str | None) -> str:
     address = parse_address(host) if host else None
     if address is None:
         return "local"
-    return address_text(address[:8] + bytes(8)) + "/64" if len(address) == 16 else address_text(address)
+    if len(address) == IPV6_SIZE:
+        return address_text(address[:IPV6_PREFIX] + bytes(IPV6_SIZE - IPV6_PREFIX)) + "/64"
+    return address_text(address)

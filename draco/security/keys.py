@@ -22,19 +22,32 @@ def fingerprint(key: str | bytes) -> str:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).hexdigest()[:8]
 
 
-def key_problems(keys: Sequence[str], required: bool) -> list[str]:
+SHORTEST_KEY = 32  # characters
+
+
+def _well_formed(key: str) -> bool:
+    return len(key) >= SHORTEST_KEY and key.isascii() and key.isprintable() and " " not in key
+
+
+def key_problems(keys: Sequence[str], *, required: bool) -> list[str]:
     """The rules for API keys, at start-up and when a key file is reloaded."""
     problems = []
-    if not all(len(key) >= 32 and key.isascii() and key.isprintable() and " " not in key for key in keys):
-        problems.append("API_KEYS: every key must be at least 32 printable ASCII characters without spaces")
+    if not all(map(_well_formed, keys)):
+        problems.append(
+            "API_KEYS: every key must be at least 32 printable ASCII characters without spaces"
+        )
     if required and not keys:
-        problems.append("ENABLE_API_KEY_AUTH: is true but no key is configured (API_KEYS or API_KEYS_FILE)")
+        problems.append(
+            "ENABLE_API_KEY_AUTH: is true but no key is configured (API_KEYS or API_KEYS_FILE)"
+        )
     return problems
 
 
 def read_key_file(path: str) -> tuple[str, ...]:
     """One key per line; surrounding whitespace and blank lines are ignored."""
-    return tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+    return tuple(
+        line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()
+    )
 
 
 class KeyRing:
@@ -52,11 +65,11 @@ class KeyRing:
             matched |= hmac.compare_digest(candidate, digest)
         return matched
 
-    def reload(self, path: str, required: bool) -> bool:
+    def reload(self, path: str, *, required: bool) -> bool:
         """Swap in the keys of `path`; a file that breaks the key rules keeps the keys in use."""
         try:
             keys = read_key_file(path)
-            problems = key_problems(keys, required)
+            problems = key_problems(keys, required=required)
         except (OSError, UnicodeDecodeError) as exc:
             problems = [f"cannot read it ({type(exc).__name__})"]
         if problems:
@@ -67,10 +80,12 @@ class KeyRing:
         return True
 
 
-async def watch(path: str, ring: KeyRing, required: bool, every: float = 2.0) -> None:
+async def watch(path: str, ring: KeyRing, *, required: bool, every: float = 2.0) -> None:
     """Reload `ring` from `path` on SIGHUP, and when the file changes (checked every 2 s)."""
     hangup = asyncio.Event()
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # only in the main thread
+    with contextlib.suppress(
+        NotImplementedError, RuntimeError, ValueError
+    ):  # only in the main thread
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.set)
 
     def stamp() -> tuple[int, int, int] | None:
@@ -87,4 +102,4 @@ async def watch(path: str, ring: KeyRing, required: bool, every: float = 2.0) ->
         if hangup.is_set() or stamp() != seen:
             hangup.clear()
             seen = stamp()
-            ring.reload(path, required)
+            ring.reload(path, required=required)

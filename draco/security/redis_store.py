@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from draco.security.limiter import MICROS, Decision, MemoryStore, seconds
 
@@ -36,7 +36,13 @@ end
 return {0, n, tonumber(redis.call('LINDEX', KEYS[1], n + cost - limit - 1)) + period - now}
 """
 
-Batch = list[tuple[str, list[int], "asyncio.Future[Any]"]]
+
+class Pending(NamedTuple):
+    """A decision waiting for the next pipeline."""
+
+    key: str
+    args: list[int]
+    waiter: asyncio.Future[Any]
 
 
 class RedisStore:
@@ -44,26 +50,46 @@ class RedisStore:
     clock (`server_time`) so instances agree. Without Redis, `failure` decides: "local"
     (a memory store), "open" or "closed"; Redis is retried each second."""
 
-    def __init__(self, url: str, failure: str = "local", max_clients: int = 100_000, server_time: bool = True):
+    TIMEOUT = 0.25  # seconds for a connection or an answer: a decision must not wait longer
+    RETRY_AFTER = 1.0  # seconds before an unreachable Redis is tried again
+
+    def __init__(
+        self,
+        url: str,
+        failure: str = "local",
+        max_clients: int = 100_000,
+        *,
+        server_time: bool = True,
+    ):
         import redis.asyncio  # imported here: only deployments that use Redis load it
 
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        self.client = redis.asyncio.Redis.from_url(
+            url, socket_timeout=self.TIMEOUT, socket_connect_timeout=self.TIMEOUT
+        )
         self.script = self.client.register_script(_SCRIPT)
         self.errors = (redis.RedisError, OSError, TimeoutError)
-        self.failure, self.server_time, self.fallback = failure, server_time, MemoryStore(max_clients)
+        self.failure = failure
+        self.server_time = server_time
+        self.fallback = MemoryStore(max_clients)
         self.down_until = 0.0
-        self.batch: Batch = []
+        self.batch: list[Pending] = []
         self.sending: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     async def hit(self, key: str, now: float, limit: int, period: int, cost: int = 1) -> Decision:
         if time.monotonic() >= self.down_until:
-            args = [limit, period * MICROS, cost] + ([] if self.server_time else [round(now * MICROS)])
+            args = [limit, period * MICROS, cost]
+            if not self.server_time:
+                args.append(round(now * MICROS))
             try:
                 allowed, count, wait = await self._decide(f"draco:rl:{key}", args)
             except self.errors as exc:
                 if not self.down_until:
-                    log.error("rate limit store unreachable (%s); failing %s", type(exc).__name__, self.failure)
-                self.down_until = time.monotonic() + 1
+                    log.error(
+                        "rate limit store unreachable (%s); failing %s",
+                        type(exc).__name__,
+                        self.failure,
+                    )
+                self.down_until = time.monotonic() + self.RETRY_AFTER
             else:
                 if self.down_until:
                     log.warning("rate limit store reachable again")
@@ -76,7 +102,7 @@ class RedisStore:
 
     async def _decide(self, key: str, args: list[int]) -> Any:
         waiter = asyncio.get_running_loop().create_future()
-        self.batch.append((key, args, waiter))
+        self.batch.append(Pending(key, args, waiter))
         if len(self.batch) == 1:  # the first of this turn sends them all, at the next turn
             task = asyncio.get_running_loop().create_task(self._send())
             self.sending.add(task)
@@ -84,23 +110,27 @@ class RedisStore:
         return await waiter
 
     async def _send(self) -> None:
-        batch, self.batch = self.batch, []
+        batch = self.batch
+        self.batch = []
         answers: list[Any]
         try:
-            if len(batch) == 1:  # EVALSHA alone: a pipeline would first ask SCRIPT EXISTS, a round trip more
-                answers = [await self.script(keys=[batch[0][0]], args=batch[0][1])]
+            if len(batch) == 1:
+                # EVALSHA alone: a pipeline would first ask SCRIPT EXISTS, a round trip more
+                answers = [await self.script(keys=[batch[0].key], args=batch[0].args)]
             else:
                 pipe = self.client.pipeline(transaction=False)
-                for key, args, _ in batch:
-                    await self.script(keys=[key], args=args, client=pipe)  # queued, not yet sent
+                for pending in batch:  # queued, not yet sent
+                    await self.script(keys=[pending.key], args=pending.args, client=pipe)
                 answers = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # every waiter hears of it; none is left waiting
             answers = [exc] * len(batch)
-        for (_, _, waiter), answer in zip(batch, answers, strict=True):
-            if not waiter.done() and isinstance(answer, BaseException):
-                waiter.set_exception(answer)
-            elif not waiter.done():
-                waiter.set_result(answer)
+        for pending, answer in zip(batch, answers, strict=True):
+            if pending.waiter.done():
+                continue
+            if isinstance(answer, BaseException):
+                pending.waiter.set_exception(answer)
+            else:
+                pending.waiter.set_result(answer)
 
     def tracked(self) -> int:
         return self.fallback.tracked()

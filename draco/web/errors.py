@@ -26,29 +26,45 @@ class RequestValidationError(Exception):
 
 
 def error_response(
-    status: int, message: str, headers: Mapping[str, str] | None = None, details: list[Detail] | None = None
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: list[Detail] | None = None,
 ) -> Response:
     body = encode(Error(http.HTTPStatus(status).phrase, message, details))
-    return Response(body, status, {**(headers or {}), "Cache-Control": "no-store"}, "application/json")
+    headers = {**(headers or {}), "Cache-Control": "no-store"}
+    return Response(body, status, headers, "application/json")
 
 
-_MESSAGES = {404: "The requested resource was not found.", 405: "The method is not allowed for this resource."}
+_MESSAGES = {
+    404: "The requested resource was not found.",
+    405: "The method is not allowed for this resource.",
+}
+
+
+# Starlette calls each handler with the class it is registered for (HANDLERS, below);
+# anything else is not the handler's to answer, and goes on to the outermost layer.
 
 
 async def http_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = exc.detail if exc.detail != http.HTTPStatus(exc.status_code).phrase else None
-    return error_response(exc.status_code, message or _MESSAGES.get(exc.status_code, "Request failed."), exc.headers)
+    if not isinstance(exc, HTTPException):
+        raise exc
+    status = exc.status_code
+    given = exc.detail if exc.detail != http.HTTPStatus(status).phrase else None
+    message = given or _MESSAGES.get(status, "Request failed.")
+    return error_response(status, message, exc.headers)
 
 
 async def service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, VPNServiceError)
+    if not isinstance(exc, VPNServiceError):
+        raise exc
     log.warning("%s on %s: %s", type(exc).__name__, request.url.path, exc)
     return error_response(exc.status, exc.public)
 
 
 async def validation_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):
+        raise exc
     return error_response(422, "The request parameters are invalid.", details=exc.details)
 
 

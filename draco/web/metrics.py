@@ -1,10 +1,12 @@
-"""Prometheus metrics (METRICS_ENABLED=true), served at /metrics. No label ever takes a
-value the client chose: routes are the route table's templates ("unmatched" otherwise),
-methods come from a fixed list, statuses are the ones draco sent."""
+"""Prometheus metrics (METRICS_ENABLED=true, the metrics extra), served at /metrics. No
+label ever takes a value the client chose: routes are the route table's templates
+("unmatched" otherwise), methods come from a fixed list, statuses are the ones draco sent.
+Only app.py imports this module, and only when metrics are enabled."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,20 +25,37 @@ _METHODS = {"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"}
 class Metrics:
     """The request counter, and a collector that reads the parts at each scrape."""
 
+    PATH = "/metrics"
+
     def __init__(self, catalog: Catalog, latencies: Latencies, store: Store):
-        self.catalog, self.latencies, self.store = catalog, latencies, store
+        self.catalog = catalog
+        self.latencies = latencies
+        self.store = store
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("draco_requests", "Requests by route template, method and status",
-                                ["route", "method", "status"], registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "draco_requests",
+            "Requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         catalog = self.catalog
-        by_provider, by_outcome = ["provider"], ["provider", "outcome"]
-        fetches = CounterMetricFamily("draco_upstream_fetches", "Upstream refreshes by outcome", labels=by_outcome)
-        age = GaugeMetricFamily("draco_catalog_age_seconds", "Age of each provider's list", labels=by_provider)
-        size = GaugeMetricFamily("draco_catalog_servers", "Servers in each provider's list", labels=by_provider)
-        stale = GaugeMetricFamily("draco_catalog_stale", "1 while a provider's list is stale", labels=by_provider)
+        by_provider = ["provider"]
+        by_outcome = ["provider", "outcome"]
+        fetches = CounterMetricFamily(
+            "draco_upstream_fetches", "Upstream refreshes by outcome", labels=by_outcome
+        )
+        age = GaugeMetricFamily(
+            "draco_catalog_age_seconds", "Age of each provider's list", labels=by_provider
+        )
+        size = GaugeMetricFamily(
+            "draco_catalog_servers", "Servers in each provider's list", labels=by_provider
+        )
+        stale = GaugeMetricFamily(
+            "draco_catalog_stale", "1 while a provider's list is stale", labels=by_provider
+        )
         for name, status in catalog.status.items():
             for outcome, count in status.outcomes.items():
                 fetches.add_metric([name, outcome], count)
@@ -44,10 +63,14 @@ class Metrics:
                 age.add_metric([name], catalog.clock() - status.data.fetched_at)
                 size.add_metric([name], len(status.data.servers))
                 stale.add_metric([name], float(catalog.is_stale(status.data)))
-        runs = CounterMetricFamily("draco_latency_runs", "Latency measurement runs by method", labels=["method"])
+        runs = CounterMetricFamily(
+            "draco_latency_runs", "Latency measurement runs by method", labels=["method"]
+        )
         for method, count in self.latencies.runs_by_method.items():
             runs.add_metric([method], count)
-        tracked = GaugeMetricFamily("draco_ratelimit_tracked_clients", "Clients the rate limiter tracks")
+        tracked = GaugeMetricFamily(
+            "draco_ratelimit_tracked_clients", "Clients the rate limiter tracks"
+        )
         tracked.add_metric([], self.store.tracked())
         yield from (fetches, age, size, stale, runs, tracked)
 
@@ -55,14 +78,17 @@ class Metrics:
         async def metrics(_request: Request) -> Response:
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-        return Route("/metrics", metrics, methods=["GET"])
+        return Route(self.PATH, metrics, methods=["GET"])
 
 
 class MetricsMiddleware:
-    """Counts every response in `requests`, including those refused before routing (401, 403, 429)."""
+    """Counts every response in `requests`, including those refused before routing (401,
+    403, 429)."""
 
     def __init__(self, app: ASGIApp, *, requests: Counter, routes: Sequence[BaseRoute]):
-        self.app, self.requests, self.routes = app, requests, routes
+        self.app = app
+        self.requests = requests
+        self.routes = routes
 
     def template(self, scope: Scope) -> str:
         for route in self.routes:
@@ -73,7 +99,7 @@ class MetricsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = 500
+        status = HTTPStatus.INTERNAL_SERVER_ERROR  # unless the app answers
 
         async def counting(message: Message) -> None:
             nonlocal status
@@ -85,4 +111,4 @@ class MetricsMiddleware:
             await self.app(scope, receive, counting)
         finally:
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.requests.labels(self.template(scope), method, str(status)).inc()
+            self.requests.labels(self.template(scope), method, str(int(status))).inc()

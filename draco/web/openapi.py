@@ -1,29 +1,38 @@
-"""The OpenAPI 3.1 document and the /docs and /redoc pages (DEBUG=true only). Nothing is
-declared a second time: paths, parameters and their bounds come from the endpoints
-(routes.py, params.py), schemas from the models (msgspec)."""
+"""The OpenAPI 3.1 document (DEBUG=true only), and the /docs and /redoc pages when the docs
+extra is installed. Nothing is declared a second time: paths, parameters and their bounds
+come from the endpoints (routes.py, params.py), schemas from the models (msgspec)."""
 
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-import openapi_ui_bundles
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from draco import models
 from draco.models import Error
 from draco.providers import REGISTRY
-from draco.settings import Settings
+from draco.settings import Settings, installed, needs
 from draco.web.params import FILTER_OF
-from draco.web.routes import ALL, Endpoint
+from draco.web.routes import ALL, API, Endpoint
 
-_ERRORS = {"401": "No X-API-Key header", "403": "The X-API-Key is not valid", "404": "Not found",
-           "422": "Invalid parameters (with details)", "429": "Rate limit exceeded; see Retry-After",
-           "500": "Internal error", "503": "The provider's list is unavailable"}  # fmt: skip
+log = logging.getLogger("draco")
+
+_ERRORS = {
+    "401": "No X-API-Key header",
+    "403": "The X-API-Key is not valid",
+    "404": "Not found",
+    "422": "Invalid parameters (with details)",
+    "429": "Rate limit exceeded; see Retry-After",
+    "500": "Internal error",
+    "503": "The provider's list is unavailable",
+}
 _CATALOG_HEADERS = {
     "ETag": {"schema": {"type": "string"}},
     "Age": {"schema": {"type": "integer"}, "description": "seconds since the list was fetched"},
@@ -32,44 +41,55 @@ _CATALOG_HEADERS = {
 
 
 def accepted(provider: str | None, name: str) -> bool:
-    """Whether `provider` accepts the parameter `name`: any but a filter its list cannot answer."""
+    """Whether `provider` accepts the parameter `name`: any but a filter its list cannot
+    answer."""
     return name not in FILTER_OF or FILTER_OF[name].answered_by(REGISTRY.get(provider or ALL))
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
 def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     types = [endpoint.answer for endpoint in endpoints] + [Error]
-    answers, schemas = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
-    for name, schema in schemas.items():  # msgspec sends every field, unless told to omit defaults
+    answers, schemas = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    for name, schema in schemas.items():  # msgspec sends every field, unless told to omit them
         if not getattr(models, name).__struct_config__.omit_defaults:
             schema["required"] = list(schema["properties"])
-    error = _json(answers[-1])
+    error = _json_content(answers[-1])
     paths = {}
     for endpoint, answer in zip(endpoints, answers, strict=False):
-        ok: dict[str, Any] = {"description": "OK", "content": _json(answer)}
+        ok: dict[str, Any] = {"description": "OK", "content": _json_content(answer)}
         if endpoint.text:
             ok["content"]["text/plain"] = {"schema": {"type": "string"}}
         responses = {"200": ok}
         if endpoint.catalog:
             ok["headers"] = _CATALOG_HEADERS
             responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
-        responses |= {code: {"description": text, "content": error} for code, text in _ERRORS.items()}
+        responses |= {
+            code: {"description": text, "content": error} for code, text in _ERRORS.items()
+        }
         operation: dict[str, Any] = {"summary": endpoint.summary, "responses": responses}
-        if endpoint.path.startswith("/api/") and settings.enable_api_key_auth:
+        if endpoint.path.startswith(API + "/") and settings.enable_api_key_auth:
             operation["security"] = [{"ApiKey": []}]
         # One path per provider, each with exactly the filters that provider's list answers.
         providers: list[str | None] = [*REGISTRY, ALL] if "{provider}" in endpoint.path else [None]
         for provider in providers:
-            parameters = [param.document() for param in endpoint.params if accepted(provider, param.name)]
+            parameters = [
+                param.document() for param in endpoint.params if accepted(provider, param.name)
+            ]
             path = endpoint.path.replace("{provider}", provider or "")
             paths[path] = {"get": operation | {"parameters": parameters}}
     security = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
     info = {"title": settings.app_name, "version": settings.app_version}
-    return {"openapi": "3.1.0", "info": info, "paths": paths,
-            "components": {"schemas": schemas, "securitySchemes": security}}  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": info,
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": security},
+    }
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}</head>
@@ -79,19 +99,38 @@ _SWAGGER = (  # relative URLs: the pages also work under a path prefix (hypercor
     '<div id="ui"></div><script src="docs/assets/swagger-ui-bundle.js"></script>'
     '<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#ui"})</script>',
 )
-_REDOC = ("", '<redoc spec-url="openapi.json"></redoc><script src="redoc/assets/redoc.standalone.js"></script>')
+_REDOC = (
+    "",
+    '<redoc spec-url="openapi.json"></redoc>'
+    '<script src="redoc/assets/redoc.standalone.js"></script>',
+)
 
 
 def routes(settings: Settings, endpoints: Sequence[Endpoint]) -> list[BaseRoute]:
-    """The pages are built once; a response is an ASGI app that can be sent again and again."""
+    """/openapi.json, and the pages when the docs extra is installed. The document names
+    the server by the root_path it is served under (hypercorn's `root_path`)."""
+    spec = document(settings, endpoints)
+
+    async def openapi(request: Request) -> Response:
+        served = {**spec, "servers": [{"url": request.scope.get("root_path") or "/"}]}
+        return Response(models.encode(served), media_type="application/json")
+
+    found: list[BaseRoute] = [Route("/openapi.json", openapi, methods=["GET"])]
+    if not installed("docs"):
+        log.warning("%s; /openapi.json alone is served", needs("DEBUG: /docs and /redoc", "docs"))
+        return found
+    import openapi_ui_bundles  # the docs extra
 
     def page(head: str, body: str) -> HTMLResponse:
-        return HTMLResponse(_PAGE.format(title=html.escape(settings.app_name), head=head, body=body))
+        """Built once: a response is an ASGI app that can be sent again and again."""
+        title = html.escape(settings.app_name)
+        return HTMLResponse(_PAGE.format(title=title, head=head, body=body))
 
+    swagger = openapi_ui_bundles.swagger_ui.static_path
     return [
-        Route("/openapi.json", JSONResponse(document(settings, endpoints)), methods=["GET"]),
+        *found,
         Route("/docs", page(*_SWAGGER), methods=["GET"]),
         Route("/redoc", page(*_REDOC), methods=["GET"]),
-        Mount("/docs/assets", StaticFiles(directory=openapi_ui_bundles.swagger_ui.static_path)),
+        Mount("/docs/assets", StaticFiles(directory=swagger)),
         Mount("/redoc/assets", StaticFiles(directory=openapi_ui_bundles.redoc.static_path)),
     ]

@@ -19,15 +19,41 @@ from starlette.types import Receive, Scope, Send
 from draco import models
 from draco.catalog.cache import Catalog
 from draco.catalog.dataset import Dataset, Rendered, render
-from draco.models import Changes, Country, Detail, Freshness, Health, LatencyRun, Page, Peer, Provider, Ready, Server
-from draco.probe.runs import Latencies
+from draco.models import (
+    Changes,
+    Country,
+    Detail,
+    Freshness,
+    Health,
+    LatencyRun,
+    Page,
+    Peer,
+    ProviderSummary,
+    Ready,
+    Server,
+)
+from draco.probe.runs import Latencies, Target
 from draco.settings import Settings
-from draco.web import params
 from draco.web.errors import RequestValidationError
-from draco.web.params import COUNTRY, EXCLUDE, FILTER_PARAMS, FILTERS, PAGE, TOP_LIMIT, Filter, Param
+from draco.web.params import (
+    COUNTRY,
+    EXCLUDE,
+    FILTER_PARAMS,
+    FILTERS,
+    PAGE,
+    TOP_LIMIT,
+    Choice,
+    Filter,
+    Integer,
+    Param,
+    Text,
+    read,
+)
 
+API = "/api"  # every path under it is behind the API key
 ALL = "all"  # every provider at once
-_UNKNOWN = float("inf")
+OPERATIONAL_LOAD = 3  # a server reporting this load or less is not in operation
+_UNKNOWN = float("inf")  # sorts after every measured value
 
 
 @attrs.frozen
@@ -42,10 +68,11 @@ class Endpoint:
     params: tuple[Param, ...] = ()
     catalog: bool = True  # a catalog answer: ETag, Age, X-Data-Status, 304
     text: bool = False  # text/plain too, when JSON is not asked for
+    weight: int = 1  # what a request costs in the rate limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        values = params.read(self.params, scope["query_string"], request.path_params)
+        values = read(self.params, scope["query_string"], request.path_params)
         response = await self.handler(request, **values)
         await response(scope, receive, send)
 
@@ -57,12 +84,14 @@ def accepts_gzip(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "")
 
 
-def _json(request: Request, body: Any, status: int = 200) -> Response:
+def uncached_json(request: Request, body: Any, status: int = 200) -> Response:
     """An answer that is not cached (health, the provider index, measurements)."""
-    content, headers = models.encode(body), {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+    content = models.encode(body)
+    headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
     compressed = models.gzipped(content) if accepts_gzip(request) else None
     if compressed:
-        content, headers["Content-Encoding"] = compressed, "gzip"
+        content = compressed
+        headers["Content-Encoding"] = "gzip"
     return Response(content, status, headers, "application/json")
 
 
@@ -72,12 +101,18 @@ def _matches(header: str, etags: tuple[str, ...]) -> bool:
 
 
 def matching(servers: Sequence[Server], chosen: list[tuple[Filter, Any]]) -> Sequence[Server]:
-    return [s for s in servers if all(f.keep(s, value) for f, value in chosen)] if chosen else servers
+    if not chosen:
+        return servers
+    return [s for s in servers if all(f.keep(s, value) for f, value in chosen)]
 
 
 def operational(servers: Iterable[Server], exclude: frozenset[str] = frozenset()) -> list[Server]:
-    """Servers with load above 3 or unknown (3 or less means not in operation), by load."""
-    pool = [s for s in servers if (s.load is None or s.load > 3) and s.country_code not in exclude]
+    """Servers in operation (load above OPERATIONAL_LOAD, or unknown), by load."""
+    pool = [
+        s
+        for s in servers
+        if (s.load is None or s.load > OPERATIONAL_LOAD) and s.country_code not in exclude
+    ]
     pool.sort(key=lambda s: _UNKNOWN if s.load is None else s.load)
     return pool
 
@@ -86,9 +121,14 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def with_latency(servers: Iterable[Server], latencies: Mapping[tuple[str, str], float | None]) -> list[Server]:
+def with_latency(
+    servers: Iterable[Server], latencies: Mapping[tuple[str, str], float | None]
+) -> list[Server]:
     """The servers carrying their measured latency, fastest first, unreachable last."""
-    timed = [msgspec.structs.replace(s, latency=_ms(latencies.get((s.provider, s.identifier)))) for s in servers]
+    timed = [
+        msgspec.structs.replace(s, latency=_ms(latencies.get((s.provider, s.identifier))))
+        for s in servers
+    ]
     timed.sort(key=lambda s: _UNKNOWN if s.latency is None else s.latency)
     return timed
 
@@ -96,56 +136,142 @@ def with_latency(servers: Iterable[Server], latencies: Mapping[tuple[str, str], 
 class Api:
     """The endpoints, over the catalog and the latency runs."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, latencies: Latencies, methods: Sequence[str]):
-        self.settings, self.catalog, self.latencies, self.methods = settings, catalog, latencies, tuple(methods)
-        paging = (PAGE, Param("page_size", params.integer(1, settings.max_page_size, "servers per page"),
-                              settings.default_page_size))  # fmt: skip
-        method = Param("method", params.choice(("auto", *methods), "auto: the first of " + ", ".join(methods)), "auto")
-        measure = params.integer(0, 5000, "how many to measure, least loaded first; 0 for all")
-        base = "/api/{provider}"
+    def __init__(
+        self, settings: Settings, catalog: Catalog, latencies: Latencies, methods: Sequence[str]
+    ):
+        self.settings = settings
+        self.catalog = catalog
+        self.latencies = latencies
+        self.methods = tuple(methods)
+        page_size = Param(
+            "page_size",
+            Integer(1, settings.max_page_size, "servers per page"),
+            default=settings.default_page_size,
+        )
+        method = Param(
+            "method",
+            Choice(("auto", *methods), "auto: the first of " + ", ".join(methods)),
+            default="auto",
+        )
+        latency_limit = Param(
+            "limit", Integer(0, 5000, "how many to measure; 0 for all"), default=100
+        )
+        measure_count = Param(
+            "measure_count",
+            Integer(0, 5000, "how many to measure, least loaded first; 0 for all"),
+            default=100,
+        )
+        identifier = Param("identifier", Text(253, "the server's identifier"), where="path")
+        provider = f"{API}/{{provider}}"
         # Starlette tries routes in order: the catalog first; each named /servers/... route
         # before /servers/{country_code}, which would match it too.
         self.endpoints = [
-            Endpoint(f"{base}/servers", self.servers, "A page of servers", list[Server], paging + FILTER_PARAMS),
-            Endpoint(f"{base}/servers/paginated", self.servers_paginated, "A page with totals", Page,
-                     paging + FILTER_PARAMS),
-            Endpoint(f"{base}/servers/top", self.servers_top,
-                     "Operational servers (load above 3) ranked by latency, then load", list[Server],
-                     (TOP_LIMIT, COUNTRY, *FILTER_PARAMS)),
-            Endpoint(f"{base}/servers/latency", self.servers_latency,
-                     "Measure latency (costs LATENCY_WEIGHT requests); fastest first, unreachable last", LatencyRun,
-                     (COUNTRY, Param("limit", params.integer(0, 5000, "how many to measure; 0 for all"), 100), method),
-                     catalog=False),
-            Endpoint(f"{base}/servers/fastest", self.servers_fastest,
-                     "The fastest operational servers that answered (costs LATENCY_WEIGHT requests)", list[Server],
-                     (TOP_LIMIT, COUNTRY, Param("measure_count", measure, 100), EXCLUDE, method, *FILTER_PARAMS),
-                     catalog=False),
-            Endpoint(f"{base}/servers/{{country_code}}", self.servers_by_country, "The servers of one country",
-                     list[Server], (attrs.evolve(COUNTRY, where="path"), *FILTER_PARAMS)),
-            Endpoint(f"{base}/servers/{{identifier}}/wireguard", self.wireguard,
-                     "The [Peer] section for a WireGuard client (JSON with Accept: application/json)", Peer,
-                     (Param("identifier", params.text(253, "the server's identifier"), where="path"),), False, True),
-            Endpoint(f"{base}/countries", self.countries, "Countries with servers, by code", list[Country]),
-            Endpoint(f"{base}/changes", self.changes, "What changed between the last two accepted lists", Changes,
-                     catalog=False),
-            Endpoint("/api/providers", self.providers, "The providers and the freshness of their lists",
-                     list[Provider], catalog=False),
-            Endpoint("/health", self.health, "Liveness: the process runs", Health, catalog=False),
-            Endpoint("/health/ready", self.ready, "Readiness: every provider the deployment uses can be served",
-                     Ready, catalog=False),
-        ]  # fmt: skip
+            Endpoint(
+                path=f"{provider}/servers",
+                handler=self.servers,
+                summary="A page of servers",
+                answer=list[Server],
+                params=(PAGE, page_size, *FILTER_PARAMS),
+            ),
+            Endpoint(
+                path=f"{provider}/servers/paginated",
+                handler=self.servers_paginated,
+                summary="A page with totals",
+                answer=Page,
+                params=(PAGE, page_size, *FILTER_PARAMS),
+            ),
+            Endpoint(
+                path=f"{provider}/servers/top",
+                handler=self.servers_top,
+                summary="Operational servers (load above 3) ranked by latency, then load",
+                answer=list[Server],
+                params=(TOP_LIMIT, COUNTRY, *FILTER_PARAMS),
+            ),
+            Endpoint(
+                path=f"{provider}/servers/latency",
+                handler=self.servers_latency,
+                summary="Measure latency (costs LATENCY_WEIGHT requests); "
+                "fastest first, unreachable last",
+                answer=LatencyRun,
+                params=(COUNTRY, latency_limit, method),
+                catalog=False,
+                weight=settings.latency_weight,
+            ),
+            Endpoint(
+                path=f"{provider}/servers/fastest",
+                handler=self.servers_fastest,
+                summary="The fastest operational servers that answered "
+                "(costs LATENCY_WEIGHT requests)",
+                answer=list[Server],
+                params=(TOP_LIMIT, COUNTRY, measure_count, EXCLUDE, method, *FILTER_PARAMS),
+                catalog=False,
+                weight=settings.latency_weight,
+            ),
+            Endpoint(
+                path=f"{provider}/servers/{{country_code}}",
+                handler=self.servers_by_country,
+                summary="The servers of one country",
+                answer=list[Server],
+                params=(attrs.evolve(COUNTRY, where="path"), *FILTER_PARAMS),
+            ),
+            Endpoint(
+                path=f"{provider}/servers/{{identifier}}/wireguard",
+                handler=self.wireguard,
+                summary="The [Peer] section for a WireGuard client "
+                "(JSON with Accept: application/json)",
+                answer=Peer,
+                params=(identifier,),
+                catalog=False,
+                text=True,
+            ),
+            Endpoint(
+                path=f"{provider}/countries",
+                handler=self.countries,
+                summary="Countries with servers, by code",
+                answer=list[Country],
+            ),
+            Endpoint(
+                path=f"{provider}/changes",
+                handler=self.changes,
+                summary="What changed between the last two accepted lists",
+                answer=Changes,
+                catalog=False,
+            ),
+            Endpoint(
+                path=f"{API}/providers",
+                handler=self.providers,
+                summary="The providers and the freshness of their lists",
+                answer=list[ProviderSummary],
+                catalog=False,
+            ),
+            Endpoint(
+                path="/health",
+                handler=self.health,
+                summary="Liveness: the process runs",
+                answer=Health,
+                catalog=False,
+            ),
+            Endpoint(
+                path="/health/ready",
+                handler=self.ready,
+                summary="Readiness: every provider the deployment uses can be served",
+                answer=Ready,
+                catalog=False,
+            ),
+        ]
 
     def active(self, request: Request, filters: dict[str, Any]) -> list[tuple[Filter, Any]]:
         """The filters asked for; a 422 for one the provider's list cannot answer."""
         chosen = [(f, filters[f.param.name]) for f in FILTERS if filters[f.param.name] is not None]
-        name, details = request.path_params["provider"], []
+        name = request.path_params["provider"]
+        problems = []
         for f, _ in chosen:
             if not f.answered_by(self.catalog.providers.get(name)):
-                able = ", ".join(p.name for p in self.catalog.providers.values() if f.answered_by(p))
-                message = f"{name} does not say {f.needs}; the providers that do: {able}"
-                details.append(Detail(["query", f.param.name], message, "unsupported_filter"))
-        if details:
-            raise RequestValidationError(details)
+                able = [p.name for p in self.catalog.providers.values() if f.answered_by(p)]
+                message = f"{name} does not say {f.needs}; the providers that do: {', '.join(able)}"
+                problems.append(Detail(["query", f.param.name], message, "unsupported_filter"))
+        if problems:
+            raise RequestValidationError(problems)
         return chosen
 
     async def dataset(self, request: Request) -> Dataset:
@@ -157,17 +283,26 @@ class Api:
         return await self.catalog.get(name)
 
     def respond(self, request: Request, data: Dataset, rendered: Rendered) -> Response:
-        """200 with the encoded body (gzipped when asked), or 304 when the client's copy is current."""
+        """200 with the encoded body (gzipped when asked), or 304 when the client's copy is
+        current."""
         use_gzip = rendered.gzipped is not None and accepts_gzip(request)
-        etag = rendered.etag[:-1] + '-gzip"' if use_gzip else rendered.etag
+        etag = rendered.etag(compressed=use_gzip)
         status = b"stale" if self.catalog.is_stale(data) else b"fresh"
-        headers = [(b"etag", etag.encode()), (b"age", b"%d" % self.catalog.age(data)), (b"x-data-status", status),
-                   (b"cache-control", b"private, no-cache"), (b"vary", b"Accept-Encoding")]  # fmt: skip
-        if "if-none-match" in request.headers and _matches(request.headers["if-none-match"], (rendered.etag, etag)):
+        headers = [
+            (b"etag", etag.encode()),
+            (b"age", b"%d" % self.catalog.age(data)),
+            (b"x-data-status", status),
+            (b"cache-control", b"private, no-cache"),
+            (b"vary", b"Accept-Encoding"),
+        ]
+        asked = request.headers.get("if-none-match")
+        if asked is not None and _matches(asked, (rendered.etag(compressed=False), etag)):
             response = Response(status_code=304)
+        elif use_gzip:
+            response = Response(rendered.gzipped, media_type="application/json")
+            headers.append((b"content-encoding", b"gzip"))
         else:
-            response = Response(rendered.gzipped if use_gzip else rendered.body, media_type="application/json")
-            headers += [(b"content-encoding", b"gzip")] if use_gzip else []
+            response = Response(rendered.body, media_type="application/json")
         response.raw_headers += headers
         return response
 
@@ -176,36 +311,55 @@ class Api:
         # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
         down = all(p.servers == 0 and p.last_failure for p in providers.values())
         body = Health("unhealthy" if down else "healthy", self.settings.app_version, providers)
-        return _json(request, body, 503 if down else 200)
+        return uncached_json(request, body, 503 if down else 200)
 
     async def ready(self, request: Request) -> Response:
-        waiting = [name for name in self.settings.ready_providers if not self.catalog.servable(name)]
+        ready = self.settings.ready_providers
+        waiting = [name for name in ready if not self.catalog.servable(name)]
         self.catalog.warm(waiting)  # the probe itself drives their retries
         if waiting:
             raise HTTPException(503, f"Not ready: nothing to serve yet for {', '.join(waiting)}.")
-        return _json(request, Ready("ready", list(self.settings.ready_providers)))
+        return uncached_json(request, Ready("ready", list(ready)))
+
+    def freshness(self, data: Dataset | None) -> Freshness:
+        if data is None:
+            return "none"
+        return "stale" if self.catalog.is_stale(data) else "fresh"
 
     async def providers(self, request: Request) -> Response:
         """What each provider offers and how fresh its list is, without fetching anything."""
         index = []
-        for name, p in self.catalog.providers.items():
+        for name, provider in self.catalog.providers.items():
             data = self.catalog.status[name].data
-            servers, countries = (len(data.servers), len(data.countries)) if data else (0, 0)
-            status: Freshness = "none" if data is None else "stale" if self.catalog.is_stale(data) else "fresh"
-            age = self.catalog.age(data) if data else None
-            filters = [f.param.name for f in FILTERS if f.answered_by(p)]
-            index.append(Provider(name, servers, countries, "load" in p.reports, p.reports_status, p.ordering, age,
-                                  status, filters))  # fmt: skip
-        return _json(request, index)
+            summary = ProviderSummary(
+                name=name,
+                servers=len(data.servers) if data else 0,
+                countries=len(data.countries) if data else 0,
+                reports_load="load" in provider.reports,
+                reports_status=provider.reports_status,
+                ordering=provider.ordering,
+                data_age=self.catalog.age(data) if data else None,
+                status=self.freshness(data),
+                filters=[f.param.name for f in FILTERS if f.answered_by(provider)],
+            )
+            index.append(summary)
+        return uncached_json(request, index)
 
-    async def servers(self, request: Request, page: int, page_size: int, **filters: Any) -> Response:
+    async def servers(
+        self, request: Request, page: int, page_size: int, **filters: Any
+    ) -> Response:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
-        key = ("servers", page, page_size, *filters.values())
-        rendered = render(data, key, lambda: models.paginate(matching(data.servers, chosen), page, page_size).data)
-        return self.respond(request, data, rendered)
 
-    async def servers_paginated(self, request: Request, page: int, page_size: int, **filters: Any) -> Response:
+        def build() -> Sequence[Server]:
+            return models.paginate(matching(data.servers, chosen), page, page_size).data
+
+        key = ("servers", page, page_size, *filters.values())
+        return self.respond(request, data, render(data, key, build))
+
+    async def servers_paginated(
+        self, request: Request, page: int, page_size: int, **filters: Any
+    ) -> Response:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
         result = models.paginate(matching(data.servers, chosen), page, page_size)
@@ -214,22 +368,33 @@ class Api:
         key = ("paginated", page, page_size, *filters.values())
         return self.respond(request, data, render(data, key, lambda: result))
 
-    async def servers_by_country(self, request: Request, country_code: str, **filters: Any) -> Response:
+    async def servers_by_country(
+        self, request: Request, country_code: str, **filters: Any
+    ) -> Response:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
-        found = matching(data.pool(country_code), chosen)
-        if not found:
-            raise HTTPException(404, f"No servers in country {country_code}" + (" match." if chosen else "."))
-        return self.respond(request, data, render(data, ("country", country_code, *filters.values()), lambda: found))
+        key = ("country", country_code, *filters.values())
+        rendered = render(data, key, lambda: matching(data.pool(country_code), chosen))
+        if rendered.empty:
+            match = " match." if chosen else "."
+            raise HTTPException(404, f"No servers in country {country_code}{match}")
+        return self.respond(request, data, rendered)
 
-    async def servers_top(self, request: Request, limit: int, country_code: str | None, **filters: Any) -> Response:
+    async def servers_top(
+        self, request: Request, limit: int, country_code: str | None, **filters: Any
+    ) -> Response:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
+
+        def build() -> list[Server]:
+            pool = matching(data.pool(country_code), chosen)
+            return with_latency(operational(pool), self.latencies.known())[:limit]
+
         # a new measurement may change the ranking
-        key = ("top", country_code, limit, self.latencies.runs_done, *filters.values())
-        pool = matching(data.pool(country_code), chosen)
-        rendered = render(data, key, lambda: with_latency(operational(pool), self.latencies.known())[:limit])
-        if rendered.body == b"[]":
+        measured = self.latencies.measured.generation
+        key = ("top", country_code, limit, measured, *filters.values())
+        rendered = render(data, key, build)
+        if rendered.empty:
             raise HTTPException(404, "No operational servers match.")
         return self.respond(request, data, rendered)
 
@@ -239,10 +404,12 @@ class Api:
 
     async def _measured(self, data: Dataset, chosen: Sequence[Server], method: str) -> list[Server]:
         """`chosen` probed (or taken from the cache), fastest first, unreachable last."""
-        targets = [(s.provider, s.identifier, s.ipv4, s.identifier) for s in chosen]
+        targets = [Target(s.provider, s.identifier, s.ipv4, s.identifier) for s in chosen]
         return with_latency(chosen, await self.latencies.run(data.provider, targets, method))
 
-    async def servers_latency(self, request: Request, country_code: str | None, limit: int, method: str) -> Response:
+    async def servers_latency(
+        self, request: Request, country_code: str | None, limit: int, method: str
+    ) -> Response:
         method = self.methods[0] if method == "auto" else method
         data = await self.dataset(request)
         pool = data.pool(country_code)
@@ -251,10 +418,26 @@ class Api:
         chosen = pool[:limit] if limit else pool
         measured = await self._measured(data, chosen, method)
         answered = sum(s.latency is not None for s in measured)
-        return _json(request, LatencyRun(len(pool), len(chosen), answered, len(chosen) - answered, method, measured))
+        run = LatencyRun(
+            total_servers=len(pool),
+            measured=len(chosen),
+            successful=answered,
+            failed=len(chosen) - answered,
+            method=method,
+            servers=measured,
+        )
+        return uncached_json(request, run)
 
-    async def servers_fastest(self, request: Request, limit: int, country_code: str | None, measure_count: int,
-                              exclude: str, method: str, **filters: Any) -> Response:  # fmt: skip
+    async def servers_fastest(
+        self,
+        request: Request,
+        limit: int,
+        country_code: str | None,
+        measure_count: int,
+        exclude: str,
+        method: str,
+        **filters: Any,
+    ) -> Response:
         method = self.methods[0] if method == "auto" else method
         chosen = self.active(request, filters)
         data = await self.dataset(request)
@@ -263,36 +446,48 @@ class Api:
         candidates = operational(pool, excluded)  # lowest load first: measured first
         if not candidates:
             raise HTTPException(404, "No operational servers match.")
-        measured = await self._measured(data, candidates[:measure_count] if measure_count else candidates, method)
+        to_measure = candidates[:measure_count] if measure_count else candidates
+        measured = await self._measured(data, to_measure, method)
         fastest = [s for s in measured if s.latency is not None][:limit]
         if not fastest:
             raise HTTPException(404, "No server answered the latency probe.")
-        return _json(request, fastest)
+        return uncached_json(request, fastest)
 
     async def wireguard(self, request: Request, identifier: str) -> Response:
         """The [Peer] a client pastes under its own [Interface]. draco never asks for,
         takes or returns a private key: this endpoint takes no query parameter at all."""
         data = await self.dataset(request)
         wanted = identifier.lower()
-        server = next((s for s in data.servers if s.identifier == wanted), None)
+        server = data.by_identifier.get(wanted)
         if server is None:
             raise HTTPException(404, f"No server {wanted}.")
         provider = self.catalog.providers[server.provider]
         host = server.ipv4 if provider.endpoint == "ipv4" and server.ipv4 else server.identifier
-        peer = Peer(server.public_key, f"{host}:{provider.wireguard_port}", "0.0.0.0/0, ::/0", provider.peer_note)
+        peer = Peer(
+            public_key=server.public_key,
+            endpoint=f"{host}:{provider.wireguard_port}",
+            allowed_ips="0.0.0.0/0, ::/0",
+            note=provider.peer_note,
+        )
         if "application/json" in request.headers.get("accept", ""):
-            return _json(request, peer)
-        about = f"# {server.provider} {server.identifier}, {server.country}"
-        lines = ["[Peer]", about, f"PublicKey = {peer.public_key}", f"Endpoint = {peer.endpoint}",
-                 f"AllowedIPs = {peer.allowed_ips}"]  # fmt: skip
-        lines += [f"# {peer.note}"] if peer.note else []
+            return uncached_json(request, peer)
+        lines = [
+            "[Peer]",
+            f"# {server.provider} {server.identifier}, {server.country}",
+            f"PublicKey = {peer.public_key}",
+            f"Endpoint = {peer.endpoint}",
+            f"AllowedIPs = {peer.allowed_ips}",
+        ]
+        if peer.note:
+            lines.append(f"# {peer.note}")
         return Response("\n".join(lines) + "\n", 200, {"Cache-Control": "no-store"}, "text/plain")
 
     async def changes(self, request: Request) -> Response:
         name = request.path_params["provider"]
         if name not in self.catalog.providers:
-            raise HTTPException(404, "Changes are kept per provider." if name == ALL else "Unknown provider.")
+            message = "Changes are kept per provider." if name == ALL else "Unknown provider."
+            raise HTTPException(404, message)
         changes = self.catalog.status[name].changes
         if changes is None:
             raise HTTPException(404, "Fewer than two lists have been accepted so far.")
-        return _json(request, changes)
+        return uncached_json(request, changes)
