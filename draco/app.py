@@ -131,12 +131,12 @@ def _shared_catalog(settings: Settings) -> SharedCatalog | None:
 def _lifespan(
     settings: Settings, catalog: Catalog, ring: KeyRing, limiter: Limiter
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    """Start: restore and fetch the lists, sweep idle clients, watch the key file.
-    Stop: cancel all that, close every connection."""
+    """Start: restore and fetch the lists, sweep idle clients, watch the key file and the
+    operator's word on held lists. Stop: cancel all that, close every connection."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        catalog.restore()
+        await catalog.restore()
         catalog.warm(settings.ready_providers)
         if settings.enable_api_key_auth:
             keys = ", ".join(fingerprint(key) for key in settings.api_keys)
@@ -146,6 +146,8 @@ def _lifespan(
             required = settings.enable_api_key_auth
             watching = watch(settings.api_keys_file, ring, required=required)
             background.append(asyncio.create_task(watching))
+        if settings.snapshot_dir or catalog.shared:  # where `draco hold` leaves its word
+            background.append(asyncio.create_task(catalog.follow_verdicts()))
         try:
             yield
         finally:

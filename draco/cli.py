@@ -17,6 +17,7 @@ from hypercorn.config import Config
 
 from draco import __version__
 from draco.logs import configure_logging
+from draco.providers import REGISTRY
 from draco.settings import ConfigError, Settings, installed, load, needs
 
 PORTS = range(1, 65536)
@@ -155,17 +156,14 @@ def snapshot(args: argparse.Namespace) -> int:
     async def run() -> bool:
         async with upstream_client(settings, demo.transport() if args.demo else None) as client:
             catalog = Catalog(settings, client)
-            catalog.restore()
+            await catalog.restore()
             ok = True
             for name, status in catalog.status.items():
-                accepted = await catalog.refresh(name)
-                ok &= accepted
+                outcome = await catalog.refresh(name)
+                served = outcome in ("ok", "not_modified")
+                ok &= served
                 servers = len(status.data.servers) if status.data else 0
-                print(
-                    f"{name}: {servers} servers"
-                    if accepted
-                    else f"{name}: failed ({status.last_failure})"
-                )
+                print(f"{name}: {servers} servers" if served else f"{name}: failed ({outcome})")
             return ok
 
     return 0 if asyncio.run(run()) else 1
@@ -180,6 +178,38 @@ def check(args: argparse.Namespace) -> int:
     for item in items:
         print(f"PASS  {item.what}" if item.passed else f"FAIL  {item.what}\n      fix: {item.fix}")
     return 0 if all(item.passed for item in items) else 1
+
+
+def hold(args: argparse.Namespace) -> int:
+    """`draco hold list`: the lists the churn budget holds. `draco hold accept|reject
+    PROVIDER DIGEST`: the operator's word on one, left where the instances read it
+    (SNAPSHOT_DIR, and the shared catalog), for that very list only."""
+    from draco.catalog.holds import Desk
+
+    settings = _settings(args)
+    if not (settings.snapshot_dir or settings.catalog_storage != "memory"):
+        print(
+            "draco: SNAPSHOT_DIR or CATALOG_STORAGE must be set: holds are kept there",
+            file=sys.stderr,
+        )
+        return 2
+
+    unknown = sorted(set(args.providers) - set(REGISTRY))
+    if unknown:
+        print(f"draco: unknown provider: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        async with Desk(settings) as desk:
+            if args.action == "list":
+                for line in await desk.listing(args.providers or list(REGISTRY)):
+                    print(line)
+                return 0
+            said = await desk.decide(args.providers[0], args.digest, args.action)
+            print(said.message, file=sys.stdout if said.given else sys.stderr)
+            return 0 if said.given else 1
+
+    return asyncio.run(run())
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -225,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot", parents=[configured, demo], help="fetch every provider once into SNAPSHOT_DIR"
     )
     p.set_defaults(run=snapshot)
+    p = commands.add_parser("hold", parents=[configured], help="lists held by the churn budget")
+    actions = p.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the held lists (all providers unless named)")
+    listing.add_argument("providers", nargs="*", metavar="PROVIDER")
+    for action in ("accept", "reject"):
+        word = actions.add_parser(action, help=f"{action} the held list named by its digest")
+        word.add_argument("providers", nargs=1, choices=list(REGISTRY), metavar="PROVIDER")
+        word.add_argument("digest", help="as `draco hold list` and /health give it")
+    p.set_defaults(run=hold)
     p = commands.add_parser("keygen", help="print new API keys (64 hex characters each)")
     p.add_argument(
         "-n", type=int, default=1, choices=range(1, 101), metavar="N", help="how many (1-100)"

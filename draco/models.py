@@ -34,6 +34,9 @@ LastSuccess = Annotated[float | None, Meta(description="Unix time of the last ac
 LastFailure = Annotated[
     str | None, Meta(description="the class of the last failure: timeout, http_503...")
 ]
+BaselineSince = Annotated[
+    float | None, Meta(description="Unix time of the list the churn budget counts from")
+]
 PeerNote = Annotated[str | None, Meta(description="what else the provider needs from the client")]
 
 
@@ -91,6 +94,23 @@ class LatencyRun(msgspec.Struct, frozen=True):
     servers: list[Server]
 
 
+class HeldList(msgspec.Struct, frozen=True):
+    """A list over the churn budget, waiting: named by its digest, first sent `since`,
+    served at `until` if it is sent alike until then; its churn against the baseline."""
+
+    digest: str
+    since: float
+    until: float
+    removed: int
+    added: int
+    rekeyed: int
+    readdressed: int
+    compared_with: Annotated[int, Meta(description="servers in the baseline")]
+
+
+Trusted = Literal["first use", "snapshot", "shared catalog", "held long enough", "operator"]
+
+
 class ProviderHealth(msgspec.Struct, frozen=True):
     servers: int
     data_age: DataAge
@@ -98,6 +118,9 @@ class ProviderHealth(msgspec.Struct, frozen=True):
     last_success: LastSuccess
     last_failure: LastFailure
     last_failure_at: float | None
+    baseline_since: BaselineSince
+    trust: Annotated[Trusted | None, Meta(description="where the guard's trust began")]
+    held: Annotated[HeldList | None, Meta(description="a list over the churn budget")]
 
 
 class Health(msgspec.Struct, frozen=True):

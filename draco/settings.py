@@ -37,6 +37,10 @@ def _rule(text: str, check: Callable[[Any], bool], **kwargs: Any) -> Any:
     return attrs.field(validator=validate, metadata={"rule": text}, **kwargs)
 
 
+HOUR = 3600
+DAY = 24 * HOUR
+
+
 def _between(lo: float, hi: float, default: float, kind: str = "an integer") -> Any:
     return _rule(f"must be {kind} from {lo} to {hi}", lambda v: lo <= v <= hi, default=default)
 
@@ -117,10 +121,10 @@ class Settings:
     upstream_max_bytes: int = _between(1 << 20, 1 << 30, 64 << 20)
 
     cache_ttl: int = _between(60, 3600, 300)
-    cache_max_stale: int = _between(60, 30 * 86400, 86400)
-    cache_max_shrink: float = _between(0.0, 1.0, 0.5, "a fraction")
-    cache_max_rekey: float = _between(0.0, 1.0, 0.2, "a fraction")
-    cache_rekey_confirmations: int = _between(1, 100, 3)
+    cache_max_stale: int = _between(60, 30 * DAY, DAY)
+    cache_max_churn: float = _between(0.0, 1.0, 0.2, "a fraction")
+    cache_churn_window: int = _between(HOUR, 30 * DAY, DAY)
+    cache_hold: int = _between(60, 30 * DAY, 6 * HOUR)
     refresh_backoff_max: int = _between(1, 3600, 300)
     snapshot_dir: str | None = None
 
@@ -148,6 +152,7 @@ class Settings:
     rate_limit_storage: str = _storage()
     rate_limit_redis_failure: str = _one_of("local", "open", "closed")
     catalog_storage: str = _storage()
+    redis_trusted_network: bool = False
 
     enable_security_headers: bool = True
     trusted_hosts: tuple[str, ...] = _rule(
@@ -210,15 +215,37 @@ def _problems(s: Settings) -> list[str]:
         problems.append("DEFAULT_PAGE_SIZE: must not exceed MAX_PAGE_SIZE")
     if s.latency_weight > s.rate_limit_requests:
         problems.append("LATENCY_WEIGHT: must not exceed RATE_LIMIT_REQUESTS")
-    for variable, url in (
+    storages = (
         ("RATE_LIMIT_STORAGE", s.rate_limit_storage),
         ("CATALOG_STORAGE", s.catalog_storage),
-    ):
+    )
+    for variable, url in storages:
         if url != "memory" and not installed("redis"):
             problems.append(needs(variable, "redis"))
     if s.metrics_enabled and not installed("metrics"):
         problems.append(needs("METRICS_ENABLED", "metrics"))
+    for variable, url in storages:
+        if not (s.redis_trusted_network or _private_redis(url)):
+            problems.append(
+                f"{variable}: a redis:// URL must name a loopback host: use rediss:// (TLS), a "
+                "unix:// socket, or set REDIS_TRUSTED_NETWORK=true if the network is yours alone"
+            )
     return problems
+
+
+def _private_redis(url: str) -> bool:
+    """Whoever can read or write the Redis of a shared catalog chooses the lists served:
+    plain redis:// is for a loopback host only."""
+    parts = urlsplit(url)
+    return url == "memory" or parts.scheme != "redis" or is_loopback(parts.hostname)
+
+
+# Variables of earlier versions, refused with what replaced them.
+RENAMED = {
+    "CACHE_MAX_SHRINK": "CACHE_MAX_CHURN (removed servers count toward it)",
+    "CACHE_MAX_REKEY": "CACHE_MAX_CHURN (rekeyed servers count toward it)",
+    "CACHE_REKEY_CONFIRMATIONS": "CACHE_HOLD (a held list waits in time, not in refreshes)",
+}
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -303,6 +330,7 @@ def load(environ: Mapping[str, str], env_file: str | Path | None = None) -> Sett
         except (OSError, UnicodeDecodeError):
             problems.append(f"--env-file: cannot read {env_file}")
     raw.update(environ)  # the environment wins
+    problems += [f"{old}: no longer read; use {new}" for old, new in RENAMED.items() if old in raw]
     values = _converted(raw, problems)
     if values.get("api_keys_file"):
         if "api_keys" in values:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -48,6 +49,15 @@ def eventually(predicate, seconds: float = 8.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def sloppy(key: str) -> str:
+    """The same 32 bytes in base64 with a spare bit set: another spelling `wg` refuses."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    spelled = key[:-2] + alphabet[alphabet.index(key[-2]) + 1] + "="
+    assert base64.b64decode(spelled) == base64.b64decode(key)
+    assert spelled != key
+    return spelled
 
 
 def demo_payload(provider: str) -> bytes:

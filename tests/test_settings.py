@@ -88,10 +88,10 @@ def test_the_readmes_table_gives_every_variable_with_its_default_and_its_range()
         if bounds:  # both ends admitted, the values just outside refused
             step = 1 if "." not in bounds[0] else 0.01
             lo, hi = (type(value)(end) for end in bounds.groups())
-            wide = {
+            wide = {  # room for the rules across variables
                 "MAX_PAGE_SIZE": "2000",
                 "RATE_LIMIT_REQUESTS": "10000",
-            }  # room for the rules across variables
+            }
             assert [getattr(load({**wide, name: str(v)}), name.lower()) for v in (lo, hi)] == [
                 lo,
                 hi,
@@ -292,3 +292,43 @@ def test_serve_reports_a_bad_bind_and_a_missing_certificate_together():
     assert "--bind:" in result.stderr
     assert "--certfile:" in result.stderr
     assert "--keyfile" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("CACHE_MAX_SHRINK", "CACHE_MAX_CHURN"),
+        ("CACHE_MAX_REKEY", "CACHE_MAX_CHURN"),
+        ("CACHE_REKEY_CONFIRMATIONS", "CACHE_HOLD"),
+    ],
+)
+def test_a_variable_the_churn_budget_replaced_is_refused_naming_its_successor(old, new):
+    with pytest.raises(ConfigError) as refused:
+        load({old: "0.5"})
+    [problem] = refused.value.problems
+    assert problem.startswith(f"{old}: no longer read; use {new} (")
+
+
+@pytest.mark.parametrize("variable", ["CATALOG_STORAGE", "RATE_LIMIT_STORAGE"])
+@pytest.mark.parametrize(
+    ("url", "trusted", "refused"),
+    [
+        ("redis://redis.internal:6379/0", False, True),
+        ("redis://10.0.0.5:6379/0", False, True),
+        ("redis://redis.internal:6379/0", True, False),
+        ("rediss://redis.internal:6379/0", False, False),
+        ("redis://127.0.0.1:6379/0", False, False),
+        ("redis://localhost:6379/0", False, False),
+        ("redis://[::1]:6379/0", False, False),
+        ("unix:///run/redis/redis.sock", False, False),
+    ],
+)
+def test_plain_redis_to_a_host_that_is_not_loopback_needs_a_trusted_network(
+    variable, url, trusted, refused
+):
+    env = {variable: url, "REDIS_TRUSTED_NETWORK": "true" if trusted else "false"}
+    if refused:
+        with pytest.raises(ConfigError, match=f"{variable}: a redis:// URL must name a loopback"):
+            load(env)
+    else:
+        assert getattr(load(env), variable.lower()) == url

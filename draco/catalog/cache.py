@@ -2,50 +2,78 @@
 still get it at once while one background refresh runs (stale-while-revalidate), and
 only a provider with nothing stored waits on the upstream. Concurrent requests cause
 one upstream request (single flight). A failed refresh keeps the previous list and
-backs off exponentially. A list older than CACHE_MAX_STALE is no longer served."""
+backs off exponentially. A list older than CACHE_MAX_STALE is no longer served.
+
+Every list, wherever it comes from (an upstream payload, a snapshot, a list another
+instance shared), is judged by the guard (guard.py) at one point, `_consider`; the
+catalog acts on the guard's decision and never decides trust itself."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import httpx
 
-from draco.catalog.dataset import Dataset, changes, make_dataset, rekeyed
+from draco.catalog import holds
+from draco.catalog.dataset import Dataset, changes, make_dataset
 from draco.catalog.fetch import NotModified, failure_class, fetch
-from draco.catalog.shared import SharedCatalog
-from draco.catalog.snapshot import read_snapshot, snapshot_bytes, write_snapshot
+from draco.catalog.guard import (
+    CLOCK_SKEW,
+    Accept,
+    Candidate,
+    Held,
+    Refuse,
+    Rules,
+    Source,
+    Trust,
+    accept_held,
+    confirmed,
+    judge,
+    refuse_held,
+)
+from draco.catalog.shared import SharedCatalog, SharedMeta
+from draco.catalog.snapshot import Stored, from_snapshot, read_snapshot, snapshot_bytes
+from draco.catalog.snapshot import write_snapshot as write_snapshot_file
 from draco.exceptions import VPNAPIError, VPNDataError, VPNServiceError
-from draco.models import Changes, ProviderHealth
+from draco.models import Changes, HeldList, ProviderHealth, encode
 from draco.providers import REGISTRY, Provider
 from draco.settings import Settings
 
 log = logging.getLogger("draco.catalog")
 
+Origin = Literal["upstream", "snapshot", "shared catalog"]
+FIRST_USE: dict[Origin, Source] = {
+    "upstream": "first use",
+    "snapshot": "snapshot",
+    "shared catalog": "shared catalog",
+}
+OUTCOME: dict[Origin, str] = {"upstream": "ok", "snapshot": "snapshot", "shared catalog": "shared"}
+REFUSED = {"empty": "empty", "from the future": "future", "refused by the operator": "refused"}
+VERDICT_POLL = 2.0  # seconds between two looks for the operator's word on a held list
+SHARED_WAIT = 0.25  # seconds between two looks for another instance's refresh
+
 
 @attrs.define
 class Status:
-    data: Dataset | None = None
-    task: asyncio.Task[None] | None = None
+    data: Dataset | None = None  # the list served
+    trust: Trust = attrs.field(factory=Trust)  # the guard's, for this provider
+    held: Dataset | None = None  # the list on hold, kept for the operator's word
+    task: asyncio.Task[str] | None = None
     failures: int = 0
     retry_at: float = 0.0
     last_success: float | None = None
     last_failure: str | None = None
     last_failure_at: float | None = None
     error_type: type[VPNServiceError] = VPNAPIError  # what a cold request raises after a failure
-    outcomes: collections.Counter[str] = attrs.field(
-        factory=collections.Counter
-    )  # refreshes by outcome
-    held: tuple[str, int] | None = (
-        None  # a mass key swap held back: its digest, and how often it came
-    )
+    outcomes: collections.Counter[str] = attrs.field(factory=collections.Counter)  # by outcome
     changes: Changes | None = None  # between the last two accepted lists
 
 
@@ -58,20 +86,29 @@ class Catalog:
         clock: Callable[[], float] = time.time,
         shared: SharedCatalog | None = None,
     ):
-        self.settings, self.client, self.providers, self.clock = settings, client, providers, clock
+        self.settings = settings
+        self.client = client
+        self.providers = providers
+        self.clock = clock
         self.shared = shared  # when several instances share one Redis
         self.status = {name: Status() for name in providers}
         self.snapshot_dir = Path(settings.snapshot_dir) if settings.snapshot_dir else None
+        self.rules = Rules(
+            max_churn=settings.cache_max_churn,
+            window=settings.cache_churn_window,
+            hold=settings.cache_hold,
+        )
         self._union: Dataset | None = None
 
-    def restore(self) -> None:
-        """Load each provider's last-known-good snapshot, served as stale until refreshed."""
+    async def restore(self) -> None:
+        """Each provider's last accepted list from SNAPSHOT_DIR, judged like any other list,
+        and served as stale until the upstream confirms it."""
         if self.snapshot_dir is None:
             return  # settings.load has made sure the directory exists and is writable
-        for name, status in self.status.items():
-            status.data = read_snapshot(self.snapshot_dir, name)
-            if status.data:
-                log.info("restored %d %s servers from snapshot", len(status.data.servers), name)
+        for name in self.status:
+            stored = await asyncio.to_thread(read_snapshot, self.snapshot_dir, name)
+            if stored and await self._consider(name, stored.data, "snapshot", stored) == "snapshot":
+                log.info("restored %d %s servers from snapshot", len(stored.data.servers), name)
 
     async def close(self) -> None:
         tasks = [s.task for s in self.status.values() if s.task]
@@ -82,13 +119,14 @@ class Catalog:
             await self.shared.close()
 
     def warm(self, names: Iterable[str]) -> None:
-        """Fetch `names` in the background unless backing off (at start, and from /health/ready)."""
+        """Fetch `names` in the background unless backing off (at start, and from
+        /health/ready)."""
         for name in names:
             if self.clock() >= self.status[name].retry_at:
                 self._refresh_task(name)
 
     def servable(self, name: str) -> bool:
-        """Whether `name` has a list to serve: fresh, stale within CACHE_MAX_STALE, or restored."""
+        """Whether `name` has a list to serve: fresh, or stale within CACHE_MAX_STALE."""
         data = self.status[name].data
         return data is not None and self.clock() - data.fetched_at <= self.settings.cache_max_stale
 
@@ -115,70 +153,192 @@ class Catalog:
     async def union(self) -> Dataset:
         """Every provider's list in one dataset (`provider=all`). A provider that cannot
         be served is left out, and the union is then marked provisional (stale)."""
-        parts = await asyncio.gather(
-            *(self.get(name) for name in self.providers), return_exceptions=True
-        )
+        gets = (self.get(name) for name in self.providers)
+        parts = await asyncio.gather(*gets, return_exceptions=True)
         served = [p for p in parts if isinstance(p, Dataset)]
         if not served:
             raise next(p for p in parts if isinstance(p, BaseException))
         fetched_at = min(p.fetched_at for p in served)
         provisional = len(served) < len(parts) or any(p.provisional for p in served)
-        union, version = self._union, "+".join(p.version for p in served)
+        version = "+".join(p.version for p in served)
+        union = self._union
         if union is None or union.version != version:
             servers = (s for p in served for s in p.servers)
             union = make_dataset(
                 "all", servers, fetched_at, provisional=provisional, version=version
             )
-        elif (union.fetched_at, union.provisional) != (fetched_at, provisional):
+        elif union.fetched_at != fetched_at or union.provisional != provisional:
             # the same lists, renewed: the servers and their encoded pages stay
             union = attrs.evolve(union, fetched_at=fetched_at, provisional=provisional)
         self._union = union
         return union
 
-    def _refresh_task(self, name: str) -> asyncio.Task[None]:
+    def _refresh_task(self, name: str) -> asyncio.Task[str]:
         status = self.status[name]
         if status.task is None or status.task.done():
             status.task = asyncio.get_running_loop().create_task(self._refresh(name))
         return status.task
 
-    async def refresh(self, name: str) -> bool:
-        """Fetch now, whatever the age of the list; True when a new list was accepted."""
-        await self._refresh_task(name)
-        return self.status[name].failures == 0
+    async def refresh(self, name: str) -> str:
+        """Fetch now, whatever the age of the list; the outcome ("ok", "held", a failure
+        class...)."""
+        return await self._refresh_task(name)
 
-    async def _refresh(self, name: str) -> None:
+    async def _refresh(self, name: str) -> str:
         status = self.status[name]
         try:
             if self.shared and not await self._take_turn(name, self.shared):
-                return  # another instance refreshed the list, or is refreshing it
+                return "shared"  # another instance refreshed the list, or is refreshing it
             try:
                 provider = self.providers[name]
                 fetched = await fetch(self.client, self.settings, provider, status.data, self.clock)
-                if isinstance(fetched, NotModified):
-                    data = fetched.data
-                else:
-                    data = fetched
-                    self._check(status, data)
             finally:
                 if self.shared:
                     await self.shared.release(name)
         except Exception as exc:  # recorded, never raised: the previous list stays
-            self._failed(name, exc)
-            return
-        renewed = isinstance(fetched, NotModified)
-        status.outcomes["not_modified" if renewed else "ok"] += 1
-        await self._accept(name, data, publish=True, renewed=renewed)
-        log.info("refreshed %s: %d servers", name, len(data.servers))
+            return self._failed(name, exc)
+        if isinstance(fetched, NotModified):  # the list already judged: only its age changes
+            status.outcomes["not_modified"] += 1
+            status.trust = confirmed(status.trust)
+            await self._unhold(name)
+            await self._serve(name, fetched.data, publish=True, renewed=True)
+            return "not_modified"
+        outcome = await self._consider(name, fetched, "upstream")
+        if outcome == "ok":
+            log.info("refreshed %s: %d servers", name, len(fetched.servers))
+        return outcome
 
-    async def _accept(
+    async def _consider(
+        self, name: str, candidate: Dataset, origin: Origin, stored: Stored | None = None
+    ) -> str:
+        """Ask the guard about `candidate`, and act on its decision: serve it, hold it or
+        refuse it. The outcome: "ok", "snapshot" or "shared" when it is served from now
+        on, "held", or why it was refused."""
+        status = self.status[name]
+        now = self.clock()
+        judged = Candidate(
+            servers=candidate.servers,
+            fetched_at=candidate.fetched_at,
+            first_use=FIRST_USE[origin],
+            stored=stored.trust if stored else None,
+        )
+        decision = judge(status.trust, judged, now, self.rules)
+        status.trust = decision.trust
+        if isinstance(decision, Accept):
+            if decision.why == "first use":
+                log.info("%s: %s list trusted on first use", name, origin)
+            elif decision.why != "within budget":
+                log.warning("%s: %s list accepted (%s)", name, origin, decision.why)
+            await self._unhold(name)
+            status.outcomes[OUTCOME[origin]] += 1
+            await self._serve(name, candidate, publish=origin == "upstream")
+            return OUTCOME[origin]
+        if isinstance(decision, Held):
+            await self._hold(name, candidate, decision, origin)
+            return "held"
+        self._refused(name, decision, origin)
+        return REFUSED[decision.why]
+
+    async def _hold(self, name: str, candidate: Dataset, decision: Held, origin: Origin) -> None:
+        """Keep serving what was served; the held list waits for its time or the operator.
+        The upstream is asked again on the backoff of a failed refresh: sending the held
+        list sooner changes nothing, and a healed upstream is heard soon."""
+        self.status[name].held = candidate
+        self._back_off(name, "held")
+        if not decision.new:
+            return
+        hold = decision.hold
+        change = hold.churn
+        log.warning(
+            "%s: the %s list is held: %d removed, %d added, %d rekeyed, %d readdressed of %d "
+            "(%.0f%% over %.0f hours, budget %.0f%%); served from %s unless it changes or "
+            "`draco hold reject %s %s`",
+            name,
+            origin,
+            change.removed,
+            change.added,
+            change.rekeyed,
+            change.readdressed,
+            change.compared_with,
+            100 * change.fraction,
+            self.rules.window / 3600,
+            100 * self.rules.max_churn,
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(hold.until)),
+            name,
+            hold.digest,
+        )
+        await self._publish_hold(name, holds.notice(hold))
+
+    async def _unhold(self, name: str) -> None:
+        status = self.status[name]
+        if status.held is not None:
+            status.held = None
+            await self._publish_hold(name, None)
+
+    def _refused(self, name: str, decision: Refuse, origin: Origin) -> None:
+        if origin == "upstream":
+            self._failed(name, VPNDataError(REFUSED[decision.why], decision.why))
+        else:
+            log.warning("ignoring the %s list of %s: %s", origin, name, decision.why)
+
+    async def _publish_hold(self, name: str, notice: HeldList | None) -> None:
+        if self.snapshot_dir is not None:
+            await asyncio.to_thread(holds.publish, self.snapshot_dir, notice, name)
+        if self.shared is not None:
+            content = encode(notice) if notice else None
+            await self.shared.publish_hold(name, content, ttl=self.rules.hold)
+
+    async def follow_verdicts(self) -> None:
+        """Apply the operator's word on held lists (`draco hold`), looked for while a list
+        is held."""
+        while True:
+            await asyncio.sleep(VERDICT_POLL)
+            for name, status in self.status.items():
+                if status.trust.hold is not None:
+                    await self.apply_verdict(name)
+
+    async def apply_verdict(self, name: str) -> None:
+        """The operator's word on `name`'s held list, if there is one for it."""
+        status = self.status[name]
+        held = status.held
+        if held is None:
+            return
+        now = self.clock()
+        content = None
+        if self.snapshot_dir is not None:
+            content = holds.file_content(holds.verdict_path(self.snapshot_dir, name))
+        if content is None and self.shared is not None:
+            content = await self.shared.verdict(name)
+        verdict = holds.read_verdict(content, name, now)
+        if verdict is None:
+            return
+        if verdict.verdict == "reject":
+            refused = refuse_held(status.trust, verdict.digest)
+            if refused is not None:
+                status.trust = refused
+                log.warning(
+                    "%s: the held list %s was refused by the operator", name, verdict.digest
+                )
+                await self._unhold(name)
+            return
+        decision = accept_held(status.trust, held.servers, verdict.digest, now)
+        if decision is not None:
+            status.trust = decision.trust
+            log.warning("%s: the held list %s was accepted by the operator", name, verdict.digest)
+            await self._unhold(name)
+            await self._serve(name, held, publish=True)
+
+    async def _serve(
         self, name: str, data: Dataset, *, publish: bool, renewed: bool = False
     ) -> None:
         """Serve `data` from now on, and keep it: snapshot file, and the shared catalog."""
         status = self.status[name]
-        if status.data is not None and data.servers is not status.data.servers:
+        if status.data is not None and not renewed:
             status.changes = changes(status.data, data)
         status.data = data
-        status.failures, status.retry_at, status.last_success = 0, 0.0, self.clock()
+        status.failures = 0
+        status.retry_at = 0.0
+        status.last_success = self.clock()
         shared = self.shared if publish else None
         if shared and renewed:  # the same list: only its fetch time changed
             await shared.renew(name, data.fetched_at)
@@ -187,12 +347,12 @@ class Catalog:
         # upstream last confirmed the list, or CACHE_MAX_STALE would count from too early.
         if not (shared or self.snapshot_dir):
             return
-        content = await asyncio.to_thread(snapshot_bytes, data)
+        content = await asyncio.to_thread(snapshot_bytes, data, status.trust)
         if shared:
-            await shared.save(name, content, data.version, data.fetched_at)
+            await shared.save(name, content, SharedMeta(data.version, data.fetched_at))
         if self.snapshot_dir is not None:
             try:
-                await asyncio.to_thread(write_snapshot, self.snapshot_dir, name, content)
+                await asyncio.to_thread(write_snapshot_file, self.snapshot_dir, name, content)
             except OSError as exc:
                 log.error("cannot write %s snapshot: %s", name, exc)
 
@@ -211,75 +371,76 @@ class Catalog:
                 return False
             if self.clock() > give_up:
                 raise VPNAPIError("shared_timeout")
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(SHARED_WAIT)
 
     async def _adopt(self, name: str, shared: SharedCatalog) -> bool:
-        """Take the shared list when it is newer than ours; True when we now hold a fresh one."""
+        """Consider the shared list when it is newer than ours; True when we now serve a
+        fresh one."""
         status = self.status[name]
-        adopted = await shared.newer(name, status.data)
-        if adopted:
-            if not (status.data and adopted.servers is status.data.servers):  # not just renewed
-                status.outcomes["shared"] += 1
-            await self._accept(name, adopted, publish=False)
+        meta = await shared.meta(name)
+        current = status.data
+        if meta is None:
+            pass
+        elif current is not None and meta.version == current.version:
+            # Another instance's conditional refresh of this very list: only its age changes,
+            # and never to a time ahead of this clock.
+            if current.fetched_at < meta.fetched_at <= self.clock() + CLOCK_SKEW:
+                renewed = attrs.evolve(current, fetched_at=meta.fetched_at, provisional=False)
+                await self._serve(name, renewed, publish=False, renewed=True)
+        elif current is None or meta.fetched_at > current.fetched_at:
+            await self._adopt_content(name, shared)
         return status.data is not None and not self.is_stale(status.data)
 
-    def _failed(self, name: str, exc: Exception) -> None:
+    async def _adopt_content(self, name: str, shared: SharedCatalog) -> None:
+        content = await shared.content(name)
+        if not content:
+            return
+        try:
+            stored = await asyncio.to_thread(from_snapshot, content, name)
+        except ValueError as exc:
+            log.warning("ignoring the shared %s list: %s", name, exc)
+            return
+        await self._consider(name, stored.data, "shared catalog", stored)
+
+    def _failed(self, name: str, exc: Exception) -> str:
         status = self.status[name]
-        status.failures += 1
-        status.last_failure, status.last_failure_at = failure_class(exc), self.clock()
-        status.outcomes[status.last_failure] += 1
         status.error_type = VPNDataError if isinstance(exc, VPNDataError) else VPNAPIError
-        most = (
-            self.settings.refresh_backoff_max
-        )  # exponential, jittered; at least what the upstream asked
-        delay = min(most, 2.0 ** (status.failures - 1)) * random.uniform(0.5, 1.0)  # noqa: S311 - a jitter, no secret
-        delay = max(
-            delay, min(exc.retry_after or 0, most) if isinstance(exc, VPNServiceError) else 0
-        )
-        status.retry_at = self.clock() + delay
+        asked = exc.retry_after if isinstance(exc, VPNServiceError) else None
+        delay = self._back_off(name, failure_class(exc), asked)
         why = f"{status.last_failure}: {getattr(exc, 'detail', '') or exc}"
         message = "refresh of %s failed (%s), attempt %d, next in %.1fs"
-        log.warning(
-            message, name, why, status.failures, delay, exc_info=status.last_failure == "error"
-        )
+        unexpected = status.last_failure == "error"
+        log.warning(message, name, why, status.failures, delay, exc_info=unexpected)
+        return failure_class(exc)
 
-    def _check(self, status: Status, new: Dataset) -> None:
-        """The sanity guard, while the previous list may still be served: an empty list, or one
-        shrunk by more than CACHE_MAX_SHRINK, is an upstream fault; one that swaps the keys of
-        more than CACHE_MAX_REKEY of the servers still present (what a tampered upstream would
-        send) is held back until sent alike on CACHE_REKEY_CONFIRMATIONS refreshes in a row."""
-        old, s = status.data, self.settings
-        if not new.servers:
-            raise VPNDataError("empty")
-        if (
-            old is None
-            or old.servers is new.servers
-            or self.clock() - old.fetched_at > s.cache_max_stale
-        ):
-            return
-        if len(new.servers) < len(old.servers) * (1 - s.cache_max_shrink):
-            raise VPNDataError("shrunk", f"from {len(old.servers)} to {len(new.servers)} servers")
-        kept, swapped = rekeyed(old, new)
-        if len(swapped) <= kept * s.cache_max_rekey:
-            status.held = None
-            return
-        digest = hashlib.blake2b(repr(swapped).encode(), digest_size=16).hexdigest()
-        seen = status.held[1] + 1 if status.held and status.held[0] == digest else 1
-        status.held = None if seen >= s.cache_rekey_confirmations else (digest, seen)
-        if status.held:
-            needed = s.cache_rekey_confirmations
-            detail = f"{len(swapped)} of {kept} keys changed, sent {seen} of {needed} times"
-            raise VPNDataError("rekeyed", detail)
+    def _back_off(self, name: str, failure: str, asked: float | None = None) -> float:
+        """Record a refresh that brought nothing to serve; the next one waits exponentially
+        longer, jittered, and at least what the upstream asked. The seconds it waits."""
+        status = self.status[name]
+        status.failures += 1
+        status.last_failure = failure
+        status.last_failure_at = self.clock()
+        status.outcomes[failure] += 1
+        most = self.settings.refresh_backoff_max
+        delay = min(most, 2.0 ** (status.failures - 1)) * random.uniform(0.5, 1.0)  # noqa: S311 - a jitter, no secret
+        delay = max(delay, min(asked or 0, most))
+        status.retry_at = self.clock() + delay
+        return delay
 
     def health(self) -> dict[str, ProviderHealth]:
-        return {
-            name: ProviderHealth(
-                servers=len(s.data.servers) if s.data else 0,
-                data_age=self.age(s.data) if s.data else None,
-                serving_stale=bool(s.data and self.is_stale(s.data)),
-                last_success=s.last_success,
-                last_failure=s.last_failure,
-                last_failure_at=s.last_failure_at,
-            )
-            for name, s in self.status.items()
-        }
+        return {name: self._health(status) for name, status in self.status.items()}
+
+    def _health(self, s: Status) -> ProviderHealth:
+        baseline = s.trust.baseline(self.clock(), self.rules)
+        hold = s.trust.hold
+        return ProviderHealth(
+            servers=len(s.data.servers) if s.data else 0,
+            data_age=self.age(s.data) if s.data else None,
+            serving_stale=bool(s.data and self.is_stale(s.data)),
+            last_success=s.last_success,
+            last_failure=s.last_failure,
+            last_failure_at=s.last_failure_at,
+            baseline_since=baseline.at if baseline else None,
+            trust=s.trust.source,
+            held=holds.notice(hold) if hold else None,
+        )

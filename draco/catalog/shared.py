@@ -1,20 +1,17 @@
 """The catalog shared through Redis (CATALOG_STORAGE=redis://...) by several instances.
 Each list is kept in the snapshot format, with its version and fetch time beside it.
 One instance at a time refreshes a provider, under a lease (SET NX PX) that expires by
-itself. Without Redis every call answers as if no other instance existed (nothing
-shared, the lease granted); state changes are logged once."""
+itself. This module carries bytes and decides nothing: the catalog checks and judges
+what it reads here like any other list. Without Redis every call answers as if no other
+instance existed (nothing shared, the lease granted); state changes are logged once."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
 
 import attrs
-
-from draco.catalog.dataset import Dataset
-from draco.catalog.snapshot import from_snapshot
 
 log = logging.getLogger("draco.catalog")
 
@@ -22,11 +19,24 @@ log = logging.getLogger("draco.catalog")
 _RELEASE = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
+TIMEOUT = 2.0  # seconds for a connection or an answer
+
+
+@attrs.frozen
+class SharedMeta:
+    """What the shared list is, without transferring it."""
+
+    version: str
+    fetched_at: float
+
+
+def key(provider: str, what: str = "") -> str:
+    return f"draco:catalog:{provider}" + (f":{what}" if what else "")
 
 
 class SharedCatalog:
-    def __init__(self, url: str, lease_seconds: float, timeout: float = 2.0):
-        import redis.asyncio  # imported here: only deployments that share the catalog load it
+    def __init__(self, url: str, lease_seconds: float, timeout: float = TIMEOUT):
+        import redis.asyncio  # the redis extra: only deployments that share the catalog load it
 
         self.client = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -38,15 +48,14 @@ class SharedCatalog:
         self.reachable = True
 
     def _state(self, *, reachable: bool, exc: BaseException | None = None) -> None:
-        if reachable != self.reachable:
-            if reachable:
-                log.warning("shared catalog reachable again")
-            else:
-                log.error(
-                    "shared catalog unreachable (%s): serving this instance's own lists",
-                    type(exc).__name__,
-                )
-            self.reachable = reachable
+        if reachable == self.reachable:
+            return
+        if reachable:
+            log.warning("shared catalog reachable again")
+        else:
+            why = type(exc).__name__
+            log.error("shared catalog unreachable (%s): serving this instance's own lists", why)
+        self.reachable = reachable
 
     async def _call(self, default: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -57,63 +66,64 @@ class SharedCatalog:
         self._state(reachable=True)
         return result
 
-    async def version(self, provider: str) -> tuple[str, float] | None:
-        """(version, fetched_at) of the shared list, without transferring it."""
-        found = await self._call(
-            None, "hmget", f"draco:catalog:{provider}:meta", "version", "fetched_at"
-        )
+    async def meta(self, provider: str) -> SharedMeta | None:
+        found = await self._call(None, "hmget", key(provider, "meta"), "version", "fetched_at")
         if not found or None in found:
             return None
-        return found[0].decode(), float(found[1])
+        try:
+            return SharedMeta(found[0].decode(), float(found[1]))
+        except (UnicodeDecodeError, ValueError):
+            return None
 
-    async def save(self, provider: str, content: bytes, version: str, fetched_at: float) -> None:
+    async def content(self, provider: str) -> bytes | None:
+        found: bytes | None = await self._call(None, "get", key(provider))
+        return found
+
+    async def save(self, provider: str, content: bytes, meta: SharedMeta) -> None:
         pipe = self.client.pipeline(transaction=True)  # the list and its record change together
-        pipe.set(f"draco:catalog:{provider}", content)
-        pipe.hset(
-            f"draco:catalog:{provider}:meta",
-            mapping={"version": version, "fetched_at": repr(fetched_at)},
-        )
+        pipe.set(key(provider), content)
+        pipe.hset(key(provider, "meta"), "version", meta.version)
+        pipe.hset(key(provider, "meta"), "fetched_at", repr(meta.fetched_at))
         try:
             await pipe.execute()
         except self.errors as exc:
             self._state(reachable=False, exc=exc)
 
-    async def newer(self, provider: str, current: Dataset | None) -> Dataset | None:
-        """The shared list when it is newer than `current`: another instance's refresh,
-        or its conditional refresh of the same list (then `current`, renewed)."""
-        found = await self.version(provider)
-        if found is None:
-            return None
-        version, fetched_at = found
-        if current is not None and (current.version == version or fetched_at <= current.fetched_at):
-            renewed = current.version == version and fetched_at > current.fetched_at
-            return (
-                attrs.evolve(current, fetched_at=fetched_at, provisional=False) if renewed else None
-            )
-        content = await self._call(None, "get", f"draco:catalog:{provider}")
-        try:
-            return await asyncio.to_thread(from_snapshot, content, provider) if content else None
-        except ValueError as exc:
-            log.warning("ignoring the shared %s list: %s", provider, exc)
-            return None
-
     async def renew(self, provider: str, fetched_at: float) -> None:
         """A 304 from the upstream: the same list, fetched again."""
-        await self._call(
-            None, "hset", f"draco:catalog:{provider}:meta", "fetched_at", repr(fetched_at)
-        )
+        await self._call(None, "hset", key(provider, "meta"), "fetched_at", repr(fetched_at))
 
     async def lease(self, provider: str) -> bool:
         """True when this instance may refresh `provider` now (always, without Redis)."""
-        key = f"draco:catalog:{provider}:lease"
-        taken = await self._call(True, "set", key, self.holder, nx=True, px=self.lease_ms)  # noqa: FBT003 - the answer without Redis
-        return bool(taken)
+        lease = key(provider, "lease")
+        given = await self._call(True, "set", lease, self.holder, nx=True, px=self.lease_ms)  # noqa: FBT003 - the answer without Redis
+        return bool(given)
 
     async def release(self, provider: str) -> None:
         try:
-            await self.release_script(keys=[f"draco:catalog:{provider}:lease"], args=[self.holder])
+            await self.release_script(keys=[key(provider, "lease")], args=[self.holder])
         except self.errors as exc:
             self._state(reachable=False, exc=exc)
+
+    async def publish_hold(self, provider: str, notice: bytes | None, ttl: float) -> None:
+        """This instance's notice of a held list, for `draco hold`; None clears it."""
+        if notice is None:
+            await self._call(None, "delete", key(provider, "held"))
+        else:
+            await self._call(None, "set", key(provider, "held"), notice, px=int(ttl * 1000))
+
+    async def notice(self, provider: str) -> bytes | None:
+        found: bytes | None = await self._call(None, "get", key(provider, "held"))
+        return found
+
+    async def verdict(self, provider: str) -> bytes | None:
+        found: bytes | None = await self._call(None, "get", key(provider, "verdict"))
+        return found
+
+    async def give_verdict(self, provider: str, content: bytes, ttl: float) -> bool:
+        """The operator's word, kept until the hold it answers ends; False without Redis."""
+        given = await self._call(None, "set", key(provider, "verdict"), content, px=int(ttl * 1000))
+        return bool(given)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -62,10 +62,18 @@ async def service_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.public)
 
 
+MOST_DETAILS = 20  # problems listed in one 422: a query of thousands stays a small answer
+
+
 async def validation_error(_request: Request, exc: Exception) -> Response:
     if not isinstance(exc, RequestValidationError):
         raise exc
-    return error_response(422, "The request parameters are invalid.", details=exc.details)
+    found = len(exc.details)
+    message = "The request parameters are invalid."
+    if found > MOST_DETAILS:
+        message = f"The request parameters are invalid: {found} problems, the first "
+        message += f"{MOST_DETAILS} listed."
+    return error_response(422, message, details=exc.details[:MOST_DETAILS])
 
 
 # Starlette's ExceptionMiddleware finds a handler by the error's class or a base class.

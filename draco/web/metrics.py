@@ -56,9 +56,13 @@ class Metrics:
         stale = GaugeMetricFamily(
             "draco_catalog_stale", "1 while a provider's list is stale", labels=by_provider
         )
+        held = GaugeMetricFamily(
+            "draco_catalog_held", "1 while a list over the churn budget is held", labels=by_provider
+        )
         for name, status in catalog.status.items():
             for outcome, count in status.outcomes.items():
                 fetches.add_metric([name, outcome], count)
+            held.add_metric([name], float(status.trust.hold is not None))
             if status.data is not None:
                 age.add_metric([name], catalog.clock() - status.data.fetched_at)
                 size.add_metric([name], len(status.data.servers))
@@ -72,7 +76,7 @@ class Metrics:
             "draco_ratelimit_tracked_clients", "Clients the rate limiter tracks"
         )
         tracked.add_metric([], self.store.tracked())
-        yield from (fetches, age, size, stale, runs, tracked)
+        yield from (fetches, age, size, stale, held, runs, tracked)
 
     def route(self) -> Route:
         async def metrics(_request: Request) -> Response:

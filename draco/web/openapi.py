@@ -25,11 +25,13 @@ from draco.web.routes import ALL, API, Endpoint
 log = logging.getLogger("draco")
 
 _ERRORS = {
+    "400": "A request whose length is ambiguous (Content-Length with Transfer-Encoding)",
     "401": "No X-API-Key header",
     "403": "The X-API-Key is not valid",
     "404": "Not found",
     "422": "Invalid parameters (with details)",
     "429": "Rate limit exceeded; see Retry-After",
+    "431": "A request head over 16 KiB",
     "500": "Internal error",
     "503": "The provider's list is unavailable",
 }

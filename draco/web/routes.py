@@ -34,6 +34,7 @@ from draco.models import (
 )
 from draco.probe.runs import Latencies, Target
 from draco.settings import Settings
+from draco.web import configs
 from draco.web.errors import RequestValidationError
 from draco.web.params import (
     COUNTRY,
@@ -235,7 +236,6 @@ class Api:
                 handler=self.changes,
                 summary="What changed between the last two accepted lists",
                 answer=Changes,
-                catalog=False,
             ),
             Endpoint(
                 path=f"{API}/providers",
@@ -350,12 +350,15 @@ class Api:
     ) -> Response:
         chosen = self.active(request, filters)
         data = await self.dataset(request)
-
-        def build() -> Sequence[Server]:
-            return models.paginate(matching(data.servers, chosen), page, page_size).data
-
-        key = ("servers", page, page_size, *filters.values())
-        return self.respond(request, data, render(data, key, build))
+        # The answer is a slice of at most the whole list (a filtered list is shorter): the
+        # pages that end past it share one rendered entry, however large a page_size asks.
+        total = len(data.servers)
+        start = min((page - 1) * page_size, total)
+        stop = min(start + page_size, total)
+        key = ("servers", start, stop, *filters.values())
+        return self.respond(
+            request, data, render(data, key, lambda: matching(data.servers, chosen)[start:stop])
+        )
 
     async def servers_paginated(
         self, request: Request, page: int, page_size: int, **filters: Any
@@ -462,32 +465,24 @@ class Api:
         if server is None:
             raise HTTPException(404, f"No server {wanted}.")
         provider = self.catalog.providers[server.provider]
-        host = server.ipv4 if provider.endpoint == "ipv4" and server.ipv4 else server.identifier
-        peer = Peer(
-            public_key=server.public_key,
-            endpoint=f"{host}:{provider.wireguard_port}",
-            allowed_ips="0.0.0.0/0, ::/0",
-            note=provider.peer_note,
-        )
-        if "application/json" in request.headers.get("accept", ""):
-            return uncached_json(request, peer)
-        lines = [
-            "[Peer]",
-            f"# {server.provider} {server.identifier}, {server.country}",
-            f"PublicKey = {peer.public_key}",
-            f"Endpoint = {peer.endpoint}",
-            f"AllowedIPs = {peer.allowed_ips}",
-        ]
-        if peer.note:
-            lines.append(f"# {peer.note}")
-        return Response("\n".join(lines) + "\n", 200, {"Cache-Control": "no-store"}, "text/plain")
+        try:
+            if "application/json" in request.headers.get("accept", ""):
+                return uncached_json(request, configs.peer(server, provider))
+            text = configs.wg_quick(server, provider)
+        except configs.UnwritableError as exc:
+            raise HTTPException(404, f"No config for {wanted}: {exc}.") from None
+        return Response(text, 200, {"Cache-Control": "no-store"}, "text/plain")
 
     async def changes(self, request: Request) -> Response:
         name = request.path_params["provider"]
         if name not in self.catalog.providers:
             message = "Changes are kept per provider." if name == ALL else "Unknown provider."
             raise HTTPException(404, message)
-        changes = self.catalog.status[name].changes
-        if changes is None:
+        status = self.catalog.status[name]
+        changes = status.changes
+        if changes is None or status.data is None:
             raise HTTPException(404, "Fewer than two lists have been accepted so far.")
-        return uncached_json(request, changes)
+        # Encoded once per list (a full swap of 6,300 servers is megabytes), like a page.
+        return self.respond(
+            request, status.data, render(status.data, ("changes",), lambda: changes)
+        )
