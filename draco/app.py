@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from draco.catalog.cache import Catalog
 from draco.catalog.fetch import upstream_client
+from draco.catalog.reports import MemoryQuarantine, Quarantine, RedisQuarantine
 from draco.catalog.shared import SharedCatalog
 from draco.probe.methods import methods_available
 from draco.probe.runs import Latencies
@@ -57,7 +58,8 @@ def create_app(
     client = upstream_client(settings, transport)
     catalog = Catalog(settings, client, clock=clock, shared=_shared_catalog(settings))
     latencies = Latencies(settings)
-    api = Api(settings, catalog, latencies, methods_available())
+    quarantine = _quarantine(settings)
+    api = Api(settings, catalog, latencies, methods_available(), quarantine)
 
     routes: list[BaseRoute] = [endpoint.route() for endpoint in api.endpoints]
     # /openapi.json (and /docs, /redoc with the docs extra) only in debug mode, /metrics only
@@ -67,12 +69,13 @@ def create_app(
     pages = [route.path for route in docs if isinstance(route, Route)]  # not the asset mounts
     exempt = ["/health", "/health/ready", *pages]
     costs = [(e.route(), e.weight) for e in api.endpoints if e.weight > 1]  # they probe hosts
+    posts = [e.route() for e in api.endpoints if e.method == "POST"]  # CORS lets them POST
     protected = [API + "/"]
     counting = []  # the metrics layer, when METRICS_ENABLED
     if settings.metrics_enabled:
         from draco.web.metrics import Metrics, MetricsMiddleware  # the metrics extra
 
-        metrics = Metrics(catalog, latencies, store)
+        metrics = Metrics(catalog, latencies, store, quarantine)
         routes.append(metrics.route())
         counting.append(Middleware(MetricsMiddleware, requests=metrics.requests, routes=routes))
         if not settings.metrics_public:
@@ -92,6 +95,7 @@ def create_app(
             CORSMiddleware,
             origins=settings.cors_origins,
             allow_credentials=settings.cors_allow_credentials,
+            posts=posts,
         ),
     ]
     if settings.rate_limit_enabled:
@@ -104,9 +108,10 @@ def create_app(
         routes=routes,
         middleware=layers,
         exception_handlers=HANDLERS,  # the error envelope
-        lifespan=_lifespan(settings, catalog, ring, limiter),
+        lifespan=_lifespan(settings, catalog, ring, limiter, quarantine),
     )
     app.router.redirect_slashes = False  # Starlette would build the redirect from the Host header
+    app.state.catalog = catalog  # for `draco` itself and its tests: never reached by a request
     return app
 
 
@@ -128,8 +133,19 @@ def _shared_catalog(settings: Settings) -> SharedCatalog | None:
     return SharedCatalog(settings.catalog_storage, lease_seconds=lease)
 
 
+def _quarantine(settings: Settings) -> Quarantine:
+    """Where the servers reports set aside are kept: shared with the catalog, or here."""
+    if settings.catalog_storage == "memory":
+        return MemoryQuarantine(settings.report_quarantine)
+    return RedisQuarantine(settings.catalog_storage, settings.report_quarantine)
+
+
 def _lifespan(
-    settings: Settings, catalog: Catalog, ring: KeyRing, limiter: Limiter
+    settings: Settings,
+    catalog: Catalog,
+    ring: KeyRing,
+    limiter: Limiter,
+    quarantine: Quarantine,
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     """Start: restore and fetch the lists, sweep idle clients, watch the key file and the
     operator's word on held lists. Stop: cancel all that, close every connection."""
@@ -157,6 +173,8 @@ def _lifespan(
             await catalog.client.aclose()
             if isinstance(limiter.store, RedisStore):
                 await limiter.store.client.aclose()
+            if isinstance(quarantine, RedisQuarantine):
+                await quarantine.close()
 
     return lifespan
 

@@ -26,6 +26,9 @@ InCountry = Annotated[bool, Meta(description="false: left out of country queries
 P2P = Annotated[bool | None, Meta(description="peer-to-peer traffic allowed (NordVPN, Windscribe)")]
 Owned = Annotated[bool | None, Meta(description="hardware the provider owns (Mullvad)")]
 Free = Annotated[bool | None, Meta(description="open to free accounts (Windscribe)")]
+SetAside = Annotated[
+    float | None, Meta(description="with include_quarantined: set aside by your reports until")
+]
 DataAge = Annotated[int | None, Meta(description="seconds since the list was fetched")]
 ReportsStatus = Annotated[
     bool, Meta(description="whether the upstream says which servers are online")
@@ -55,6 +58,7 @@ class Server(msgspec.Struct, frozen=True):
     p2p: P2P = None
     owned: Owned = None
     free: Free = None
+    quarantined_until: SetAside = None
 
 
 class Country(msgspec.Struct, frozen=True):
@@ -83,6 +87,7 @@ class ProviderSummary(msgspec.Struct, frozen=True):
     data_age: DataAge
     status: Freshness
     filters: Annotated[list[str], Meta(description="the filters its list can answer")]
+    version: Annotated[str | None, Meta(description="its list's current version")]
 
 
 class LatencyRun(msgspec.Struct, frozen=True):
@@ -123,10 +128,16 @@ class ProviderHealth(msgspec.Struct, frozen=True):
     held: Annotated[HeldList | None, Meta(description="a list over the churn budget")]
 
 
+class Reports(msgspec.Struct, frozen=True):
+    scopes: Annotated[int, Meta(description="API keys (or the instance) with servers set aside")]
+    servers: Annotated[int | None, Meta(description="servers set aside; null when in Redis")]
+
+
 class Health(msgspec.Struct, frozen=True):
     status: Literal["healthy", "unhealthy"]
     version: str
     providers: dict[str, ProviderHealth]
+    reports: Reports
 
 
 _WIREGUARD_NAMES = {
@@ -146,21 +157,46 @@ class Peer(msgspec.Struct, frozen=True, omit_defaults=True, rename=_WIREGUARD_NA
     note: PeerNote = None
 
 
-class KeyChange(msgspec.Struct, frozen=True):
+ChangeKind = Literal["added", "removed", "rekeyed", "readdressed", "rekeyed and readdressed"]
+
+
+class ServerChange(msgspec.Struct, frozen=True):
+    """One server, named once: its key and entry address at the `since` version (`old_`,
+    null when it was added) and now (`new_`, null when it was removed)."""
+
     identifier: str
-    old_key: str
-    new_key: str
+    change: ChangeKind
+    old_key: str | None
+    new_key: str | None
+    old_address: str | None
+    new_address: str | None
 
 
 class Changes(msgspec.Struct, frozen=True):
-    """What changed between a provider's last two accepted lists (`previous`, `current`)."""
+    """What changed between two versions of a provider's list."""
 
     provider: str
-    previous: Annotated[float, Meta(description="Unix time of the previous list")]
-    current: Annotated[float, Meta(description="Unix time of the current list")]
-    added: list[Server]
-    removed: list[Server]
-    rekeyed: list[KeyChange]
+    since: Annotated[str, Meta(description="the version compared with")]
+    current: Annotated[str, Meta(description="the list's current version")]
+    since_at: Annotated[float, Meta(description="Unix time it was accepted")]
+    current_at: Annotated[float, Meta(description="Unix time the current one was accepted")]
+    servers: list[ServerChange]
+
+
+Outcome = Literal["unreachable", "handshake_failed", "ok"]
+
+
+class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A client's word on a server: it could not connect, or could again."""
+
+    outcome: Outcome
+
+
+class ReportAnswer(msgspec.Struct, frozen=True):
+    provider: str
+    identifier: str
+    outcome: str
+    quarantined_until: Annotated[float | None, Meta(description="set aside until; null: lifted")]
 
 
 class Ready(msgspec.Struct, frozen=True):

@@ -126,6 +126,8 @@ class Settings:
     cache_churn_window: int = _between(HOUR, 30 * DAY, DAY)
     cache_hold: int = _between(60, 30 * DAY, 6 * HOUR)
     refresh_backoff_max: int = _between(1, 3600, 300)
+    changes_history: int = _between(2, 1024, 64)
+    report_quarantine: int = _between(10, DAY, 600)
     snapshot_dir: str | None = None
 
     default_page_size: int = _between(10, 500, 100)

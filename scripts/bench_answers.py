@@ -29,7 +29,9 @@ sys.path.insert(0, str(HERE.parent))
 from bench_refresh import nordvpn_payload  # noqa: E402
 
 from draco.catalog.cache import Catalog  # noqa: E402
-from draco.catalog.dataset import changes, make_dataset  # noqa: E402
+from draco.catalog.dataset import make_dataset  # noqa: E402
+from draco.catalog.guard import Trust  # noqa: E402
+from draco.catalog.reports import MemoryQuarantine  # noqa: E402
 from draco.probe.runs import Latencies  # noqa: E402
 from draco.providers import REGISTRY  # noqa: E402
 from draco.settings import load  # noqa: E402
@@ -37,11 +39,11 @@ from draco.web.errors import HANDLERS  # noqa: E402
 from draco.web.routes import Api  # noqa: E402
 
 
-def app_after_a_full_swap() -> Starlette:
+async def app_after_a_full_swap() -> Starlette:
     settings = load({})
     catalog = Catalog(settings, httpx.AsyncClient(), {"nordvpn": REGISTRY["nordvpn"]})
     servers = REGISTRY["nordvpn"].parse(nordvpn_payload()).servers
-    old = make_dataset("nordvpn", servers, time.time() - 300)
+    await catalog._consider("nordvpn", make_dataset("nordvpn", servers, time.time()), "upstream")
     swapped = [
         msgspec.structs.replace(
             s,
@@ -50,10 +52,12 @@ def app_after_a_full_swap() -> Starlette:
         )
         for i, s in enumerate(servers)
     ]
-    status = catalog.status["nordvpn"]
-    status.data = make_dataset("nordvpn", swapped, time.time())
-    status.changes = changes(old, status.data)
-    api = Api(settings, catalog, Latencies(settings), ["tcp"])
+    # A full replacement is held by the guard; start trust anew to take it, as an operator's
+    # `draco hold accept` would.
+    catalog.status["nordvpn"].trust = Trust()
+    replaced = make_dataset("nordvpn", swapped, time.time())
+    await catalog._consider("nordvpn", replaced, "upstream")
+    api = Api(settings, catalog, Latencies(settings), ["tcp"], MemoryQuarantine(600))
     routes = [endpoint.route() for endpoint in api.endpoints]
     return Starlette(routes=routes, exception_handlers=HANDLERS)
 
@@ -92,9 +96,9 @@ async def call(app: Starlette, path: str, headers: list[tuple[bytes, bytes]]) ->
 
 
 async def measure(requests: int) -> None:
-    app = app_after_a_full_swap()
+    app = await app_after_a_full_swap()
     gzip = [(b"accept-encoding", b"gzip")]
-    plain = await call(app, "/api/nordvpn/changes", [])
+    plain = await call(app, "/api/nordvpn/changes", [])  # the last change: the replacement
     seconds = []
     for _ in range(requests):
         started = time.process_time()

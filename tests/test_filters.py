@@ -334,9 +334,9 @@ def test_a_mass_key_swap_is_held_until_the_operator_accepts_it_and_then_listed_i
     assert {name for name in new if new[name] != old[name]} == swapped
     assert httpx.get(draco.url("/health")).json()["providers"]["nordvpn"]["trust"] == "operator"
     changes = httpx.get(draco.url("/api/nordvpn/changes")).json()
-    assert {c["identifier"] for c in changes["rekeyed"]} == swapped
-    assert not changes["added"] + changes["removed"]
-    for change in changes["rekeyed"]:
+    assert {c["change"] for c in changes["servers"]} == {"rekeyed"}
+    assert {c["identifier"] for c in changes["servers"]} == swapped
+    for change in changes["servers"]:
         assert old[change["identifier"]] == change["old_key"]
         assert new[change["identifier"]] == change["new_key"]
 

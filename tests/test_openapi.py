@@ -91,10 +91,12 @@ def test_the_document_describes_exactly_the_route_table(spec):
         "/redoc",
     }
     expanded = {path.replace("{provider}", name) for path in table for name in (*PROVIDERS, "all")}
-    assert set(spec["paths"]) == expanded
+    # A report names one provider's server, so `all` has no reports path.
+    assert set(spec["paths"]) == expanded - {"/api/all/servers/{identifier}/reports"}
     for path, item in spec["paths"].items():
-        assert list(item) == ["get"]
-        declared = {p["name"] for p in item["get"]["parameters"] if p["in"] == "path"}
+        (method,) = item
+        assert method == ("post" if path.endswith("/reports") else "get")
+        declared = {p["name"] for p in item[method]["parameters"] if p["in"] == "path"}
         assert declared == set(re.findall(r"{(\w+)}", path))
 
 
@@ -123,7 +125,7 @@ def _concrete(path: str) -> str:
 def test_every_documented_bound_is_the_one_enforced(spec, debug_service):
     checked = 0
     for path, item in spec["paths"].items():
-        for parameter in item["get"]["parameters"]:
+        for parameter in item.get("get", {"parameters": []})["parameters"]:
             schema = parameter["schema"]
             if parameter["in"] != "query" or schema.get("type") != "integer":
                 continue

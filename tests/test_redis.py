@@ -657,3 +657,37 @@ def test_draco_hold_settles_a_hold_through_redis(redis_server):
     assert given.returncode == 0, given.stderr
     assert data is not mine
     assert {s.public_key for s in data.servers}.isdisjoint(s.public_key for s in mine.servers)
+
+
+def test_a_scopes_servers_set_aside_are_shared_by_the_instances(redis_server):
+    """Two instances over one Redis: a report through one sets the server aside in the
+    other's answers too, for that scope alone; the caps hold in Redis as in memory."""
+    from draco.catalog.reports import RedisQuarantine
+
+    redis_server.client().flushall()
+
+    async def go():
+        one = RedisQuarantine(redis_server.url, duration=600)
+        two = RedisQuarantine(redis_server.url, duration=600)
+        try:
+            until = await one.report("key-a", ("mullvad", "se-1"), "unreachable", 1000.0)
+            seen = await two.aside("key-a", 1001.0)
+            other = await two.aside("key-b", 1001.0)
+            expired = await two.aside("key-a", 1000.0 + 601)
+            for n in range(300):
+                await one.report("key-c", ("mullvad", f"s{n}"), "unreachable", 1000.0 + n)
+            capped = await two.aside("key-c", 1300.0)
+            await two.report("key-a", ("mullvad", "se-1"), "ok", 1002.0)
+            lifted = await one.aside("key-a", 1003.0)
+            return until, seen, other, expired, capped, lifted
+        finally:
+            await one.close()
+            await two.close()
+
+    until, seen, other, expired, capped, lifted = asyncio.run(go())
+    assert seen == {("mullvad", "se-1"): until}
+    assert other == {}
+    assert expired == {}
+    assert len(capped) == 256
+    assert ("mullvad", "s299") in capped
+    assert lifted == {}

@@ -12,7 +12,6 @@ import msgspec
 import pytest
 from conftest import PROVIDERS, demo_payload
 
-from draco.catalog.dataset import changes
 from draco.providers import REGISTRY
 
 ORIGINAL = ["provider", "country", "country_code", "identifier", "public_key", "load", "latency"]
@@ -24,6 +23,7 @@ FIELDS = [
     "p2p",
     "owned",
     "free",
+    "quarantined_until",
 ]  # the original schema, then draco's additions
 EVERY = (*PROVIDERS, "all")  # each endpoint is tested for every provider and for their union
 
@@ -414,22 +414,22 @@ def base36(n: int) -> str:
     return "q" + (digits[n // 36 // 36] + digits[n // 36 % 36] + digits[n % 36]).lstrip("0")
 
 
-def _app_with_a_list():
+def _app_with_a_list(**env: str):
     """The routes over a catalog holding the NordVPN demo list, in-process."""
     from starlette.applications import Starlette
 
     from draco.catalog.cache import Catalog
-    from draco.catalog.dataset import make_dataset
+    from draco.catalog.reports import MemoryQuarantine
     from draco.probe.runs import Latencies
     from draco.settings import load
     from draco.web.errors import HANDLERS
     from draco.web.routes import Api
 
-    settings = load({})
+    settings = load(env)
     catalog = Catalog(settings, httpx.AsyncClient(), {"nordvpn": REGISTRY["nordvpn"]})
     servers = REGISTRY["nordvpn"].parse(demo_payload("nordvpn")).servers
-    catalog.status["nordvpn"].data = make_dataset("nordvpn", servers, catalog.clock())
-    api = Api(settings, catalog, Latencies(settings), ["tcp"])
+    accept(catalog, make(servers, catalog.clock()))
+    api = Api(settings, catalog, Latencies(settings), ["tcp"], MemoryQuarantine(600))
     routes = [endpoint.route() for endpoint in api.endpoints]
     return Starlette(routes=routes, exception_handlers=HANDLERS), catalog
 
@@ -455,18 +455,23 @@ def test_pages_past_the_end_of_the_list_share_one_rendered_answer():
     assert len(catalog.status["nordvpn"].data.rendered) == 1
 
 
+def accept(catalog, data) -> None:
+    """`data` through the catalog's one door, as an upstream's list."""
+    assert asyncio.run(catalog._consider("nordvpn", data, "upstream")) == "ok"
+
+
 def test_changes_are_encoded_once_per_list_and_revalidated_with_a_304():
-    app, catalog = _app_with_a_list()
+    app, catalog = _app_with_a_list(CACHE_MAX_CHURN="1")  # a swap of every key: let it in
     status = catalog.status["nordvpn"]
     old = status.data
     swapped = [msgspec.structs.replace(s, public_key=key_of(i)) for i, s in enumerate(old.servers)]
-    status.data = make(swapped, old.fetched_at + 1)
-    status.changes = changes(old, status.data)
+    accept(catalog, make(swapped, old.fetched_at + 1))
     first, again = _get_all(app, ["/api/nordvpn/changes"] * 2)
     assert first.status_code == 200
-    assert len(first.json()["rekeyed"]) == len(swapped)
+    changed = first.json()["servers"]
+    assert [c["change"] for c in changed] == ["rekeyed"] * len(swapped)
     assert again.content == first.content
-    assert list(status.data.rendered) == [("changes",)]
+    assert list(status.data.rendered) == [("changes", old.version)]
     (not_modified,) = _get_all_with(app, "/api/nordvpn/changes", first.headers["etag"])
     assert not_modified.status_code == 304
 

@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from draco.catalog import holds
 from draco.catalog.cache import Catalog
 from draco.catalog.dataset import make_dataset
+from draco.catalog.reports import MemoryQuarantine
 from draco.catalog.snapshot import snapshot_bytes, write_snapshot
 from draco.exceptions import VPNAPIError
 from draco.models import Server, encode
@@ -253,7 +254,10 @@ def test_the_same_held_list_past_cache_hold_is_served_and_trust_begins_from_it()
         assert health.trust == "held long enough"
         assert health.held is None
         assert health.baseline_since == upstream.clock.now
-        assert len(upstream.catalog.status["ivpn"].changes.rekeyed) == 100
+        history = upstream.catalog.status["ivpn"].history
+        changes = history.since(history.lookup(history.previous.version)).changes
+        assert len(changes) == 100
+        assert all(c.old.key != c.new.key for c in changes)
 
     run(attack, size=100)
 
@@ -511,7 +515,8 @@ def test_a_server_without_an_endpoint_is_a_404_with_the_reason(tmp_path):
         data = upstream.catalog.status["ivpn"].data
         bare = msgspec.structs.replace(data.servers[0], identifier="bare", ipv4=None)
         upstream.catalog.status["ivpn"].data = make_dataset("ivpn", [bare], data.fetched_at)
-        api = Api(upstream.catalog.settings, upstream.catalog, Latencies(load({})), ["tcp"])
+        settings = upstream.catalog.settings
+        api = Api(settings, upstream.catalog, Latencies(settings), ["tcp"], MemoryQuarantine(60))
         app = Starlette(routes=[e.route() for e in api.endpoints], exception_handlers=HANDLERS)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://draco") as client:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import random
 import time
@@ -23,7 +24,7 @@ import attrs
 import httpx
 
 from draco.catalog import holds
-from draco.catalog.dataset import Dataset, changes, make_dataset
+from draco.catalog.dataset import Dataset, make_dataset
 from draco.catalog.fetch import NotModified, failure_class, fetch
 from draco.catalog.guard import (
     CLOCK_SKEW,
@@ -39,11 +40,12 @@ from draco.catalog.guard import (
     judge,
     refuse_held,
 )
+from draco.catalog.history import History
 from draco.catalog.shared import SharedCatalog, SharedMeta
 from draco.catalog.snapshot import Stored, from_snapshot, read_snapshot, snapshot_bytes
 from draco.catalog.snapshot import write_snapshot as write_snapshot_file
 from draco.exceptions import VPNAPIError, VPNDataError, VPNServiceError
-from draco.models import Changes, HeldList, ProviderHealth, encode
+from draco.models import HeldList, ProviderHealth, encode
 from draco.providers import REGISTRY, Provider
 from draco.settings import Settings
 
@@ -63,6 +65,7 @@ SHARED_WAIT = 0.25  # seconds between two looks for another instance's refresh
 
 @attrs.define
 class Status:
+    history: History  # the versions of the list served, for `changes?since=`
     data: Dataset | None = None  # the list served
     trust: Trust = attrs.field(factory=Trust)  # the guard's, for this provider
     held: Dataset | None = None  # the list on hold, kept for the operator's word
@@ -74,7 +77,6 @@ class Status:
     last_failure_at: float | None = None
     error_type: type[VPNServiceError] = VPNAPIError  # what a cold request raises after a failure
     outcomes: collections.Counter[str] = attrs.field(factory=collections.Counter)  # by outcome
-    changes: Changes | None = None  # between the last two accepted lists
 
 
 class Catalog:
@@ -91,7 +93,9 @@ class Catalog:
         self.providers = providers
         self.clock = clock
         self.shared = shared  # when several instances share one Redis
-        self.status = {name: Status() for name in providers}
+        self.status = {
+            name: Status(history=History(versions=settings.changes_history)) for name in providers
+        }
         self.snapshot_dir = Path(settings.snapshot_dir) if settings.snapshot_dir else None
         self.rules = Rules(
             max_churn=settings.cache_max_churn,
@@ -160,13 +164,16 @@ class Catalog:
             raise next(p for p in parts if isinstance(p, BaseException))
         fetched_at = min(p.fetched_at for p in served)
         provisional = len(served) < len(parts) or any(p.provisional for p in served)
-        version = "+".join(p.version for p in served)
+        digest = "+".join(p.digest for p in served)
         union = self._union
-        if union is None or union.version != version:
+        if union is None or union.digest != digest:
             servers = (s for p in served for s in p.servers)
+            versions = "+".join(p.version for p in served).encode()
+            version = hashlib.blake2b(versions, digest_size=6).hexdigest()
             union = make_dataset(
                 "all", servers, fetched_at, provisional=provisional, version=version
             )
+            union = attrs.evolve(union, digest=digest)  # the lists it joins name it
         elif union.fetched_at != fetched_at or union.provisional != provisional:
             # the same lists, renewed: the servers and their encoded pages stay
             union = attrs.evolve(union, fetched_at=fetched_at, provisional=provisional)
@@ -331,10 +338,11 @@ class Catalog:
     async def _serve(
         self, name: str, data: Dataset, *, publish: bool, renewed: bool = False
     ) -> None:
-        """Serve `data` from now on, and keep it: snapshot file, and the shared catalog."""
+        """Serve `data` from now on, with its version, and keep it: snapshot file, and the
+        shared catalog."""
         status = self.status[name]
-        if status.data is not None and not renewed:
-            status.changes = changes(status.data, data)
+        if not renewed:
+            data = self._versioned(status, data)
         status.data = data
         status.failures = 0
         status.retry_at = 0.0
@@ -349,12 +357,20 @@ class Catalog:
             return
         content = await asyncio.to_thread(snapshot_bytes, data, status.trust)
         if shared:
-            await shared.save(name, content, SharedMeta(data.version, data.fetched_at))
+            await shared.save(name, content, SharedMeta(data.digest, data.fetched_at))
         if self.snapshot_dir is not None:
             try:
                 await asyncio.to_thread(write_snapshot_file, self.snapshot_dir, name, content)
             except OSError as exc:
                 log.error("cannot write %s snapshot: %s", name, exc)
+
+    def _versioned(self, status: Status, data: Dataset) -> Dataset:
+        """`data` under its version: the current one while its entries are the same, the
+        one it was stored with, or a new one; recorded in the history."""
+        accepted = status.trust.window[-1]  # what the guard accepted: these very entries
+        version = status.history.version_for(accepted, self.clock(), stored=data.version)
+        status.history.record(version, accepted.entries, self.clock())
+        return attrs.evolve(data, version=version)
 
     async def _take_turn(self, name: str, shared: SharedCatalog) -> bool:
         """True when this instance is the one to ask the upstream. Adopts a newer shared list
@@ -381,7 +397,7 @@ class Catalog:
         current = status.data
         if meta is None:
             pass
-        elif current is not None and meta.version == current.version:
+        elif current is not None and meta.digest == current.digest:
             # Another instance's conditional refresh of this very list: only its age changes,
             # and never to a time ahead of this clock.
             if current.fetched_at < meta.fetched_at <= self.clock() + CLOCK_SKEW:

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from draco.models import Changes, Country, KeyChange, Server, countries, encode, gzipped
+from draco.models import Country, Server, countries, encode, gzipped
 
 # Encoded answers kept per list version, at most: a client asking for pages of ever new
 # sizes cannot fill memory.
@@ -17,15 +17,16 @@ RENDER_CACHE_SIZE = 512
 RENDER_CACHE_BYTES = 4 << 20
 
 
-def entity_tag(digest: str, *, compressed: bool) -> str:
-    """The one spelling of an ETag: the gzipped body is another representation, another tag."""
-    return f'"{digest}-gzip"' if compressed else f'"{digest}"'
+def entity_tag(version: str, digest: str, *, compressed: bool) -> str:
+    """The one spelling of an ETag: the list's version and the body's digest; the gzipped
+    body is another representation, another tag."""
+    return f'"{version}.{digest}-gzip"' if compressed else f'"{version}.{digest}"'
 
 
 @attrs.frozen
 class Rendered:
     body: bytes
-    digest: str  # of the body
+    digest: str  # of the body: with the list's version, its ETag
     gzipped: bytes | None  # None when the body is too small to be worth compressing
     empty: bool  # the answer is an empty list
 
@@ -33,9 +34,6 @@ class Rendered:
     def size(self) -> int:
         """Bytes held: the body and its gzipped copy."""
         return len(self.body) + len(self.gzipped or b"")
-
-    def etag(self, *, compressed: bool) -> str:
-        return entity_tag(self.digest, compressed=compressed)
 
 
 @attrs.frozen
@@ -54,7 +52,8 @@ class Dataset:
     provider: str
     servers: tuple[Server, ...]
     fetched_at: float
-    version: str
+    digest: str  # of the whole list: the same bytes, the same digest
+    version: str = ""  # of its entries, once accepted (history.py): what clients are told
     validators: Validators = NO_VALIDATORS
     # Read from a snapshot and not yet confirmed by the upstream, or a union missing
     # a provider: served as stale either way.
@@ -76,9 +75,9 @@ def make_dataset(
     *,
     validators: Validators = NO_VALIDATORS,
     provisional: bool = False,
-    version: str | None = None,
+    version: str = "",
 ) -> Dataset:
-    """`servers`, indexed; `version` defaults to a digest of them."""
+    """`servers`, indexed, and a digest of them."""
     servers = tuple(servers)
     by_country: dict[str, list[Server]] = {}
     for s in servers:
@@ -88,7 +87,8 @@ def make_dataset(
         provider=provider,
         servers=servers,
         fetched_at=fetched_at,
-        version=version or hashlib.blake2b(encode(servers), digest_size=12).hexdigest(),
+        digest=hashlib.blake2b(encode(servers), digest_size=12).hexdigest(),
+        version=version,
         validators=validators,
         provisional=provisional,
         by_country={code: tuple(group) for code, group in by_country.items()},
@@ -115,26 +115,3 @@ def render(data: Dataset, key: Any, build: Callable[[], Any]) -> Rendered:
             while len(kept) > RENDER_CACHE_SIZE or held > RENDER_CACHE_BYTES:
                 held -= kept.pop(next(iter(kept))).size  # the oldest first
     return found
-
-
-def rekeyed(old: Dataset, new: Dataset) -> tuple[int, list[KeyChange]]:
-    """How many servers of `old` are still in `new`, and those whose key changed."""
-    before = {s.identifier: s.public_key for s in old.servers}
-    kept = [s for s in new.servers if s.identifier in before]
-    swapped = [
-        KeyChange(s.identifier, before[s.identifier], s.public_key)
-        for s in kept
-        if s.public_key != before[s.identifier]
-    ]
-    return len(kept), swapped
-
-
-def changes(old: Dataset, new: Dataset) -> Changes:
-    """What changed from one accepted list to the next."""
-    before = {s.identifier for s in old.servers}
-    after = {s.identifier for s in new.servers}
-    added = [s for s in new.servers if s.identifier not in before]
-    removed = [s for s in old.servers if s.identifier not in after]
-    return Changes(
-        new.provider, old.fetched_at, new.fetched_at, added, removed, rekeyed(old, new)[1]
-    )

@@ -26,7 +26,7 @@ TIMEOUT = 2.0  # seconds for a connection or an answer
 class SharedMeta:
     """What the shared list is, without transferring it."""
 
-    version: str
+    digest: str  # of the whole list (dataset.Dataset.digest)
     fetched_at: float
 
 
@@ -67,7 +67,7 @@ class SharedCatalog:
         return result
 
     async def meta(self, provider: str) -> SharedMeta | None:
-        found = await self._call(None, "hmget", key(provider, "meta"), "version", "fetched_at")
+        found = await self._call(None, "hmget", key(provider, "meta"), "digest", "fetched_at")
         if not found or None in found:
             return None
         try:
@@ -82,7 +82,7 @@ class SharedCatalog:
     async def save(self, provider: str, content: bytes, meta: SharedMeta) -> None:
         pipe = self.client.pipeline(transaction=True)  # the list and its record change together
         pipe.set(key(provider), content)
-        pipe.hset(key(provider, "meta"), "version", meta.version)
+        pipe.hset(key(provider, "meta"), "digest", meta.digest)
         pipe.hset(key(provider, "meta"), "fetched_at", repr(meta.fetched_at))
         try:
             await pipe.execute()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import attrs
@@ -17,6 +18,7 @@ import msgspec
 
 from draco.catalog.dataset import Dataset, Validators, make_dataset
 from draco.catalog.guard import Accepted, Entry, Source, Trust, accepted, fingerprint
+from draco.catalog.history import VERSION
 from draco.models import Server, encode
 from draco.providers.base import server as checked_server
 
@@ -41,6 +43,7 @@ class Snapshot(msgspec.Struct):
     etag: str | None = None
     last_modified: str | None = None
     accepted_at: float | None = None  # when the guard accepted it (the fetch time if absent)
+    version: str | None = None  # the version clients were told (history.py)
     trust: Source | None = None  # where the guard's trust began
     baseline: Baseline | None = None
 
@@ -71,6 +74,7 @@ def snapshot_bytes(data: Dataset, trust: Trust = NO_TRUST) -> bytes:
         etag=data.validators.etag,
         last_modified=data.validators.last_modified,
         accepted_at=window[-1].at if window else None,
+        version=data.version or None,
         trust=trust.source,
         baseline=baseline,
     )
@@ -98,12 +102,15 @@ def from_snapshot(content: bytes, provider: str, *, provisional: bool = False) -
     if snap.format not in READABLE or snap.provider != provider or not snap.servers:
         raise ValueError("not a snapshot of this provider")
     servers = checked(snap.servers, provider)
+    told = snap.version or ""
+    version = told if re.fullmatch(VERSION, told) else ""
     data = make_dataset(
         provider,
         servers,
         snap.fetched_at,
         validators=Validators(snap.etag, snap.last_modified),
         provisional=provisional,
+        version=version,
     )
     served = accepted(fingerprint(servers), snap.accepted_at or snap.fetched_at)
     window: tuple[Accepted, ...] = (served,)

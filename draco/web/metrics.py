@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from draco.catalog.cache import Catalog
+from draco.catalog.reports import Quarantine
 from draco.probe.runs import Latencies
 from draco.security.limiter import Store
 
@@ -27,10 +28,13 @@ class Metrics:
 
     PATH = "/metrics"
 
-    def __init__(self, catalog: Catalog, latencies: Latencies, store: Store):
+    def __init__(
+        self, catalog: Catalog, latencies: Latencies, store: Store, quarantine: Quarantine
+    ):
         self.catalog = catalog
         self.latencies = latencies
         self.store = store
+        self.quarantine = quarantine
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "draco_requests",
@@ -76,7 +80,12 @@ class Metrics:
             "draco_ratelimit_tracked_clients", "Clients the rate limiter tracks"
         )
         tracked.add_metric([], self.store.tracked())
-        yield from (fetches, age, size, stale, held, runs, tracked)
+        counts = self.quarantine.counts()
+        scopes = GaugeMetricFamily("draco_reports_scopes", "API keys with servers set aside")
+        scopes.add_metric([], counts.scopes)
+        aside = GaugeMetricFamily("draco_reports_servers", "Servers set aside (in this process)")
+        aside.add_metric([], counts.servers or 0)
+        yield from (fetches, age, size, stale, held, runs, tracked, scopes, aside)
 
     def route(self) -> Route:
         async def metrics(_request: Request) -> Response:

@@ -197,6 +197,7 @@ class CORSMiddleware:
     HEADERS = ("X-API-Key", "Content-Type", "Accept")
     EXPOSED = (
         "ETag",
+        "X-List-Version",
         "Age",
         "X-Data-Status",
         "Retry-After",
@@ -207,9 +208,17 @@ class CORSMiddleware:
         "RateLimit-Policy",
     )
 
-    def __init__(self, app: ASGIApp, *, origins: Iterable[str], allow_credentials: bool = False):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        origins: Iterable[str],
+        allow_credentials: bool = False,
+        posts: Sequence[BaseRoute] = (),
+    ):
         self.app = app
         self.origins = {origin.encode() for origin in origins}
+        self.posts = tuple(posts)  # the routes that take a POST: a preflight may ask for it
         self.credentials = (
             [(b"access-control-allow-credentials", b"true")] if allow_credentials else []
         )
@@ -231,17 +240,24 @@ class CORSMiddleware:
             headers += self.credentials
         return await self.app(scope, receive, adding(send, headers))
 
+    def methods(self, scope: Scope) -> tuple[str, ...]:
+        """What a request to this path may be sent as: POST only where a route takes it."""
+        as_post = {**scope, "method": "POST"}
+        takes_post = any(route.matches(as_post)[0] == Match.FULL for route in self.posts)
+        return (*self.METHODS, "POST") if takes_post else self.METHODS
+
     def preflight(self, origin: bytes | None, method: bytes, scope: Scope) -> Response:
         asked = (header(scope, b"access-control-request-headers") or b"").decode("latin-1")
         asked_headers = {name.strip().lower() for name in asked.split(",") if name.strip()}
-        method_allowed = method.decode("latin-1") in self.METHODS
+        methods = self.methods(scope)
+        method_allowed = method.decode("latin-1") in methods
         if origin is None or not method_allowed or not asked_headers <= self.allowed_headers:
             return error_response(400, "CORS preflight refused.", {"Vary": "Origin"})
         response = Response(status_code=204)
         response.raw_headers = [
             (b"access-control-allow-origin", origin),
             (b"access-control-max-age", b"%d" % PREFLIGHT_CACHE_SECONDS),
-            (b"access-control-allow-methods", ", ".join(self.METHODS).encode()),
+            (b"access-control-allow-methods", ", ".join(methods).encode()),
             (b"access-control-allow-headers", ", ".join(self.HEADERS).encode()),
             (b"vary", b"Origin"),
             *self.credentials,

@@ -37,6 +37,7 @@ _ERRORS = {
 }
 _CATALOG_HEADERS = {
     "ETag": {"schema": {"type": "string"}},
+    "X-List-Version": {"schema": {"type": "string"}, "description": "the list's version"},
     "Age": {"schema": {"type": "integer"}, "description": "seconds since the list was fetched"},
     "X-Data-Status": {"schema": {"enum": ["fresh", "stale"]}},
 }
@@ -52,17 +53,26 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+_ONLY = {  # answers some endpoints give, besides those every one may give
+    "POST": {"415": "The body is not application/json"},
+    "changes": {"410": "The version is older than the history kept (the message names the oldest)"},
+}
+
+
 def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
-    types = [endpoint.answer for endpoint in endpoints] + [Error]
-    answers, schemas = msgspec.json.schema_components(
+    bodies = [endpoint.body for endpoint in endpoints if endpoint.body is not None]
+    types = [*(endpoint.answer for endpoint in endpoints), *bodies, Error]
+    found, schemas = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
     for name, schema in schemas.items():  # msgspec sends every field, unless told to omit them
         if not getattr(models, name).__struct_config__.omit_defaults:
             schema["required"] = list(schema["properties"])
-    error = _json_content(answers[-1])
-    paths = {}
-    for endpoint, answer in zip(endpoints, answers, strict=False):
+    answers = found[: len(endpoints)]
+    requests = iter(found[len(endpoints) : -1])
+    error = _json_content(found[-1])
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint, answer in zip(endpoints, answers, strict=True):
         ok: dict[str, Any] = {"description": "OK", "content": _json_content(answer)}
         if endpoint.text:
             ok["content"]["text/plain"] = {"schema": {"type": "string"}}
@@ -70,20 +80,30 @@ def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any
         if endpoint.catalog:
             ok["headers"] = _CATALOG_HEADERS
             responses["304"] = {"description": "Not modified (If-None-Match matched the ETag)"}
+        refusals = (
+            _ERRORS | _ONLY.get(endpoint.method, {}) | _ONLY.get(endpoint.handler.__name__, {})
+        )
         responses |= {
-            code: {"description": text, "content": error} for code, text in _ERRORS.items()
+            code: {"description": text, "content": error} for code, text in refusals.items()
         }
         operation: dict[str, Any] = {"summary": endpoint.summary, "responses": responses}
+        if endpoint.body is not None:
+            body = {"required": True, "content": _json_content(next(requests))}
+            operation["requestBody"] = body
         if endpoint.path.startswith(API + "/") and settings.enable_api_key_auth:
             operation["security"] = [{"ApiKey": []}]
         # One path per provider, each with exactly the filters that provider's list answers.
         providers: list[str | None] = [*REGISTRY, ALL] if "{provider}" in endpoint.path else [None]
+        if endpoint.method == "POST":
+            providers = list(REGISTRY)  # one provider's server is reported, never `all`'s
         for provider in providers:
             parameters = [
                 param.document() for param in endpoint.params if accepted(provider, param.name)
             ]
             path = endpoint.path.replace("{provider}", provider or "")
-            paths[path] = {"get": operation | {"parameters": parameters}}
+            paths.setdefault(path, {})[endpoint.method.lower()] = operation | {
+                "parameters": parameters
+            }
     security = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
     info = {"title": settings.app_name, "version": settings.app_version}
     return {

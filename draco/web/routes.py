@@ -1,11 +1,13 @@
 """The endpoints, each declared once in `Api.endpoints` (the route table and the OpenAPI
 document are built from it): read the declared parameters, ask the catalog, answer.
 Catalog answers are encoded once per list version and query (dataset.render), carry a
-strong ETag, Age and X-Data-Status, and a client whose copy is current gets a 304."""
+strong ETag (with the list's version), X-List-Version, Age and X-Data-Status, and a
+client whose copy is current gets a 304."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -18,8 +20,12 @@ from starlette.types import Receive, Scope, Send
 
 from draco import models
 from draco.catalog.cache import Catalog
-from draco.catalog.dataset import Dataset, Rendered, render
+from draco.catalog.dataset import Dataset, Rendered, entity_tag, render
+from draco.catalog.guard import Entry
+from draco.catalog.history import VERSION, Composed, Kept, TooOld
+from draco.catalog.reports import INSTANCE, MOST_BODY, Aside, Quarantine
 from draco.models import (
+    ChangeKind,
     Changes,
     Country,
     Detail,
@@ -30,7 +36,11 @@ from draco.models import (
     Peer,
     ProviderSummary,
     Ready,
+    Report,
+    ReportAnswer,
+    Reports,
     Server,
+    ServerChange,
 )
 from draco.probe.runs import Latencies, Target
 from draco.settings import Settings
@@ -43,23 +53,33 @@ from draco.web.params import (
     FILTERS,
     PAGE,
     TOP_LIMIT,
+    Boolean,
     Choice,
     Filter,
     Integer,
     Param,
+    Pattern,
     Text,
     read,
 )
+from draco.web.shaping import matching, operational, set_aside, spread, with_latency
 
 API = "/api"  # every path under it is behind the API key
 ALL = "all"  # every provider at once
-OPERATIONAL_LOAD = 3  # a server reporting this load or less is not in operation
-_UNKNOWN = float("inf")  # sorts after every measured value
+JSON = "application/json"
+
+SEED = Param(
+    "seed",
+    Pattern("^[ -~]{1,64}$", "order by rendezvous hashing of this and each identifier"),
+)
+SHOWN = Param("include_quarantined", Boolean("show servers your reports set aside"), default=False)
+SINCE = Param("since", Pattern(VERSION, "a version, as X-List-Version gave it"))
+SHAPING = (*FILTER_PARAMS, SEED, SHOWN)  # what every list answer takes
 
 
 @attrs.frozen
 class Endpoint:
-    """One GET endpoint, as an ASGI app: its errors go to the app's exception handlers
+    """One endpoint, as an ASGI app: its errors go to the app's exception handlers
     (Starlette would wrap a route function in a second handler of its own)."""
 
     path: str
@@ -70,6 +90,8 @@ class Endpoint:
     catalog: bool = True  # a catalog answer: ETag, Age, X-Data-Status, 304
     text: bool = False  # text/plain too, when JSON is not asked for
     weight: int = 1  # what a request costs in the rate limit
+    method: str = "GET"
+    body: Any = None  # the type of the JSON body a POST takes, for the document
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -78,7 +100,7 @@ class Endpoint:
         await response(scope, receive, send)
 
     def route(self) -> Route:
-        return Route(self.path, self, methods=["GET"], name=self.handler.__name__)
+        return Route(self.path, self, methods=[self.method], name=self.handler.__name__)
 
 
 def accepts_gzip(request: Request) -> bool:
@@ -93,7 +115,7 @@ def uncached_json(request: Request, body: Any, status: int = 200) -> Response:
     if compressed:
         content = compressed
         headers["Content-Encoding"] = "gzip"
-    return Response(content, status, headers, "application/json")
+    return Response(content, status, headers, JSON)
 
 
 def _matches(header: str, etags: tuple[str, ...]) -> bool:
@@ -101,49 +123,48 @@ def _matches(header: str, etags: tuple[str, ...]) -> bool:
     return "*" in tags or not tags.isdisjoint(etags)
 
 
-def matching(servers: Sequence[Server], chosen: list[tuple[Filter, Any]]) -> Sequence[Server]:
-    if not chosen:
-        return servers
-    return [s for s in servers if all(f.keep(s, value) for f, value in chosen)]
+@attrs.frozen
+class Shape:
+    """How a list answer is cut and ordered for one request: the filters asked for, the
+    servers the client's reports set aside, and a seed to spread replicas."""
 
+    chosen: list[tuple[Filter, Any]]
+    seed: str | None
+    aside: Aside
+    shown: bool  # include_quarantined: keep those set aside, saying until when
 
-def operational(servers: Iterable[Server], exclude: frozenset[str] = frozenset()) -> list[Server]:
-    """Servers in operation (load above OPERATIONAL_LOAD, or unknown), by load."""
-    pool = [
-        s
-        for s in servers
-        if (s.load is None or s.load > OPERATIONAL_LOAD) and s.country_code not in exclude
-    ]
-    pool.sort(key=lambda s: _UNKNOWN if s.load is None else s.load)
-    return pool
+    def key(self) -> tuple[Any, ...]:
+        """What the answer depends on, besides the list: part of its render-cache key."""
+        values = tuple((f.param.name, value) for f, value in self.chosen)
+        aside = tuple(sorted(self.aside.items())) if self.aside else ()
+        return (values, self.seed, aside, self.shown and bool(aside))
 
+    def keep(self, servers: Sequence[Server]) -> Sequence[Server]:
+        return set_aside(matching(servers, self.chosen), self.aside, shown=self.shown)
 
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def with_latency(
-    servers: Iterable[Server], latencies: Mapping[tuple[str, str], float | None]
-) -> list[Server]:
-    """The servers carrying their measured latency, fastest first, unreachable last."""
-    timed = [
-        msgspec.structs.replace(s, latency=_ms(latencies.get((s.provider, s.identifier))))
-        for s in servers
-    ]
-    timed.sort(key=lambda s: _UNKNOWN if s.latency is None else s.latency)
-    return timed
+    def order(self, servers: Sequence[Server]) -> Sequence[Server]:
+        return spread(servers, self.seed) if self.seed else servers
 
 
 class Api:
-    """The endpoints, over the catalog and the latency runs."""
+    """The endpoints, over the catalog, the latency runs and the clients' reports."""
 
     def __init__(
-        self, settings: Settings, catalog: Catalog, latencies: Latencies, methods: Sequence[str]
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        latencies: Latencies,
+        methods: Sequence[str],
+        quarantine: Quarantine,
     ):
         self.settings = settings
         self.catalog = catalog
         self.latencies = latencies
         self.methods = tuple(methods)
+        self.quarantine = quarantine
+        self.endpoints = self._declare(settings, methods)
+
+    def _declare(self, settings: Settings, methods: Sequence[str]) -> list[Endpoint]:
         page_size = Param(
             "page_size",
             Integer(1, settings.max_page_size, "servers per page"),
@@ -166,27 +187,27 @@ class Api:
         provider = f"{API}/{{provider}}"
         # Starlette tries routes in order: the catalog first; each named /servers/... route
         # before /servers/{country_code}, which would match it too.
-        self.endpoints = [
+        return [
             Endpoint(
                 path=f"{provider}/servers",
                 handler=self.servers,
                 summary="A page of servers",
                 answer=list[Server],
-                params=(PAGE, page_size, *FILTER_PARAMS),
+                params=(PAGE, page_size, *SHAPING),
             ),
             Endpoint(
                 path=f"{provider}/servers/paginated",
                 handler=self.servers_paginated,
                 summary="A page with totals",
                 answer=Page,
-                params=(PAGE, page_size, *FILTER_PARAMS),
+                params=(PAGE, page_size, *SHAPING),
             ),
             Endpoint(
                 path=f"{provider}/servers/top",
                 handler=self.servers_top,
                 summary="Operational servers (load above 3) ranked by latency, then load",
                 answer=list[Server],
-                params=(TOP_LIMIT, COUNTRY, *FILTER_PARAMS),
+                params=(TOP_LIMIT, COUNTRY, *SHAPING),
             ),
             Endpoint(
                 path=f"{provider}/servers/latency",
@@ -204,7 +225,7 @@ class Api:
                 summary="The fastest operational servers that answered "
                 "(costs LATENCY_WEIGHT requests)",
                 answer=list[Server],
-                params=(TOP_LIMIT, COUNTRY, measure_count, EXCLUDE, method, *FILTER_PARAMS),
+                params=(TOP_LIMIT, COUNTRY, measure_count, EXCLUDE, method, *SHAPING),
                 catalog=False,
                 weight=settings.latency_weight,
             ),
@@ -213,7 +234,7 @@ class Api:
                 handler=self.servers_by_country,
                 summary="The servers of one country",
                 answer=list[Server],
-                params=(attrs.evolve(COUNTRY, where="path"), *FILTER_PARAMS),
+                params=(attrs.evolve(COUNTRY, where="path"), *SHAPING),
             ),
             Endpoint(
                 path=f"{provider}/servers/{{identifier}}/wireguard",
@@ -226,6 +247,17 @@ class Api:
                 text=True,
             ),
             Endpoint(
+                path=f"{provider}/servers/{{identifier}}/reports",
+                handler=self.report,
+                summary="Report a server you could not connect to (or could again): "
+                "set aside for you for REPORT_QUARANTINE seconds, or lifted",
+                answer=ReportAnswer,
+                params=(identifier,),
+                catalog=False,
+                method="POST",
+                body=Report,
+            ),
+            Endpoint(
                 path=f"{provider}/countries",
                 handler=self.countries,
                 summary="Countries with servers, by code",
@@ -234,13 +266,14 @@ class Api:
             Endpoint(
                 path=f"{provider}/changes",
                 handler=self.changes,
-                summary="What changed between the last two accepted lists",
+                summary="What changed since a version of the list (the last change without)",
                 answer=Changes,
+                params=(SINCE,),
             ),
             Endpoint(
                 path=f"{API}/providers",
                 handler=self.providers,
-                summary="The providers and the freshness of their lists",
+                summary="The providers, the freshness of their lists and their versions",
                 answer=list[ProviderSummary],
                 catalog=False,
             ),
@@ -274,6 +307,20 @@ class Api:
             raise RequestValidationError(problems)
         return chosen
 
+    def scope(self, request: Request) -> str:
+        """Whose reports apply: the API key's digest, or the instance with keys off."""
+        if not self.settings.enable_api_key_auth:
+            return INSTANCE
+        presented = request.headers.get("x-api-key", "").encode()
+        return hashlib.sha256(presented).hexdigest()[:32]
+
+    async def shape(self, request: Request, asked: dict[str, Any]) -> Shape:
+        seed = asked.pop(SEED.name)
+        shown = asked.pop(SHOWN.name)
+        chosen = self.active(request, asked)
+        aside = await self.quarantine.aside(self.scope(request), self.catalog.clock())
+        return Shape(chosen=chosen, seed=seed, aside=aside, shown=shown)
+
     async def dataset(self, request: Request) -> Dataset:
         name = request.path_params["provider"]
         if name == ALL:
@@ -286,23 +333,25 @@ class Api:
         """200 with the encoded body (gzipped when asked), or 304 when the client's copy is
         current."""
         use_gzip = rendered.gzipped is not None and accepts_gzip(request)
-        etag = rendered.etag(compressed=use_gzip)
+        plain = entity_tag(data.version, rendered.digest, compressed=False)
+        etag = entity_tag(data.version, rendered.digest, compressed=use_gzip)
         status = b"stale" if self.catalog.is_stale(data) else b"fresh"
         headers = [
             (b"etag", etag.encode()),
+            (b"x-list-version", data.version.encode()),
             (b"age", b"%d" % self.catalog.age(data)),
             (b"x-data-status", status),
             (b"cache-control", b"private, no-cache"),
             (b"vary", b"Accept-Encoding"),
         ]
         asked = request.headers.get("if-none-match")
-        if asked is not None and _matches(asked, (rendered.etag(compressed=False), etag)):
+        if asked is not None and _matches(asked, (plain, etag)):
             response = Response(status_code=304)
         elif use_gzip:
-            response = Response(rendered.gzipped, media_type="application/json")
+            response = Response(rendered.gzipped, media_type=JSON)
             headers.append((b"content-encoding", b"gzip"))
         else:
-            response = Response(rendered.body, media_type="application/json")
+            response = Response(rendered.body, media_type=JSON)
         response.raw_headers += headers
         return response
 
@@ -310,7 +359,13 @@ class Api:
         providers = self.catalog.health()
         # 200 while anything can be served: a load balancer must not pull a sidecar that serves.
         down = all(p.servers == 0 and p.last_failure for p in providers.values())
-        body = Health("unhealthy" if down else "healthy", self.settings.app_version, providers)
+        counts = self.quarantine.counts()
+        body = Health(
+            status="unhealthy" if down else "healthy",
+            version=self.settings.app_version,
+            providers=providers,
+            reports=Reports(scopes=counts.scopes, servers=counts.servers),
+        )
         return uncached_json(request, body, 503 if down else 200)
 
     async def ready(self, request: Request) -> Response:
@@ -341,61 +396,64 @@ class Api:
                 data_age=self.catalog.age(data) if data else None,
                 status=self.freshness(data),
                 filters=[f.param.name for f in FILTERS if f.answered_by(provider)],
+                version=data.version if data else None,
             )
             index.append(summary)
         return uncached_json(request, index)
 
-    async def servers(
-        self, request: Request, page: int, page_size: int, **filters: Any
-    ) -> Response:
-        chosen = self.active(request, filters)
+    async def servers(self, request: Request, page: int, page_size: int, **asked: Any) -> Response:
+        shape = await self.shape(request, asked)
         data = await self.dataset(request)
         # The answer is a slice of at most the whole list (a filtered list is shorter): the
         # pages that end past it share one rendered entry, however large a page_size asks.
         total = len(data.servers)
         start = min((page - 1) * page_size, total)
         stop = min(start + page_size, total)
-        key = ("servers", start, stop, *filters.values())
-        return self.respond(
-            request, data, render(data, key, lambda: matching(data.servers, chosen)[start:stop])
+        rendered = render(
+            data,
+            ("servers", start, stop, shape.key()),
+            lambda: shape.order(shape.keep(data.servers))[start:stop],
         )
+        return self.respond(request, data, rendered)
 
     async def servers_paginated(
-        self, request: Request, page: int, page_size: int, **filters: Any
+        self, request: Request, page: int, page_size: int, **asked: Any
     ) -> Response:
-        chosen = self.active(request, filters)
+        shape = await self.shape(request, asked)
         data = await self.dataset(request)
-        result = models.paginate(matching(data.servers, chosen), page, page_size)
+        result = models.paginate(shape.order(shape.keep(data.servers)), page, page_size)
         if page > max(result.total_pages, 1):
             raise HTTPException(404, f"Page {page} is past the last page ({result.total_pages}).")
-        key = ("paginated", page, page_size, *filters.values())
+        key = ("paginated", page, page_size, shape.key())
         return self.respond(request, data, render(data, key, lambda: result))
 
     async def servers_by_country(
-        self, request: Request, country_code: str, **filters: Any
+        self, request: Request, country_code: str, **asked: Any
     ) -> Response:
-        chosen = self.active(request, filters)
+        shape = await self.shape(request, asked)
         data = await self.dataset(request)
-        key = ("country", country_code, *filters.values())
-        rendered = render(data, key, lambda: matching(data.pool(country_code), chosen))
+        key = ("country", country_code, shape.key())
+        rendered = render(data, key, lambda: shape.order(shape.keep(data.pool(country_code))))
         if rendered.empty:
-            match = " match." if chosen else "."
+            match = " match." if shape.chosen else "."
             raise HTTPException(404, f"No servers in country {country_code}{match}")
         return self.respond(request, data, rendered)
 
     async def servers_top(
-        self, request: Request, limit: int, country_code: str | None, **filters: Any
+        self, request: Request, limit: int, country_code: str | None, **asked: Any
     ) -> Response:
-        chosen = self.active(request, filters)
+        shape = await self.shape(request, asked)
         data = await self.dataset(request)
 
-        def build() -> list[Server]:
-            pool = matching(data.pool(country_code), chosen)
-            return with_latency(operational(pool), self.latencies.known())[:limit]
+        def build() -> Sequence[Server]:
+            pool = operational(shape.keep(data.pool(country_code)))
+            if shape.seed:  # a replica's own order, not the one every replica shares
+                return spread(pool, shape.seed)[:limit]
+            return with_latency(pool, self.latencies.known())[:limit]
 
         # a new measurement may change the ranking
         measured = self.latencies.measured.generation
-        key = ("top", country_code, limit, measured, *filters.values())
+        key = ("top", country_code, limit, measured, shape.key())
         rendered = render(data, key, build)
         if rendered.empty:
             raise HTTPException(404, "No operational servers match.")
@@ -439,22 +497,21 @@ class Api:
         measure_count: int,
         exclude: str,
         method: str,
-        **filters: Any,
+        **asked: Any,
     ) -> Response:
         method = self.methods[0] if method == "auto" else method
-        chosen = self.active(request, filters)
+        shape = await self.shape(request, asked)
         data = await self.dataset(request)
-        pool = matching(data.pool(country_code), chosen)
         excluded = frozenset(code for code in exclude.replace(",", "-").split("-") if code)
-        candidates = operational(pool, excluded)  # lowest load first: measured first
+        candidates = operational(shape.keep(data.pool(country_code)), excluded)
         if not candidates:
             raise HTTPException(404, "No operational servers match.")
         to_measure = candidates[:measure_count] if measure_count else candidates
         measured = await self._measured(data, to_measure, method)
-        fastest = [s for s in measured if s.latency is not None][:limit]
-        if not fastest:
+        answered = [s for s in measured if s.latency is not None]
+        if not answered:
             raise HTTPException(404, "No server answered the latency probe.")
-        return uncached_json(request, fastest)
+        return uncached_json(request, shape.order(answered)[:limit])
 
     async def wireguard(self, request: Request, identifier: str) -> Response:
         """The [Peer] a client pastes under its own [Interface]. draco never asks for,
@@ -464,25 +521,120 @@ class Api:
         server = data.by_identifier.get(wanted)
         if server is None:
             raise HTTPException(404, f"No server {wanted}.")
+        aside = await self.quarantine.aside(self.scope(request), self.catalog.clock())
+        if (server.provider, server.identifier) in aside:
+            raise HTTPException(404, f"{wanted} is set aside by your reports.")
         provider = self.catalog.providers[server.provider]
         try:
-            if "application/json" in request.headers.get("accept", ""):
+            if JSON in request.headers.get("accept", ""):
                 return uncached_json(request, configs.peer(server, provider))
             text = configs.wg_quick(server, provider)
         except configs.UnwritableError as exc:
             raise HTTPException(404, f"No config for {wanted}: {exc}.") from None
         return Response(text, 200, {"Cache-Control": "no-store"}, "text/plain")
 
-    async def changes(self, request: Request) -> Response:
+    async def report(self, request: Request, identifier: str) -> Response:
+        """A client's word on a server: `unreachable` or `handshake_failed` set it aside
+        for the client, `ok` lifts that."""
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != JSON:
+            raise HTTPException(415, "A report is JSON: send Content-Type: application/json.")
+        body = await _bounded(request, MOST_BODY)
+        if body is None:
+            raise _invalid(["body"], f"A report is at most {MOST_BODY} bytes.", "too_long")
+        try:
+            report = msgspec.json.decode(body, type=Report)
+        except msgspec.DecodeError as exc:
+            raise _invalid(["body"], str(exc), "invalid_report") from None
+        name = request.path_params["provider"]
+        if name not in self.catalog.providers:
+            raise HTTPException(404, "Reports are kept per provider.")
+        data = await self.catalog.get(name)
+        server = data.by_identifier.get(identifier.lower())
+        if server is None:
+            raise HTTPException(404, f"No server {identifier.lower()}.")
+        where = (server.provider, server.identifier)
+        scope = self.scope(request)
+        until = await self.quarantine.report(scope, where, report.outcome, self.catalog.clock())
+        answer = ReportAnswer(name, server.identifier, report.outcome, until)
+        return uncached_json(request, answer)
+
+    async def changes(self, request: Request, since: str | None) -> Response:
         name = request.path_params["provider"]
         if name not in self.catalog.providers:
             message = "Changes are kept per provider." if name == ALL else "Unknown provider."
             raise HTTPException(404, message)
         status = self.catalog.status[name]
-        changes = status.changes
-        if changes is None or status.data is None:
-            raise HTTPException(404, "Fewer than two lists have been accepted so far.")
-        # Encoded once per list (a full swap of 6,300 servers is megabytes), like a page.
-        return self.respond(
-            request, status.data, render(status.data, ("changes",), lambda: changes)
+        data = status.data
+        history = status.history
+        if data is None or history.latest is None:
+            raise HTTPException(404, "No list has been accepted so far.")
+        if since is None:  # the last change
+            if history.previous is None:
+                raise HTTPException(404, "Fewer than two versions have been accepted so far.")
+            since = history.previous.version
+        found = history.lookup(since)
+        if isinstance(found, TooOld):
+            oldest = found.oldest
+            message = f"Version {since} is older than the history kept; the oldest: {oldest}."
+            raise HTTPException(410, message)
+        if not isinstance(found, Kept):
+            raise _invalid(["query", "since"], f"{since} is not a version of this list.", "unknown")
+        # Composed and encoded once per (since, current) pair, like a page.
+        key = ("changes", since)
+        rendered = render(data, key, lambda: _changes(name, history.since(found)))
+        return self.respond(request, data, rendered)
+
+
+# What changed of a server both versions hold: (its key, its address).
+CHANGED: dict[tuple[bool, bool], ChangeKind] = {
+    (True, False): "rekeyed",
+    (False, True): "readdressed",
+    (True, True): "rekeyed and readdressed",
+}
+
+
+def _kind(old: Entry | None, new: Entry | None) -> ChangeKind:
+    if old is None:
+        return "added"
+    if new is None:
+        return "removed"
+    return CHANGED[(old.key != new.key, old.address != new.address)]
+
+
+def _changes(provider: str, composed: Composed) -> Changes:
+    servers = []
+    for change in composed.changes:
+        old, new = change.old, change.new
+        servers.append(
+            ServerChange(
+                identifier=change.identity,
+                change=_kind(old, new),
+                old_key=old.key if old else None,
+                new_key=new.key if new else None,
+                old_address=old.address if old else None,
+                new_address=new.address if new else None,
+            )
         )
+    return Changes(
+        provider=provider,
+        since=composed.since,
+        current=composed.current,
+        since_at=composed.since_at,
+        current_at=composed.current_at,
+        servers=servers,
+    )
+
+
+def _invalid(where: list[str], message: str, kind: str) -> RequestValidationError:
+    return RequestValidationError([Detail(where, message, kind)])
+
+
+async def _bounded(request: Request, most: int) -> bytes | None:
+    """The request body, or None past `most` bytes (read no further)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > most:
+            return None
+    return bytes(body)
