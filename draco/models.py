@@ -26,6 +26,19 @@ InCountry = Annotated[bool, Meta(description="false: left out of country queries
 P2P = Annotated[bool | None, Meta(description="peer-to-peer traffic allowed (NordVPN, Windscribe)")]
 Owned = Annotated[bool | None, Meta(description="hardware the provider owns (Mullvad)")]
 Free = Annotated[bool | None, Meta(description="open to free accounts (Windscribe)")]
+IPv6 = Annotated[str | None, Meta(description="the IPv6 entry address, when published")]
+Daita = Annotated[bool | None, Meta(description="DAITA, traffic-analysis defence (Mullvad)")]
+Quic = Annotated[bool | None, Meta(description="WireGuard over QUIC offered (Mullvad)")]
+Virtual = Annotated[
+    bool | None, Meta(description="a virtual location: the server stands elsewhere (Surfshark)")
+]
+MultihopPort = (
+    Annotated[int, Meta(ge=1, le=65535, description="the port that chains to this server (IVPN)")]
+    | None
+)
+Latitude = Annotated[float, Meta(ge=-90, le=90, description="degrees north")] | None
+Longitude = Annotated[float, Meta(ge=-180, le=180, description="degrees east")] | None
+Distance = Annotated[float, Meta(ge=0, description="with near: kilometres from there")] | None
 SetAside = Annotated[
     float | None, Meta(description="with include_quarantined: set aside by your reports until")
 ]
@@ -58,6 +71,14 @@ class Server(msgspec.Struct, frozen=True):
     p2p: P2P = None
     owned: Owned = None
     free: Free = None
+    ipv6: IPv6 = None
+    daita: Daita = None
+    quic: Quic = None
+    virtual: Virtual = None
+    multihop_port: MultihopPort = None
+    latitude: Latitude = None
+    longitude: Longitude = None
+    distance: Distance = None
     quarantined_until: SetAside = None
 
 
@@ -87,6 +108,11 @@ class ProviderSummary(msgspec.Struct, frozen=True):
     data_age: DataAge
     status: Freshness
     filters: Annotated[list[str], Meta(description="the filters its list can answer")]
+    features: Annotated[list[str], Meta(description="the words features= can ask of it")]
+    wireguard_port: Annotated[int, Meta(description="the [Peer] Endpoint's port by default")]
+    wireguard_ports: Annotated[
+        list[list[int]], Meta(description="the ports port= may ask for: [first, last] ranges")
+    ]
     version: Annotated[str | None, Meta(description="its list's current version")]
 
 
@@ -157,6 +183,47 @@ class Peer(msgspec.Struct, frozen=True, omit_defaults=True, rename=_WIREGUARD_NA
     note: PeerNote = None
 
 
+class SingBoxPeer(msgspec.Struct, frozen=True, omit_defaults=True):
+    address: str
+    port: int
+    public_key: str
+    allowed_ips: list[str]
+    pre_shared_key: str | None = None
+
+
+class SingBoxEndpoint(msgspec.Struct, frozen=True):
+    type: str
+    tag: str
+    address: list[str]
+    private_key: str
+    peers: list[SingBoxPeer]
+
+
+class SingBox(msgspec.Struct, frozen=True):
+    """sing-box 1.11's WireGuard endpoint (configuration/endpoint/wireguard)."""
+
+    endpoints: list[SingBoxEndpoint]
+
+
+class MihomoProxy(msgspec.Struct, frozen=True, omit_defaults=True, rename="kebab"):
+    """A mihomo (Clash Meta) proxy of `type: wireguard` (its docs: config/proxies/wg)."""
+
+    name: str
+    type: str
+    server: str
+    port: int
+    ip: str
+    private_key: str
+    public_key: str
+    allowed_ips: list[str]
+    udp: bool
+    pre_shared_key: str | None = None
+
+
+class Mihomo(msgspec.Struct, frozen=True):
+    proxies: list[MihomoProxy]
+
+
 ChangeKind = Literal["added", "removed", "rekeyed", "readdressed", "rekeyed and readdressed"]
 
 
@@ -170,6 +237,8 @@ class ServerChange(msgspec.Struct, frozen=True):
     new_key: str | None
     old_address: str | None
     new_address: str | None
+    old_ipv6: str | None
+    new_ipv6: str | None
 
 
 class Changes(msgspec.Struct, frozen=True):

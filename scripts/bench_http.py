@@ -7,7 +7,8 @@ a trusted proxy (a new X-Forwarded-For each time). The bare app is Starlette wit
 one route returning the very same bytes. Server and load generator are pinned to
 different cores. HTTP/1.1 load comes from wrk; h2c load from a small h2 client
 below (h2load cannot vary a header per request). Also measured: the same request
-revalidated with If-None-Match (a 304).
+revalidated with If-None-Match (a 304), and the same page with
+`fields=identifier,public_key,ipv4` (its body's size is printed too).
 
 Two figures per target: requests per second, and the server's CPU time per request
 (user + system, read from /proc for the server's process tree). On a shared VM the
@@ -58,6 +59,7 @@ from fake_upstream import FakeUpstream, free_port, wait_for_port  # noqa: E402
 KEY = "bench-" + "k" * 58
 SAME = "bare, same headers"  # the bare app sending draco's whole response: the same bytes
 PATH = "/api/nordvpn/servers?page_size=100"  # --page-size changes it
+FIELDS = "&fields=identifier,public_key,ipv4"  # what a sidecar that only connects needs
 
 
 def bare_app():
@@ -121,7 +123,9 @@ def instructions(pid: int) -> int:
     )
 
 
-def wrk(port: int, seconds: int, connections: int, etag: str | None) -> tuple[float, int]:
+def wrk(
+    port: int, seconds: int, connections: int, etag: str | None, path: str
+) -> tuple[float, int]:
     extra = f", [\"If-None-Match\"] = '{etag}'" if etag else ""
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT.replace("KEY", KEY).replace("EXTRA", extra))
@@ -137,7 +141,7 @@ def wrk(port: int, seconds: int, connections: int, etag: str | None) -> tuple[fl
                 f"-d{seconds}s",
                 "-s",
                 script.name,
-                f"http://127.0.0.1:{port}{PATH}",
+                f"http://127.0.0.1:{port}{path}",
             ],
             capture_output=True,
             text=True,
@@ -150,7 +154,7 @@ def wrk(port: int, seconds: int, connections: int, etag: str | None) -> tuple[fl
 
 
 async def _h2c(  # noqa: C901 - one HTTP/2 client loop, read top to bottom
-    port: int, seconds: float, connections: int, etag: str | None
+    port: int, seconds: float, connections: int, etag: str | None, path: str
 ) -> tuple[float, collections.Counter]:
     import h2.config
     import h2.connection
@@ -179,7 +183,7 @@ async def _h2c(  # noqa: C901 - one HTTP/2 client loop, read top to bottom
             client = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}".encode()
             headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"127.0.0.1")]
             headers += [
-                (b":path", PATH.encode()),
+                (b":path", path.encode()),
                 (b"x-api-key", KEY.encode()),
                 (b"x-forwarded-for", client),
             ]
@@ -213,9 +217,11 @@ async def _h2c(  # noqa: C901 - one HTTP/2 client loop, read top to bottom
     return sum(statuses.values()) / (time.monotonic() - began), statuses
 
 
-def h2c(port: int, seconds: int, connections: int, etag: str | None) -> tuple[float, int]:
+def h2c(
+    port: int, seconds: int, connections: int, etag: str | None, path: str
+) -> tuple[float, int]:
     os.sched_setaffinity(0, {1})
-    rate, statuses = asyncio.run(_h2c(port, seconds, connections, etag))
+    rate, statuses = asyncio.run(_h2c(port, seconds, connections, etag, path))
     os.sched_setaffinity(0, set(range(os.cpu_count())))
     if set(statuses) != {b"304" if etag else b"200"}:
         raise RuntimeError(f"unexpected statuses {statuses}")
@@ -298,6 +304,10 @@ def main() -> None:
         counted,
     )
     url = f"http://127.0.0.1:{full_port}{PATH}"
+    fields = httpx.get(
+        url + FIELDS, headers={"X-API-Key": KEY, "Accept-Encoding": "identity"}, timeout=600
+    )
+    fields.raise_for_status()
     asked = {
         "X-API-Key": KEY,
         "X-Forwarded-For": "10.255.0.1",
@@ -330,11 +340,12 @@ def main() -> None:
         headers_port,
         counted,
     )
-    targets = {
-        "bare": (bare, bare_port, None),
-        SAME: (bare_headers, headers_port, None),
-        "draco 200": (full, full_port, None),
-        "draco 304": (full, full_port, etag),
+    targets = {  # each: the server, its port, an If-None-Match to send, the path
+        "bare": (bare, bare_port, None, PATH),
+        SAME: (bare_headers, headers_port, None, PATH),
+        "draco 200": (full, full_port, None, PATH),
+        "draco 304": (full, full_port, etag, PATH),
+        "draco 200, 3 fields": (full, full_port, None, PATH + FIELDS),
     }
     try:
         print(
@@ -343,14 +354,17 @@ def main() -> None:
             f"{args.connections} connections, "
             f"{args.seconds}s x {args.rounds} interleaved rounds, medians:"
         )
+        print(
+            f"with {FIELDS[1:]}: a {len(fields.content):,}-byte body "
+            f"({len(fields.content) / len(first.content):.2f} of the whole page's)"
+        )
         for protocol, load in (("HTTP/1.1", wrk), ("h2c", h2c)):
             rates: dict[str, list[float]] = {name: [] for name in targets}
             costs: dict[str, list[float]] = {name: [] for name in targets}
             for _ in range(args.rounds):
-                for name, (proc, port, tag) in targets.items():
-                    rate, cost = measure(
-                        proc.pid, counted, partial(load, port, args.seconds, args.connections, tag)
-                    )
+                for name, (proc, port, tag, path) in targets.items():
+                    run = partial(load, port, args.seconds, args.connections, tag, path)
+                    rate, cost = measure(proc.pid, counted, run)
                     costs[name].append(cost)
                     rates[name].append(rate)
             unit = "k instr/req" if counted else "CPU µs/req"

@@ -2,7 +2,7 @@
 
 Each file is in its provider's own upstream format, so demo mode runs the real
 fetch-parse-serve path. Hostnames end in `.example`, addresses come from the
-documentation ranges (RFC 5737) and keys are hashes of the hostname: nothing here
+documentation ranges (RFC 5737, RFC 3849 for IPv6) and keys are hashes of the hostname: nothing here
 points at a real server. The output is deterministic.
 
     python scripts/make_demo_data.py            # writes draco/demo_data/*.json
@@ -32,6 +32,20 @@ COUNTRIES = [
     ("SE", "Sweden", "Stockholm"),
     ("US", "United States", "New York"),
 ]
+PLACES = {  # each city's latitude and longitude
+    "Vienna": (48.2082, 16.3738),
+    "Brussels": (50.8503, 4.3517),
+    "Toronto": (43.6532, -79.3832),
+    "Zurich": (47.3769, 8.5417),
+    "Frankfurt": (50.1109, 8.6821),
+    "Madrid": (40.4168, -3.7038),
+    "Paris": (48.8566, 2.3522),
+    "London": (51.5072, -0.1276),
+    "Tokyo": (35.6762, 139.6503),
+    "Amsterdam": (52.3676, 4.9041),
+    "Stockholm": (59.3293, 18.0686),
+    "New York": (40.7128, -74.006),
+}
 RANGES = ["192.0.2", "198.51.100", "203.0.113"]
 
 
@@ -41,6 +55,10 @@ def key(hostname: str) -> str:
 
 def address(n: int) -> str:
     return f"{RANGES[n % 3]}.{1 + n // 3 % 254}"
+
+
+def address6(n: int) -> str:
+    return f"2001:db8:{n // 256:x}::{n % 256 + 1:x}"
 
 
 def rows(per_country: int):
@@ -77,12 +95,14 @@ def nordvpn() -> list:
                 "status": "maintenance" if n % 23 == 7 else "online",
                 "locations": [
                     {
+                        "latitude": PLACES[city][0],
+                        "longitude": PLACES[city][1],
                         "country": {
                             "id": n,
                             "name": name,
                             "code": code,
                             "city": {"id": n, "name": city},
-                        }
+                        },
                     }
                 ],
                 "technologies": [wireguard],
@@ -105,7 +125,8 @@ def surfshark() -> list:
             "connectionName": f"{code.lower()}-{i}.prod.surfshark.example",
             "load": (n * 53) % 100,
             "pubKey": key(f"{code}-{i}-surfshark"),
-            "tags": ["physical"],
+            "tags": ["virtual" if n % 7 == 3 else "physical"] + (["p2p"] if n % 2 == 0 else []),
+            "coordinates": {"latitude": PLACES[city][0], "longitude": PLACES[city][1]},
             "sample_data": NOTE,
         }
         for n, i, code, name, city in rows(3)
@@ -116,7 +137,13 @@ def mullvad() -> dict:
     locations, relays = {}, []
     for n, i, code, name, city in rows(4):
         location = f"{code.lower()}-{city[:3].lower()}"
-        locations[location] = {"country": name, "city": city, "latitude": 0.0, "longitude": 0.0}
+        latitude, longitude = PLACES[city]
+        locations[location] = {
+            "country": name,
+            "city": city,
+            "latitude": latitude,
+            "longitude": longitude,
+        }
         host = f"{code.lower()}-{city[:3].lower()}-wg-{i:03}"
         relays.append(
             {
@@ -126,10 +153,16 @@ def mullvad() -> dict:
                 "location": location,
                 "provider": "sample",
                 "ipv4_addr_in": address(n),
+                "ipv6_addr_in": address6(n),
                 "weight": 100 + (n * 29) % 400,
                 "include_in_country": n % 11 != 3,
                 "public_key": key(host),
-                "daita": False,
+                "daita": n % 5 == 2,
+                "features": {
+                    "daita": {} if n % 5 == 2 else None,
+                    "quic": {"addr_in": [address(n)]} if n % 3 == 1 else None,
+                    "lwo": None,
+                },
             }
         )
     return {
@@ -150,6 +183,8 @@ def ivpn() -> dict:
                 "country_code": code,
                 "country": name,
                 "city": city,
+                "latitude": PLACES[city][0],
+                "longitude": PLACES[city][1],
                 "hosts": [],
             },
         )
@@ -160,6 +195,7 @@ def ivpn() -> dict:
                 "host": address(n),
                 "public_key": key(host),
                 "load": round((n * 7.31) % 100, 2),
+                "multihop_port": 20000 + n,
             }
         )
     return {
@@ -192,6 +228,7 @@ def windscribe() -> dict:
                 "city": city,
                 "nick": f"Sample {i}",
                 "pro": int(i != 1),
+                "gps": f"{PLACES[city][0]},{PLACES[city][1]}",
                 "wg_pubkey": key(host),
                 "wg_endpoint": host,
                 "ping_ip": address(n),
@@ -209,6 +246,7 @@ def airvpn() -> dict:
             "location": city,
             "currentload": (n * 41) % 100,
             "ip_v4_in1": address(n),
+            "ip_v6_in1": address6(n),
             "health": "warning" if n % 19 == 6 else "ok",
         }
         for n, _i, code, name, city in rows(3)

@@ -34,7 +34,7 @@ def lists(draw) -> list[Fingerprint]:
     for _ in range(draw(st.integers(1, 14))):
         changed = dict(current)
         for name in draw(st.lists(st.sampled_from(names), max_size=4)):
-            kind = draw(st.sampled_from(["toggle", "rekey", "readdress", "back"]))
+            kind = draw(st.sampled_from(["toggle", "rekey", "readdress", "readdress6", "back"]))
             if kind == "toggle":
                 if name in changed and len(changed) > 1:
                     del changed[name]
@@ -46,9 +46,11 @@ def lists(draw) -> list[Fingerprint]:
                 old = changed[name]
                 new_key = draw(st.sampled_from(["x", "y", "z"]))
                 if kind == "rekey":
-                    changed[name] = Entry(old.key + new_key, old.address)
-                else:
-                    changed[name] = Entry(old.key, (old.address or "") + new_key)
+                    changed[name] = Entry(old.key + new_key, old.address, old.ipv6)
+                elif kind == "readdress":
+                    changed[name] = Entry(old.key, (old.address or "") + new_key, old.ipv6)
+                else:  # an IPv6 entry address given, or changed
+                    changed[name] = Entry(old.key, old.address, (old.ipv6 or "6:") + new_key)
         run.append(changed)
         current = changed
     return run
@@ -162,6 +164,8 @@ def test_changes_since_a_version_through_the_catalog():
             raw[0] ^= 1
             relay["public_key"] = base64.b64encode(bytes(raw)).decode()
         gone = changed.pop(3)["hostname"]
+        changed[4]["ipv6_addr_in"] = "2001:db8:ffff::4"
+        moved = changed[4]["hostname"]
         catalog = app.state.catalog
         stored = catalog.status["mullvad"]
         fetched = catalog.providers["mullvad"].parse(json.dumps(relays).encode())
@@ -178,15 +182,20 @@ def test_changes_since_a_version_through_the_catalog():
         at, _, digest = after.partition("-")
         never = f"{at}-{'1' * 8 if digest == '0' * 8 else '0' * 8}"  # a list never accepted
         unknown = await client.get(f"/api/mullvad/changes?since={never}")
-        return before, after, since, last, too_old, bad, unknown, gone
+        return before, after, since, last, too_old, bad, unknown, gone, moved
 
-    before, after, since, last, too_old, bad, unknown, gone = _run(_app(), requests)
+    before, after, since, last, too_old, bad, unknown, gone, moved = _run(_app(), requests)
     assert before != after
     assert since == last
     assert (since["since"], since["current"]) == (before, after)
     kinds = {s["identifier"]: s["change"] for s in since["servers"]}
     assert list(kinds.values()).count("rekeyed") == 3
     assert kinds[gone] == "removed"
+    [readdressed] = [s for s in since["servers"] if s["identifier"] == moved]
+    assert readdressed["change"] == "readdressed"
+    assert readdressed["new_ipv6"] == "2001:db8:ffff::4"
+    assert readdressed["old_ipv6"] not in (None, "2001:db8:ffff::4")
+    assert readdressed["old_address"] == readdressed["new_address"]
     assert too_old.status_code == 410
     assert before in too_old.json()["message"]
     assert bad.status_code == 422

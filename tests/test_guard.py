@@ -4,11 +4,14 @@ window, holds that wait in time, trust that begins on first use and never switch
 from __future__ import annotations
 
 import base64
+import hashlib
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from draco.catalog.dataset import make_dataset
 from draco.catalog.guard import (
     CLOCK_SKEW,
     WINDOW_LISTS,
@@ -20,11 +23,13 @@ from draco.catalog.guard import (
     Trust,
     accept_held,
     churn,
+    digest,
     fingerprint,
     identity,
     refuse_held,
 )
 from draco.catalog.guard import judge as judge_candidate
+from draco.catalog.snapshot import from_snapshot, snapshot_bytes
 from draco.models import Server
 
 HOUR = 3600.0
@@ -79,6 +84,50 @@ def test_an_empty_list_or_one_from_the_future_is_refused(entries, fetched_at, wh
     decision = judge(Trust(), servers(entries), fetched_at, 0.0, RULES)
     assert isinstance(decision, Refuse)
     assert decision.why == why
+
+
+def with_ipv6(found: list[Server], address: str | None) -> list[Server]:
+    """The servers, each with an IPv6 entry address numbered after its IPv4 one."""
+    return [
+        msgspec.structs.replace(
+            s, ipv6=None if address is None else f"{address}::{s.ipv4.rsplit('.', 1)[1]}"
+        )
+        for s in found
+    ]
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("2001:db8:1", "2001:db8:66"),  # every IPv6 entry swapped, IPv4 and keys kept
+        (None, "2001:db8:66"),  # an IPv6 entry given to every server that had none
+        ("2001:db8:1", None),  # every IPv6 entry taken away
+    ],
+)
+def test_an_ipv6_address_swap_that_keeps_keys_and_ipv4_is_held(before, after):
+    base = with_ipv6(servers(listing(100)), before)
+    trust = judge(Trust(), base, 0.0, 0.0, RULES).trust
+    swapped = with_ipv6(servers(listing(100)), after)
+    assert churn(fingerprint(base), fingerprint(swapped)).readdressed == 100
+    assert isinstance(judge(trust, swapped, 300.0, 300.0, RULES), Held)
+
+
+def test_a_list_without_ipv6_keeps_the_digest_it_had_before_ipv6_was_read():
+    entries = fingerprint(servers(listing(3)))
+    lines = "\n".join(f"{name} {e.key} {e.address}" for name, e in sorted(entries.items()))
+    assert digest(entries) == hashlib.blake2b(lines.encode(), digest_size=12).hexdigest()
+
+
+def test_a_snapshot_keeps_the_ipv6_addresses_of_the_baseline():
+    base = with_ipv6(servers(listing(100)), "2001:db8:1")
+    moved = {**listing(100), "s0.example": (0, 200)}  # one server readdressed: within budget
+    served = with_ipv6(servers(moved), "2001:db8:1")
+    trust = judge(Trust(), base, 0.0, 0.0, RULES).trust
+    trust = judge(trust, served, 300.0, 300.0, RULES).trust
+    content = snapshot_bytes(make_dataset("ivpn", served, 300.0), trust)
+    restored = from_snapshot(content, "ivpn").trust
+    assert restored.window[0].entries == fingerprint(base)
+    assert restored.window[0].entries["s5.example"].ipv6 == "2001:db8:1::5"
 
 
 def accept_all(*lists, start=0.0, step=300.0) -> tuple[Trust, list]:

@@ -23,6 +23,14 @@ FIELDS = [
     "p2p",
     "owned",
     "free",
+    "ipv6",
+    "daita",
+    "quic",
+    "virtual",
+    "multihop_port",
+    "latitude",
+    "longitude",
+    "distance",
     "quarantined_until",
 ]  # the original schema, then draco's additions
 EVERY = (*PROVIDERS, "all")  # each endpoint is tested for every provider and for their union

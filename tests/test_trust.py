@@ -464,16 +464,18 @@ WRITTEN = ("[Peer]", "# ", "PublicKey = ", "Endpoint = ", "AllowedIPs = ")
     identifier=st.text(min_size=1, max_size=30),
     city=st.one_of(st.none(), st.text(max_size=20)),
     ipv4=st.one_of(st.none(), st.text(max_size=20), st.sampled_from(["192.0.2.1", "10.0.0.1"])),
-    hostnamed=st.booleans(),
+    ipv6=st.one_of(st.none(), st.text(max_size=20), st.sampled_from(["2001:db8::1", "fe80::1%a"])),
+    asked=st.tuples(st.booleans(), st.sampled_from([None, "ipv4", "ipv6"])),
 )
 def test_the_wg_quick_text_never_carries_a_line_the_renderer_did_not_write(
-    country, identifier, city, ipv4, hostnamed
+    country, identifier, city, ipv4, ipv6, asked
 ):
     """Any field string, as if every check before the renderer had let it through."""
-    server = Server("mullvad", country, "SE", identifier, key(7), city=city, ipv4=ipv4)
+    hostnamed, family = asked
+    server = Server("mullvad", country, "SE", identifier, key(7), city=city, ipv4=ipv4, ipv6=ipv6)
     provider = HOSTNAMED if hostnamed else PROVIDER
     try:
-        text = configs.wg_quick(server, provider)
+        text = configs.wg_quick(configs.peering(server, provider, family=family))
     except configs.UnwritableError:
         return
     lines = text.split("\n")
@@ -482,7 +484,8 @@ def test_the_wg_quick_text_never_carries_a_line_the_renderer_did_not_write(
     assert [line.startswith(prefix) for line, prefix in zip(lines, WRITTEN, strict=False)] == [
         True
     ] * 5
-    assert text.count("[") == 1
+    assert text.count("[") == 1 + (family == "ipv6")  # [Peer], and an IPv6 Endpoint's
+    assert "%" not in text
     assert all(line.isprintable() for line in lines)
     assert text.splitlines() == lines[:-1]  # no other line break, whatever Python counts as one
 
@@ -502,9 +505,28 @@ def test_an_endpoint_is_an_address_or_a_fully_qualified_name(identifier, ipv4, p
     server = Server(provider.name, "Sweden", "SE", identifier, key(7), ipv4=ipv4)
     if endpoint is None:
         with pytest.raises(configs.UnwritableError):
-            configs.endpoint(server, provider)
+            configs.peering(server, provider)
     else:
-        assert configs.endpoint(server, provider) == endpoint
+        assert configs.peering(server, provider).endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    ("ipv6", "endpoint"),
+    [
+        ("2001:db8::7", "[2001:db8::7]:51820"),
+        ("2001:DB8:0::7", "[2001:db8::7]:51820"),  # written as ipaddress compresses it
+        ("fe80::1%eth0", None),  # a zone: a link of the client's own
+        ("192.0.2.7", None),
+        (None, None),
+    ],
+)
+def test_an_ipv6_endpoint_is_an_address_in_brackets(ipv6, endpoint):
+    server = Server("mullvad", "Sweden", "SE", "se-sto-wg-001", key(7), ipv4="192.0.2.7", ipv6=ipv6)
+    if endpoint is None:
+        with pytest.raises(configs.UnwritableError):
+            configs.peering(server, PROVIDER, family="ipv6")
+    else:
+        assert configs.peering(server, PROVIDER, family="ipv6").endpoint == endpoint
 
 
 def test_a_server_without_an_endpoint_is_a_404_with_the_reason(tmp_path):

@@ -6,7 +6,7 @@ A client connects to the Endpoint and PublicKey draco gives it, so whoever contr
 is its VPN server. The guard budgets change instead of judging one refresh at a time:
 
 - A server is its identity: the identifier case-folded, without a trailing dot. Its
-  entry is its key and its entry address.
+  entry is its key and its entry addresses (IPv4, and IPv6 where published).
 - Churn between two lists is servers removed, added, rekeyed and readdressed, as a
   fraction of the earlier list. A rename is a removal plus an addition.
 - Every list accepted within the window counts toward one budget: a candidate is
@@ -44,6 +44,10 @@ class Entry(NamedTuple):
 
     key: str
     address: str | None
+    ipv6: str | None = None
+
+    def addresses(self) -> tuple[str | None, str | None]:
+        return (self.address, self.ipv6)
 
 
 Fingerprint = dict[str, Entry]  # identity: entry
@@ -57,14 +61,18 @@ def fingerprint(servers: Iterable[Server]) -> Fingerprint:
     """Each server's identity and entry; a repeated identity keeps the first."""
     found: Fingerprint = {}
     for s in servers:
-        found.setdefault(identity(s.identifier), Entry(s.public_key, s.ipv4))
+        found.setdefault(identity(s.identifier), Entry(s.public_key, s.ipv4, s.ipv6))
     return found
 
 
 def digest(entries: Fingerprint) -> str:
     """Names a list by its entries alone: loads and names may change between two sendings
-    of what is, for a client, the same list."""
-    text = "\n".join(f"{name} {e.key} {e.address}" for name, e in sorted(entries.items()))
+    of what is, for a client, the same list. An IPv6 address is named after the rest, so a
+    list without any has the digest it had before IPv6 was read."""
+    text = "\n".join(
+        f"{name} {e.key} {e.address}" + (f" {e.ipv6}" if e.ipv6 else "")
+        for name, e in sorted(entries.items())
+    )
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
@@ -91,7 +99,7 @@ def churn(before: Fingerprint, after: Fingerprint) -> Churn:
         removed=len(before.keys() - kept),
         added=len(after.keys() - kept),
         rekeyed=sum(before[name].key != after[name].key for name in kept),
-        readdressed=sum(before[name].address != after[name].address for name in kept),
+        readdressed=sum(before[name].addresses() != after[name].addresses() for name in kept),
         compared_with=len(before),
     )
 

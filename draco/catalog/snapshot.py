@@ -33,6 +33,7 @@ class Baseline(msgspec.Struct, frozen=True):
 
     at: float
     entries: list[tuple[str, str, str | None]]  # identity, key, address
+    ipv6: dict[str, str] = {}  # identity: IPv6 entry address, for those that have one
 
 
 class Snapshot(msgspec.Struct):
@@ -65,7 +66,8 @@ def snapshot_bytes(data: Dataset, trust: Trust = NO_TRUST) -> bytes:
     baseline = None
     if first is not None:
         entries = [(name, e.key, e.address) for name, e in first.entries.items()]
-        baseline = Baseline(at=first.at, entries=entries)
+        ipv6 = {name: e.ipv6 for name, e in first.entries.items() if e.ipv6}
+        baseline = Baseline(at=first.at, entries=entries, ipv6=ipv6)
     snapshot = Snapshot(
         format=FORMAT,
         provider=data.provider,
@@ -115,7 +117,11 @@ def from_snapshot(content: bytes, provider: str, *, provisional: bool = False) -
     served = accepted(fingerprint(servers), snap.accepted_at or snap.fetched_at)
     window: tuple[Accepted, ...] = (served,)
     if snap.baseline is not None and snap.baseline.at <= served.at:
-        entries = {name: Entry(key, address) for name, key, address in snap.baseline.entries}
+        ipv6 = snap.baseline.ipv6
+        entries = {
+            name: Entry(key, address, ipv6.get(name))
+            for name, key, address in snap.baseline.entries
+        }
         window = (accepted(entries, snap.baseline.at), served)
     return Stored(data=data, trust=Trust(window=window, source=snap.trust))
 

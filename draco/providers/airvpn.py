@@ -1,6 +1,7 @@
 """AirVPN's public status list: servers whose health is "ok". The list carries no
 WireGuard key: AirVPN uses one server public key for every server (below). A client
-also needs its account's own preshared key, which no list carries."""
+also needs its account's own preshared key, which no list carries. `ip_v6_in1` is the
+IPv6 entry address that goes with `ip_v4_in1`."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ PUBLIC_KEY = "PyLCXAQT8KkM4T+dUsOQfn+Ub3pGxfGlxkIApuig+hk="
 
 _Server = base.entry(
     "AirServer",
-    "identifier health country country_code city load ipv4",
+    "identifier health country country_code city load ipv4 ipv6",
     {
         "identifier": "public_name",
         "country": "country_name",
         "city": "location",
         "load": "currentload",
         "ipv4": "ip_v4_in1",
+        "ipv6": "ip_v6_in1",
     },
 )
 
@@ -46,12 +48,13 @@ def parse(payload: base.Payload) -> base.Parsed:
 
 
 # gluetun's AirVPN default WireGuard port: qdm12/gluetun internal/provider/airvpn/connection.go,
-# NewConnectionDefaults(443, 1194, 1637).
-NOTE = "AirVPN also needs your account's PresharedKey, from your AirVPN configuration."
+# NewConnectionDefaults(443, 1194, 1637); its WireGuard ports, gluetun's
+# internal/configuration/settings/wireguardselection.go (tests/fixtures/SOURCES.md).
 PROVIDER = base.Provider(
     name="airvpn",
     parse=parse,
-    reports="load city ipv4",
+    reports="load city ipv4 ipv6",
     wireguard_port=1637,
-    peer_note=NOTE,
+    wireguard_ports=((1637, 1637), (47107, 47107)),
+    preshared_key=True,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple, Protocol
@@ -31,6 +32,11 @@ KEY_BYTES = 32  # a WireGuard public key
 LONGEST_HOSTNAME = 253
 COUNTRY_CODE_LENGTH = 2
 FULL_LOAD = 100  # percent
+LAST_PORT = 65535
+LATITUDE = 90.0  # degrees, either side of the equator
+LONGITUDE = 180.0  # degrees, either side of Greenwich
+WIREGUARD_PORT = 51820  # WireGuard's own default
+PRESHARED_NOTE = "also needs your account's PresharedKey, from the provider's own configuration"
 
 
 class Parsed(NamedTuple):
@@ -49,6 +55,12 @@ def _words(fields: str | frozenset[str]) -> frozenset[str]:
     return fields if isinstance(fields, frozenset) else frozenset(fields.split())
 
 
+def _port_ranges(value: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    if not value or any(not 1 <= first <= last <= LAST_PORT for first, last in value):
+        raise ValueError("port ranges are (first, last) pairs within 1..65535")
+    return value
+
+
 def _no_params(_settings: UpstreamSettings) -> dict[str, Any]:
     return {}
 
@@ -57,15 +69,26 @@ def _no_params(_settings: UpstreamSettings) -> dict[str, Any]:
 class Provider:
     name: str
     parse: Callable[[Payload], Parsed]
-    # The optional Server fields its list fills (load, city, ipv4, p2p, owned, free),
-    # space-separated.
+    # The optional Server fields its list fills (OPTIONAL below), space-separated.
     reports: frozenset[str] = attrs.field(converter=_words)
     reports_status: bool = True  # whether the upstream says which servers are online
     ordering: Ordering = "upstream"  # the default order of its list, as told by /api/providers
-    wireguard_port: int = 51820  # its documented default WireGuard port, with the source beside it
+    # its documented default WireGuard port, with the source beside it
+    wireguard_port: int = WIREGUARD_PORT
+    # the ports its WireGuard servers listen on, as (first, last) ranges, with the source
+    wireguard_ports: tuple[tuple[int, int], ...] = attrs.field(
+        default=((WIREGUARD_PORT, WIREGUARD_PORT),), validator=lambda _, __, v: _port_ranges(v)
+    )
     endpoint: Literal["ipv4", "identifier"] = "ipv4"  # what a [Peer] Endpoint names, when known
-    peer_note: str | None = None  # what else a client needs to connect
+    preshared_key: bool = False  # whether a client also needs its account's PresharedKey
     params: Callable[[UpstreamSettings], dict[str, Any]] = _no_params  # the upstream query
+
+    def __attrs_post_init__(self) -> None:
+        if not self.listens_on(self.wireguard_port):
+            raise ValueError(f"{self.name}: its default port is not one of its ports")
+
+    def listens_on(self, port: int) -> bool:
+        return any(first <= port <= last for first, last in self.wireguard_ports)
 
     def url(self, template: str) -> str:
         """The upstream URL, with `{unix-ts}` in it filled (it only defeats caches)."""
@@ -205,6 +228,34 @@ def ipv4(value: Any) -> str | None:
         return None
 
 
+def ipv6(value: Any) -> str | None:
+    """A global-form IPv6 address, compressed; a zone (`%eth0`) names the sender's own link."""
+    try:
+        address = ipaddress.IPv6Address(value.strip()) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return None if address is None or address.scope_id else str(address)
+
+
+def port(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 1 <= value <= LAST_PORT else None
+
+
+def degrees(most: float) -> Callable[[Any], float | None]:
+    """A check for a finite angle within -most..most."""
+
+    def check(value: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value) or abs(value) > most:
+            return None
+        return float(value)
+
+    return check
+
+
 # The optional fields, each with the one function that checks and normalises it.
 OPTIONAL: dict[str, Callable[[Any], Any]] = {
     "load": load,
@@ -214,6 +265,13 @@ OPTIONAL: dict[str, Callable[[Any], Any]] = {
     "p2p": flag,
     "owned": flag,
     "free": flag,
+    "ipv6": ipv6,
+    "daita": flag,
+    "quic": flag,
+    "virtual": flag,
+    "multihop_port": port,
+    "latitude": degrees(LATITUDE),
+    "longitude": degrees(LONGITUDE),
 }
 _REQUIRED = ("country_code", "country", "identifier", "public_key")
 
@@ -224,11 +282,14 @@ def server(provider: str, entry: Any, **given: Any) -> Server:
     provider alike. ValueError when a required one is missing or malformed."""
     raw = {field: getattr(entry, field, None) for field in (*_REQUIRED, *OPTIONAL)} | given
     code, name = country(raw["country_code"], raw["country"])
+    optional = {field: check(raw[field]) for field, check in OPTIONAL.items()}
+    if optional["latitude"] is None or optional["longitude"] is None:  # half a place is none
+        optional["latitude"] = optional["longitude"] = None
     return Server(
         provider=provider,
         country=name,
         country_code=code,
         identifier=identifier(raw["identifier"]),
         public_key=wireguard_key(raw["public_key"]),
-        **{field: check(raw[field]) for field, check in OPTIONAL.items()},
+        **optional,
     )

@@ -1,7 +1,9 @@
 """Mullvad's app relay list: active WireGuard relays, ordered by their weight. A relay's
 `location` key (`gb-lon`) points into the `locations` map (country names there are
-sometimes "UK", "USA"); the ISO code is the key's prefix. No load. Relays marked
-`include_in_country: false` are listed but left out of country queries."""
+sometimes "UK", "USA"), which gives its city and coordinates; the ISO code is the key's
+prefix. No load. Relays marked `include_in_country: false` are listed but left out of
+country queries. `daita` is the relay's own flag; a relay whose `features.quic` is an
+object (not null) offers WireGuard over QUIC."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from draco.providers import base
 
 _Relay = base.entry(
     "Relay",
-    "identifier active location public_key weight include_in_country ipv4 owned",
-    {"identifier": "hostname", "ipv4": "ipv4_addr_in"},
+    "identifier active location public_key weight include_in_country ipv4 ipv6 owned daita"
+    " features",
+    {"identifier": "hostname", "ipv4": "ipv4_addr_in", "ipv6": "ipv6_addr_in"},
 )
 
 
@@ -34,14 +37,16 @@ def _server(relay: Any, locations: dict[str, Any]) -> Server | None:
     if relay.active is not True:
         return None
     place = locations[relay.location]
+    features = relay.features if isinstance(relay.features, dict) else {}
     return base.server(
         "mullvad",
         relay,
         country_code=relay.location.partition("-")[0],
         country=place["country"],
         city=place.get("city"),
-        include_in_country=relay.include_in_country,
-        owned=relay.owned,
+        latitude=place.get("latitude"),
+        longitude=place.get("longitude"),
+        quic=isinstance(features.get("quic"), dict),
     )
 
 
@@ -59,11 +64,13 @@ def parse(payload: base.Payload) -> base.Parsed:
 
 
 # gluetun's Mullvad default WireGuard port: qdm12/gluetun internal/provider/mullvad/connection.go,
-# NewConnectionDefaults(443, 1194, 51820); 51820 lies in the relay list's wireguard port_ranges.
+# NewConnectionDefaults(443, 1194, 51820). The ports are the relay list's own
+# `wireguard.port_ranges` (tests/fixtures/mullvad, checked against it by the tests).
 PROVIDER = base.Provider(
     name="mullvad",
     parse=parse,
-    reports="city ipv4 owned",
+    reports="city ipv4 ipv6 owned daita quic latitude longitude",
     ordering="weight",
     wireguard_port=51820,
+    wireguard_ports=((53, 53), (123, 123), (4000, 33433), (33565, 51820), (52001, 60000)),
 )

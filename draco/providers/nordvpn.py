@@ -1,4 +1,6 @@
-"""NordVPN /v1/servers: online servers whose wireguard_udp technology is online and has a key."""
+"""NordVPN /v1/servers: online servers whose wireguard_udp technology is online and has a key.
+The entry address is `station` (`ipv6_station` when not empty); the coordinates are the
+first location's; the `legacy_p2p` group allows peer-to-peer traffic."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ class _Country(msgspec.Struct):
 
 class _Location(msgspec.Struct):
     country: _Country
+    latitude: Any = None
+    longitude: Any = None
 
 
 class _Metadata(msgspec.Struct):  # one of a technology's {"name": ..., "value": ...} entries
@@ -38,11 +42,14 @@ class _Technology(msgspec.Struct):
     pivot: msgspec.Raw = base.NULL
 
 
-class _Entry(msgspec.Struct, rename={"identifier": "hostname", "ipv4": "station"}):
+class _Entry(
+    msgspec.Struct, rename={"identifier": "hostname", "ipv4": "station", "ipv6": "ipv6_station"}
+):
     identifier: Any = None
     status: Any = None
     load: Any = None
     ipv4: Any = None
+    ipv6: Any = None
     locations: msgspec.Raw = base.NULL
     technologies: list[_Technology] = []
     groups: list[_Group] = []
@@ -59,7 +66,8 @@ def _server(entry: _Entry) -> Server | None:
         return None
     metadata = msgspec.json.decode(wireguard.metadata, type=list[_Metadata])
     key = next((m.value for m in metadata if m.name == "public_key"), None)
-    where = msgspec.json.decode(entry.locations, type=list[_Location])[0].country
+    location = msgspec.json.decode(entry.locations, type=list[_Location])[0]
+    where = location.country
     city = where.city.get("name") if isinstance(where.city, dict) else None
     p2p = "legacy_p2p" in groups
     return base.server(
@@ -70,6 +78,8 @@ def _server(entry: _Entry) -> Server | None:
         country=where.name,
         city=city,
         p2p=p2p,
+        latitude=location.latitude,
+        longitude=location.longitude,
     )
 
 
@@ -94,7 +104,7 @@ def _params(settings: base.UpstreamSettings) -> dict[str, Any]:
 PROVIDER = base.Provider(
     name="nordvpn",
     parse=parse,
-    reports="load city ipv4 p2p",
+    reports="load city ipv4 ipv6 p2p latitude longitude",
     ordering="load",
     wireguard_port=51820,
     params=_params,

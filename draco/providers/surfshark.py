@@ -1,5 +1,7 @@
 """Surfshark server clusters: WireGuard-capable clusters (`wireguard`, `generic`) with a key.
-There is no status field: being listed is the only sign of being online."""
+There is no status field: being listed is the only sign of being online. `tags` says
+`physical` or `virtual` (a virtual location's server stands in another country) and
+`p2p`; `coordinates` holds the location's latitude and longitude."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from draco.providers import base
 _WIREGUARD_TYPES = ("wireguard", "generic")
 _Cluster = base.entry(
     "Cluster",
-    "identifier type public_key country country_code city load",
+    "identifier type public_key country country_code city load tags coordinates",
     {
         "identifier": "connectionName",
         "public_key": "pubKey",
@@ -24,7 +26,18 @@ _Cluster = base.entry(
 
 
 def _server(cluster: Any) -> Server | None:
-    return base.server("surfshark", cluster) if cluster.type in _WIREGUARD_TYPES else None
+    if cluster.type not in _WIREGUARD_TYPES:
+        return None
+    tags = cluster.tags if isinstance(cluster.tags, list) else None
+    place = cluster.coordinates if isinstance(cluster.coordinates, dict) else {}
+    return base.server(
+        "surfshark",
+        cluster,
+        p2p=None if tags is None else "p2p" in tags,
+        virtual=None if tags is None else "virtual" in tags,
+        latitude=place.get("latitude"),
+        longitude=place.get("longitude"),
+    )
 
 
 def parse(payload: base.Payload) -> base.Parsed:
@@ -40,7 +53,7 @@ def parse(payload: base.Payload) -> base.Parsed:
 PROVIDER = base.Provider(
     name="surfshark",
     parse=parse,
-    reports="load city",
+    reports="load city p2p virtual latitude longitude",
     reports_status=False,
     wireguard_port=51820,
     endpoint="identifier",

@@ -19,8 +19,8 @@ from draco import models
 from draco.models import Error
 from draco.providers import REGISTRY
 from draco.settings import Settings, installed, needs
-from draco.web.params import FILTER_OF
-from draco.web.routes import ALL, API, Endpoint
+from draco.web.params import ALWAYS
+from draco.web.routes import ALL, API, JSON, Endpoint, offered
 
 log = logging.getLogger("draco")
 
@@ -43,10 +43,36 @@ _CATALOG_HEADERS = {
 }
 
 
-def accepted(provider: str | None, name: str) -> bool:
-    """Whether `provider` accepts the parameter `name`: any but a filter its list cannot
-    answer."""
-    return name not in FILTER_OF or FILTER_OF[name].answered_by(REGISTRY.get(provider or ALL))
+SERVER = "#/components/schemas/Server"
+
+
+def _either_server(schema: Any) -> Any:
+    """`schema` with each Server in it a Server, or (with fields=) only some of its
+    fields: those of a Server, the identifier always among them."""
+    if isinstance(schema, list | tuple):
+        return [_either_server(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("$ref") == SERVER:
+        return {"anyOf": [schema, {"$ref": SERVER + "Fields"}]}
+    return {key: _either_server(value) for key, value in schema.items()}
+
+
+def _answered(
+    endpoint: Endpoint, answer: dict[str, Any], shape_of: dict[Any, dict[str, Any]]
+) -> dict[str, Any]:
+    """The 200's content: JSON (the answer, or any other struct written as JSON), and each
+    other media type with the structs written in it (a string where none is)."""
+    content = _json_content(answer)
+    for media, shapes in endpoint.media.items():
+        schemas = [shape_of[shape] for shape in shapes]
+        if media == JSON:
+            schemas = [answer, *(s for s in schemas if s != answer)]
+        if not schemas:
+            content[media] = {"schema": {"type": "string"}}
+        else:
+            content[media] = {"schema": schemas[0] if len(schemas) == 1 else {"anyOf": schemas}}
+    return content
 
 
 def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -61,21 +87,23 @@ _ONLY = {  # answers some endpoints give, besides those every one may give
 
 def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
     bodies = [endpoint.body for endpoint in endpoints if endpoint.body is not None]
-    types = [*(endpoint.answer for endpoint in endpoints), *bodies, Error]
+    shapes = list(dict.fromkeys(s for e in endpoints for ss in e.media.values() for s in ss))
+    types = [*(endpoint.answer for endpoint in endpoints), *shapes, *bodies, Error]
     found, schemas = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
     for name, schema in schemas.items():  # msgspec sends every field, unless told to omit them
         if not getattr(models, name).__struct_config__.omit_defaults:
             schema["required"] = list(schema["properties"])
-    answers = found[: len(endpoints)]
-    requests = iter(found[len(endpoints) : -1])
+    fields = schemas["Server"] | {"required": [ALWAYS]}
+    schemas = _either_server(schemas) | {"ServerFields": fields}
+    answers = _either_server(found[: len(endpoints)])
+    shape_of = dict(zip(shapes, found[len(endpoints) : len(endpoints) + len(shapes)], strict=True))
+    requests = iter(found[len(endpoints) + len(shapes) : -1])
     error = _json_content(found[-1])
     paths: dict[str, dict[str, Any]] = {}
     for endpoint, answer in zip(endpoints, answers, strict=True):
-        ok: dict[str, Any] = {"description": "OK", "content": _json_content(answer)}
-        if endpoint.text:
-            ok["content"]["text/plain"] = {"schema": {"type": "string"}}
+        ok: dict[str, Any] = {"description": "OK", "content": _answered(endpoint, answer, shape_of)}
         responses = {"200": ok}
         if endpoint.catalog:
             ok["headers"] = _CATALOG_HEADERS
@@ -97,9 +125,8 @@ def document(settings: Settings, endpoints: Sequence[Endpoint]) -> dict[str, Any
         if endpoint.method == "POST":
             providers = list(REGISTRY)  # one provider's server is reported, never `all`'s
         for provider in providers:
-            parameters = [
-                param.document() for param in endpoint.params if accepted(provider, param.name)
-            ]
+            narrowed = (offered(param, REGISTRY.get(provider or ALL)) for param in endpoint.params)
+            parameters = [param.document() for param in narrowed if param is not None]
             path = endpoint.path.replace("{provider}", provider or "")
             paths.setdefault(path, {})[endpoint.method.lower()] = operation | {
                 "parameters": parameters

@@ -7,7 +7,7 @@ client whose copy is current gets a 304."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -43,14 +43,19 @@ from draco.models import (
     ServerChange,
 )
 from draco.probe.runs import Latencies, Target
+from draco.providers import Provider
 from draco.settings import Settings
 from draco.web import configs
 from draco.web.errors import RequestValidationError
 from draco.web.params import (
     COUNTRY,
-    EXCLUDE,
+    FAMILY,
+    FEATURES,
+    FIELDS,
+    FILTER_OF,
     FILTER_PARAMS,
     FILTERS,
+    NEAR,
     PAGE,
     TOP_LIMIT,
     Boolean,
@@ -59,10 +64,20 @@ from draco.web.params import (
     Integer,
     Param,
     Pattern,
+    Point,
+    PortIn,
     Text,
     read,
 )
-from draco.web.shaping import matching, operational, set_aside, spread, with_latency
+from draco.web.shaping import (
+    matching,
+    nearest,
+    only,
+    operational,
+    set_aside,
+    spread,
+    with_latency,
+)
 
 API = "/api"  # every path under it is behind the API key
 ALL = "all"  # every provider at once
@@ -74,7 +89,32 @@ SEED = Param(
 )
 SHOWN = Param("include_quarantined", Boolean("show servers your reports set aside"), default=False)
 SINCE = Param("since", Pattern(VERSION, "a version, as X-List-Version gave it"))
-SHAPING = (*FILTER_PARAMS, SEED, SHOWN)  # what every list answer takes
+SHAPING = (*FILTER_PARAMS, SEED, SHOWN, FIELDS)  # what every list answer takes
+PORT = Param("port", Integer(1, 65535, "the Endpoint's port: one the provider's servers use"))
+VIA = Param("via", Text(253, "multi-hop: the identifier of the server the chain enters at"))
+FORMAT = Param(
+    "format",
+    Choice(tuple(configs.FORMATS), "the client's format (else JSON if Accept asks, wg-quick)"),
+)
+MULTIHOP = FEATURES["multihop"].field  # what a provider reports when it can chain
+ONE_PROVIDERS = (PORT, VIA)  # asked of one provider's path, never of `all`
+
+
+def offered(param: Param, provider: Provider | None) -> Param | None:
+    """`param` as `provider` accepts it (None: `all`): a filter with only what its list
+    answers, the ports its servers use; None when it accepts none of it. A port and a
+    chain are one provider's: `all` takes neither."""
+    if param in FILTER_PARAMS:
+        return FILTER_OF[param.name].offered(provider)
+    if provider is None:
+        return None if param in ONE_PROVIDERS else param
+    if param is PORT:
+        return attrs.evolve(
+            PORT, accepts=PortIn(provider.wireguard_ports, PORT.accepts.description)
+        )
+    if param is VIA and MULTIHOP not in provider.reports:
+        return None
+    return param
 
 
 @attrs.frozen
@@ -88,10 +128,12 @@ class Endpoint:
     answer: Any  # the type of a 200 answer (models.py), for the document
     params: tuple[Param, ...] = ()
     catalog: bool = True  # a catalog answer: ETag, Age, X-Data-Status, 304
-    text: bool = False  # text/plain too, when JSON is not asked for
     weight: int = 1  # what a request costs in the rate limit
     method: str = "GET"
     body: Any = None  # the type of the JSON body a POST takes, for the document
+    # a 200's media types besides JSON's `answer`, each with the structs it may hold (none:
+    # text), for the document
+    media: Mapping[str, tuple[Any, ...]] = attrs.field(factory=dict)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -132,18 +174,34 @@ class Shape:
     seed: str | None
     aside: Aside
     shown: bool  # include_quarantined: keep those set aside, saying until when
+    near: Point | None = None  # nearest first, each with its distance
+    fields: frozenset[str] | None = None  # only these fields of each server
 
     def key(self) -> tuple[Any, ...]:
         """What the answer depends on, besides the list: part of its render-cache key."""
         values = tuple((f.param.name, value) for f, value in self.chosen)
         aside = tuple(sorted(self.aside.items())) if self.aside else ()
-        return (values, self.seed, aside, self.shown and bool(aside))
+        return (values, self.seed, aside, self.shown and bool(aside), self.fields)
 
     def keep(self, servers: Sequence[Server]) -> Sequence[Server]:
         return set_aside(matching(servers, self.chosen), self.aside, shown=self.shown)
 
-    def order(self, servers: Sequence[Server]) -> Sequence[Server]:
-        return spread(servers, self.seed) if self.seed else servers
+    def order(
+        self,
+        servers: Sequence[Server],
+        usual: Callable[[Sequence[Server]], Sequence[Server]] = lambda servers: servers,
+    ) -> Sequence[Server]:
+        """Nearest first with `near` (servers at one place in the seed's order), the seed's
+        own order with `seed`, else the `usual` one."""
+        if self.near is not None:
+            return nearest(servers, self.near, self.seed)
+        if self.seed:
+            return spread(servers, self.seed)
+        return usual(servers)
+
+    def written(self, servers: Sequence[Server]) -> Sequence[Server] | list[dict[str, Any]]:
+        """The servers as the answer writes them: with `fields`, only those."""
+        return servers if self.fields is None else only(servers, self.fields)
 
 
 class Api:
@@ -215,7 +273,7 @@ class Api:
                 summary="Measure latency (costs LATENCY_WEIGHT requests); "
                 "fastest first, unreachable last",
                 answer=LatencyRun,
-                params=(COUNTRY, latency_limit, method),
+                params=(COUNTRY, latency_limit, method, FIELDS),
                 catalog=False,
                 weight=settings.latency_weight,
             ),
@@ -225,7 +283,7 @@ class Api:
                 summary="The fastest operational servers that answered "
                 "(costs LATENCY_WEIGHT requests)",
                 answer=list[Server],
-                params=(TOP_LIMIT, COUNTRY, measure_count, EXCLUDE, method, *SHAPING),
+                params=(TOP_LIMIT, COUNTRY, measure_count, method, *SHAPING),
                 catalog=False,
                 weight=settings.latency_weight,
             ),
@@ -239,12 +297,12 @@ class Api:
             Endpoint(
                 path=f"{provider}/servers/{{identifier}}/wireguard",
                 handler=self.wireguard,
-                summary="The [Peer] section for a WireGuard client "
-                "(JSON with Accept: application/json)",
+                summary="The peer for a WireGuard client, in its format "
+                "(wg-quick's [Peer]; JSON with Accept: application/json)",
                 answer=Peer,
-                params=(identifier,),
+                media=configs.shapes(),
+                params=(identifier, FAMILY, PORT, VIA, FORMAT),
                 catalog=False,
-                text=True,
             ),
             Endpoint(
                 path=f"{provider}/servers/{{identifier}}/reports",
@@ -293,16 +351,29 @@ class Api:
             ),
         ]
 
+    def unanswered(self, name: str, f: Filter, value: Any) -> list[Detail]:
+        """A 422 detail for each part of `value` (each word of a list) that provider `name`'s
+        list cannot answer, naming the providers that can."""
+        provider = self.catalog.providers.get(name)
+        parts = [frozenset({w}) for w in sorted(value)] if isinstance(value, frozenset) else [value]
+        problems = []
+        for part in parts:
+            missing = f.missing(provider, part)
+            if missing:
+                able = [p.name for p in self.catalog.providers.values() if not f.missing(p, part)]
+                asked = ",".join(sorted(part)) if isinstance(part, frozenset) else part
+                message = (
+                    f"{name} does not say {', '.join(missing)} ({f.param.name}={asked}); "
+                    f"the providers that do: {', '.join(able) or 'none'}"
+                )
+                problems.append(Detail(["query", f.param.name], message, "unsupported_filter"))
+        return problems
+
     def active(self, request: Request, filters: dict[str, Any]) -> list[tuple[Filter, Any]]:
         """The filters asked for; a 422 for one the provider's list cannot answer."""
         chosen = [(f, filters[f.param.name]) for f in FILTERS if filters[f.param.name] is not None]
         name = request.path_params["provider"]
-        problems = []
-        for f, _ in chosen:
-            if not f.answered_by(self.catalog.providers.get(name)):
-                able = [p.name for p in self.catalog.providers.values() if f.answered_by(p)]
-                message = f"{name} does not say {f.needs}; the providers that do: {', '.join(able)}"
-                problems.append(Detail(["query", f.param.name], message, "unsupported_filter"))
+        problems = [detail for f, value in chosen for detail in self.unanswered(name, f, value)]
         if problems:
             raise RequestValidationError(problems)
         return chosen
@@ -317,9 +388,17 @@ class Api:
     async def shape(self, request: Request, asked: dict[str, Any]) -> Shape:
         seed = asked.pop(SEED.name)
         shown = asked.pop(SHOWN.name)
+        fields = asked.pop(FIELDS.name)
         chosen = self.active(request, asked)
         aside = await self.quarantine.aside(self.scope(request), self.catalog.clock())
-        return Shape(chosen=chosen, seed=seed, aside=aside, shown=shown)
+        return Shape(
+            chosen=chosen,
+            seed=seed,
+            aside=aside,
+            shown=shown,
+            near=asked[NEAR.name],
+            fields=fields,
+        )
 
     async def dataset(self, request: Request) -> Dataset:
         name = request.path_params["provider"]
@@ -395,7 +474,10 @@ class Api:
                 ordering=provider.ordering,
                 data_age=self.catalog.age(data) if data else None,
                 status=self.freshness(data),
-                filters=[f.param.name for f in FILTERS if f.answered_by(provider)],
+                filters=[f.param.name for f in FILTERS if f.offered(provider)],
+                features=[w for w, f in FEATURES.items() if f.field in provider.reports],
+                wireguard_port=provider.wireguard_port,
+                wireguard_ports=[[first, last] for first, last in provider.wireguard_ports],
                 version=data.version if data else None,
             )
             index.append(summary)
@@ -412,7 +494,7 @@ class Api:
         rendered = render(
             data,
             ("servers", start, stop, shape.key()),
-            lambda: shape.order(shape.keep(data.servers))[start:stop],
+            lambda: shape.written(shape.order(shape.keep(data.servers))[start:stop]),
         )
         return self.respond(request, data, rendered)
 
@@ -425,7 +507,8 @@ class Api:
         if page > max(result.total_pages, 1):
             raise HTTPException(404, f"Page {page} is past the last page ({result.total_pages}).")
         key = ("paginated", page, page_size, shape.key())
-        return self.respond(request, data, render(data, key, lambda: result))
+        written = msgspec.structs.replace(result, data=shape.written(result.data))
+        return self.respond(request, data, render(data, key, lambda: written))
 
     async def servers_by_country(
         self, request: Request, country_code: str, **asked: Any
@@ -433,7 +516,9 @@ class Api:
         shape = await self.shape(request, asked)
         data = await self.dataset(request)
         key = ("country", country_code, shape.key())
-        rendered = render(data, key, lambda: shape.order(shape.keep(data.pool(country_code))))
+        rendered = render(
+            data, key, lambda: shape.written(shape.order(shape.keep(data.pool(country_code))))
+        )
         if rendered.empty:
             match = " match." if shape.chosen else "."
             raise HTTPException(404, f"No servers in country {country_code}{match}")
@@ -445,11 +530,11 @@ class Api:
         shape = await self.shape(request, asked)
         data = await self.dataset(request)
 
-        def build() -> Sequence[Server]:
+        def build() -> Sequence[Server] | list[dict[str, Any]]:
             pool = operational(shape.keep(data.pool(country_code)))
-            if shape.seed:  # a replica's own order, not the one every replica shares
-                return spread(pool, shape.seed)[:limit]
-            return with_latency(pool, self.latencies.known())[:limit]
+            # near or a replica's seed, else by latency (then load), as every replica ranks
+            ranked = shape.order(pool, lambda pool: with_latency(pool, self.latencies.known()))
+            return shape.written(ranked[:limit])
 
         # a new measurement may change the ranking
         measured = self.latencies.measured.generation
@@ -469,7 +554,12 @@ class Api:
         return with_latency(chosen, await self.latencies.run(data.provider, targets, method))
 
     async def servers_latency(
-        self, request: Request, country_code: str | None, limit: int, method: str
+        self,
+        request: Request,
+        country_code: str | None,
+        limit: int,
+        method: str,
+        fields: frozenset[str] | None,
     ) -> Response:
         method = self.methods[0] if method == "auto" else method
         data = await self.dataset(request)
@@ -487,6 +577,8 @@ class Api:
             method=method,
             servers=measured,
         )
+        if fields is not None:
+            run = msgspec.structs.replace(run, servers=only(measured, fields))
         return uncached_json(request, run)
 
     async def servers_fastest(
@@ -495,28 +587,67 @@ class Api:
         limit: int,
         country_code: str | None,
         measure_count: int,
-        exclude: str,
         method: str,
         **asked: Any,
     ) -> Response:
         method = self.methods[0] if method == "auto" else method
         shape = await self.shape(request, asked)
         data = await self.dataset(request)
-        excluded = frozenset(code for code in exclude.replace(",", "-").split("-") if code)
-        candidates = operational(shape.keep(data.pool(country_code)), excluded)
+        # least loaded first, or the nearest with `near`: those are measured
+        candidates = operational(shape.keep(data.pool(country_code)))
+        if shape.near is not None:
+            candidates = nearest(candidates, shape.near, shape.seed)
         if not candidates:
             raise HTTPException(404, "No operational servers match.")
         to_measure = candidates[:measure_count] if measure_count else candidates
         measured = await self._measured(data, to_measure, method)
-        answered = [s for s in measured if s.latency is not None]
+        answered = [s for s in measured if s.latency is not None]  # fastest first
         if not answered:
             raise HTTPException(404, "No server answered the latency probe.")
-        return uncached_json(request, shape.order(answered)[:limit])
+        if shape.seed:
+            answered = spread(answered, shape.seed)
+        return uncached_json(request, shape.written(answered[:limit]))
 
-    async def wireguard(self, request: Request, identifier: str) -> Response:
-        """The [Peer] a client pastes under its own [Interface]. draco never asks for,
-        takes or returns a private key: this endpoint takes no query parameter at all."""
+    async def wireguard(
+        self,
+        request: Request,
+        identifier: str,
+        family: str | None,
+        port: int | None,
+        via: str | None,
+        format: str | None,  # the parameter's name in the API, though a builtin's too
+    ) -> Response:
+        """The peer a client adds to its own interface, in the client's format. draco never
+        asks for, takes or returns a private key: a placeholder stands for it."""
+        named = self.catalog.providers.get(request.path_params["provider"])
+        if named is not None:  # refused before any lookup, as its document bounds them
+            _refuse(self.peer_problems(named, family=family, port=port, via=via))
+        elif port is not None or via is not None:
+            where = ["query", PORT.name if port is not None else VIA.name]
+            message = "A port or a chain is asked of one provider: /api/{provider}/servers/..."
+            raise _invalid(where, message, "one_provider")
         data = await self.dataset(request)
+        server = await self.unset_aside(request, data, identifier)
+        provider = self.catalog.providers[server.provider]
+        if named is None:  # `all`: what the server's own provider can do
+            _refuse(self.peer_problems(provider, family=family, port=None, via=None))
+        entry = None
+        if via is not None:
+            entry = await self.unset_aside(request, data, via)
+            if entry.identifier == server.identifier:
+                raise _invalid(
+                    ["query", "via"], "A chain enters and leaves at two servers.", "same"
+                )
+        try:
+            peering = configs.peering(server, provider, family=family, port=port, via=entry)
+        except configs.UnwritableError as exc:
+            raise HTTPException(404, f"No config for {server.identifier}: {exc}.") from None
+        usual = "json" if JSON in request.headers.get("accept", "") else "wg-quick"
+        written = configs.FORMATS[format or usual]
+        return Response(written.write(peering), 200, {"Cache-Control": "no-store"}, written.media)
+
+    async def unset_aside(self, request: Request, data: Dataset, identifier: str) -> Server:
+        """The server named so in `data`, unless the client's reports set it aside: a 404."""
         wanted = identifier.lower()
         server = data.by_identifier.get(wanted)
         if server is None:
@@ -524,14 +655,29 @@ class Api:
         aside = await self.quarantine.aside(self.scope(request), self.catalog.clock())
         if (server.provider, server.identifier) in aside:
             raise HTTPException(404, f"{wanted} is set aside by your reports.")
-        provider = self.catalog.providers[server.provider]
-        try:
-            if JSON in request.headers.get("accept", ""):
-                return uncached_json(request, configs.peer(server, provider))
-            text = configs.wg_quick(server, provider)
-        except configs.UnwritableError as exc:
-            raise HTTPException(404, f"No config for {wanted}: {exc}.") from None
-        return Response(text, 200, {"Cache-Control": "no-store"}, "text/plain")
+        return server
+
+    def peer_problems(
+        self, provider: Provider, *, family: str | None, port: int | None, via: str | None
+    ) -> list[Detail]:
+        """What the server's provider cannot do of what the peer asks: each a 422 detail."""
+        problems = []
+        if family is not None:
+            problems += self.unanswered(provider.name, FILTER_OF[FAMILY.name], family)
+        if port is not None and not provider.listens_on(port):
+            ports = PortIn(provider.wireguard_ports, "").spelled()
+            message = f"{provider.name}'s servers listen on {ports}; not {port}"
+            problems.append(Detail(["query", PORT.name], message, "port"))
+        if via is not None and MULTIHOP not in provider.reports:
+            able = [p.name for p in self.catalog.providers.values() if MULTIHOP in p.reports]
+            message = (
+                f"{provider.name} publishes no multi-hop; the providers that do: {', '.join(able)}"
+            )
+            problems.append(Detail(["query", VIA.name], message, "unsupported_filter"))
+        if via is not None and port is not None:
+            message = "A chain's port is its exit's multi-hop port: ask for port or via, not both"
+            problems.append(Detail(["query", PORT.name], message, "port"))
+        return problems
 
     async def report(self, request: Request, identifier: str) -> Response:
         """A client's word on a server: `unreachable` or `handshake_failed` set it aside
@@ -599,7 +745,7 @@ def _kind(old: Entry | None, new: Entry | None) -> ChangeKind:
         return "added"
     if new is None:
         return "removed"
-    return CHANGED[(old.key != new.key, old.address != new.address)]
+    return CHANGED[(old.key != new.key, old.addresses() != new.addresses())]
 
 
 def _changes(provider: str, composed: Composed) -> Changes:
@@ -614,6 +760,8 @@ def _changes(provider: str, composed: Composed) -> Changes:
                 new_key=new.key if new else None,
                 old_address=old.address if old else None,
                 new_address=new.address if new else None,
+                old_ipv6=old.ipv6 if old else None,
+                new_ipv6=new.ipv6 if new else None,
             )
         )
     return Changes(
@@ -624,6 +772,11 @@ def _changes(provider: str, composed: Composed) -> Changes:
         current_at=composed.current_at,
         servers=servers,
     )
+
+
+def _refuse(problems: list[Detail]) -> None:
+    if problems:
+        raise RequestValidationError(problems)
 
 
 def _invalid(where: list[str], message: str, kind: str) -> RequestValidationError:
