@@ -361,6 +361,15 @@ def test_a_preflight_may_ask_for_post_on_reports_only(method):
         assert "POST" in reports.headers["access-control-allow-methods"]
 
 
+def test_a_quarantine_nobody_reported_to_needs_no_lookup():
+    quarantine = MemoryQuarantine(600)
+    assert quarantine.unused()
+    until = asyncio.run(quarantine.report("key", ("p", "s1"), "unreachable", 0.0))
+    assert not quarantine.unused()
+    assert asyncio.run(quarantine.aside("key", 1.0)) == {("p", "s1"): until}
+    assert asyncio.run(quarantine.aside("other", 1.0)) == {}
+
+
 def test_the_caps_hold_however_many_reports_come():
     quarantine = MemoryQuarantine(600, most_servers=8, most_scopes=50)
 

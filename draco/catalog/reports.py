@@ -44,6 +44,10 @@ class Quarantine(Protocol):
 
     async def aside(self, scope: str, now: float) -> Aside: ...
 
+    def unused(self) -> bool:
+        """True only when no scope has anything set aside: no lookup is needed."""
+        ...
+
     def counts(self) -> Counts: ...
 
 
@@ -85,6 +89,9 @@ class MemoryQuarantine:
         while len(self.scopes) > self.most_scopes:
             self.scopes.popitem(last=False)
         return held
+
+    def unused(self) -> bool:
+        return not self.scopes
 
     def counts(self) -> Counts:
         return Counts(len(self.scopes), sum(len(held) for held in self.scopes.values()))
@@ -163,6 +170,9 @@ class RedisQuarantine:
             provider, _, identifier = bytes(member).decode().partition("/")
             aside[(provider, identifier)] = float(until)
         return aside
+
+    def unused(self) -> bool:
+        return False  # other instances report too: only Redis knows
 
     def counts(self) -> Counts:
         return Counts(self.scopes, None)

@@ -416,23 +416,46 @@ FIELDS = Param(
 )
 
 
-def read(params: tuple[Param, ...], query_string: bytes, path: Mapping[str, str]) -> dict[str, Any]:
-    """Every declared parameter's value (its default when absent), or one 422 that
-    lists every problem: a value of the wrong type or out of bounds, an unknown name."""
-    query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-    known = {p.name for p in params if p.where == "query"}
-    problems = [
-        Detail(["query", name], "Unknown parameter", "extra_forbidden")
-        for name in query
-        if name not in known
-    ]
-    values = {}
-    for param in params:
-        raw = (path if param.where == "path" else query).get(param.name)
-        try:
-            values[param.name] = param.default if raw is None else param.accepts.parse(raw)
-        except InvalidValueError as exc:
-            problems.append(Detail([param.where, param.name], exc.message, exc.kind))
-    if problems:
-        raise RequestValidationError(problems)
-    return values
+def _by_name(params: tuple[Param, ...], where: str) -> dict[str, Param]:
+    return {p.name: p for p in params if p.where == where}
+
+
+def _derived(make: Callable[[Any], Any]) -> Any:
+    """A field computed once, from the others, when the record is made."""
+    return attrs.field(init=False, default=attrs.Factory(make, takes_self=True))
+
+
+@attrs.frozen
+class Reader:
+    """An endpoint's parameters, ready to be read from a request: a request pays for the
+    parameters it names, not for every one declared."""
+
+    params: tuple[Param, ...]
+    query: Mapping[str, Param] = _derived(lambda self: _by_name(self.params, "query"))
+    path: Mapping[str, Param] = _derived(lambda self: _by_name(self.params, "path"))
+    defaults: Mapping[str, Any] = _derived(lambda self: {p.name: p.default for p in self.params})
+    # where each is declared: the order its problems are told in
+    rank: Mapping[str, int] = _derived(lambda self: {p.name: i for i, p in enumerate(self.params)})
+
+    def read(self, query_string: bytes, path: Mapping[str, str]) -> dict[str, Any]:
+        """Every declared parameter's value (its default when absent), or one 422 that
+        lists every problem: an unknown name (in the query's order), then a value of the
+        wrong type or out of bounds (in the declared order)."""
+        query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        values = dict(self.defaults)
+        unknown = []
+        invalid = []
+        given = [(self.query.get(name), raw, name) for name, raw in query.items()]
+        given += [(self.path[name], raw, name) for name, raw in path.items() if name in self.path]
+        for param, raw, name in given:
+            if param is None:
+                unknown.append(Detail(["query", name], "Unknown parameter", "extra_forbidden"))
+                continue
+            try:
+                values[name] = param.accepts.parse(raw)
+            except InvalidValueError as exc:
+                detail = Detail([param.where, name], exc.message, exc.kind)
+                invalid.append((self.rank[name], detail))
+        if unknown or invalid:
+            raise RequestValidationError(unknown + [detail for _, detail in sorted(invalid)])
+        return values

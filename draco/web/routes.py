@@ -66,8 +66,8 @@ from draco.web.params import (
     Pattern,
     Point,
     PortIn,
+    Reader,
     Text,
-    read,
 )
 from draco.web.shaping import (
     matching,
@@ -134,10 +134,13 @@ class Endpoint:
     # a 200's media types besides JSON's `answer`, each with the structs it may hold (none:
     # text), for the document
     media: Mapping[str, tuple[Any, ...]] = attrs.field(factory=dict)
+    reader: Reader = attrs.field(  # the params, ready to be read; made once
+        init=False, default=attrs.Factory(lambda self: Reader(self.params), takes_self=True)
+    )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        values = read(self.params, scope["query_string"], request.path_params)
+        values = self.reader.read(scope["query_string"], request.path_params)
         response = await self.handler(request, **values)
         await response(scope, receive, send)
 
@@ -371,7 +374,7 @@ class Api:
 
     def active(self, request: Request, filters: dict[str, Any]) -> list[tuple[Filter, Any]]:
         """The filters asked for; a 422 for one the provider's list cannot answer."""
-        chosen = [(f, filters[f.param.name]) for f in FILTERS if filters[f.param.name] is not None]
+        chosen = [(f, value) for f in FILTERS if (value := filters[f.param.name]) is not None]
         name = request.path_params["provider"]
         problems = [detail for f, value in chosen for detail in self.unanswered(name, f, value)]
         if problems:
@@ -385,12 +388,19 @@ class Api:
         presented = request.headers.get("x-api-key", "").encode()
         return hashlib.sha256(presented).hexdigest()[:32]
 
+    async def aside(self, request: Request) -> Aside:
+        """The servers the client's reports set aside (none to look up while no client has
+        set any aside)."""
+        if self.quarantine.unused():
+            return {}
+        return await self.quarantine.aside(self.scope(request), self.catalog.clock())
+
     async def shape(self, request: Request, asked: dict[str, Any]) -> Shape:
         seed = asked.pop(SEED.name)
         shown = asked.pop(SHOWN.name)
         fields = asked.pop(FIELDS.name)
         chosen = self.active(request, asked)
-        aside = await self.quarantine.aside(self.scope(request), self.catalog.clock())
+        aside = await self.aside(request)
         return Shape(
             chosen=chosen,
             seed=seed,
@@ -413,7 +423,7 @@ class Api:
         current."""
         use_gzip = rendered.gzipped is not None and accepts_gzip(request)
         plain = entity_tag(data.version, rendered.digest, compressed=False)
-        etag = entity_tag(data.version, rendered.digest, compressed=use_gzip)
+        etag = entity_tag(data.version, rendered.digest, compressed=True) if use_gzip else plain
         status = b"stale" if self.catalog.is_stale(data) else b"fresh"
         headers = [
             (b"etag", etag.encode()),
@@ -652,7 +662,7 @@ class Api:
         server = data.by_identifier.get(wanted)
         if server is None:
             raise HTTPException(404, f"No server {wanted}.")
-        aside = await self.quarantine.aside(self.scope(request), self.catalog.clock())
+        aside = await self.aside(request)
         if (server.provider, server.identifier) in aside:
             raise HTTPException(404, f"{wanted} is set aside by your reports.")
         return server
