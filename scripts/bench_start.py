@@ -59,7 +59,8 @@ def default_install(folder: Path) -> str:
     """A virtual environment of requirements.lock and draco itself; its interpreter."""
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     pip = [str(folder / "bin" / "pip"), "install", "--quiet", "--no-deps"]
-    subprocess.run([*pip, "--require-hashes", "-r", str(ROOT / "requirements.lock")], check=True)
+    for lock in ("requirements.lock", "requirements-build.lock"):  # the build lock: setuptools
+        subprocess.run([*pip, "--require-hashes", "-r", str(ROOT / lock)], check=True)
     subprocess.run([*pip, "--no-build-isolation", "-e", str(ROOT)], check=True)
     return str(folder / "bin" / "python")
 
