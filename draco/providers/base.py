@@ -36,7 +36,6 @@ LAST_PORT = 65535
 LATITUDE = 90.0  # degrees, either side of the equator
 LONGITUDE = 180.0  # degrees, either side of Greenwich
 WIREGUARD_PORT = 51820  # WireGuard's own default
-PRESHARED_NOTE = "also needs your account's PresharedKey, from the provider's own configuration"
 
 
 class Parsed(NamedTuple):

@@ -186,8 +186,8 @@ class Point(NamedTuple):
 
 
 _DECIMALS = r"(\.[0-9]{1,12})?"
-LATITUDE = rf"-?(90(\.0{{1,12}})?|[1-8]?[0-9]{_DECIMALS})"
-LONGITUDE = rf"-?(180(\.0{{1,12}})?|(1[0-7][0-9]|[1-9]?[0-9]){_DECIMALS})"
+LATITUDE_PATTERN = rf"-?(90(\.0{{1,12}})?|[1-8]?[0-9]{_DECIMALS})"
+LONGITUDE_PATTERN = rf"-?(180(\.0{{1,12}})?|(1[0-7][0-9]|[1-9]?[0-9]){_DECIMALS})"
 
 
 @attrs.frozen
@@ -195,7 +195,7 @@ class Coordinates:
     """LAT,LON in decimal degrees: the pattern itself bounds them (-90..90, -180..180)."""
 
     description: str
-    pattern: str = f"^{LATITUDE},{LONGITUDE}$"
+    pattern: str = f"^{LATITUDE_PATTERN},{LONGITUDE_PATTERN}$"
 
     def parse(self, raw: str) -> Point:
         Pattern(self.pattern, self.description).parse(raw)
@@ -206,6 +206,11 @@ class Coordinates:
         return {"type": "string", "pattern": self.pattern}
 
 
+def spelled(ranges: tuple[tuple[int, int], ...]) -> str:
+    """Port ranges as a person writes them: `53, 4000-33433`."""
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
 @attrs.frozen
 class PortIn:
     """A UDP port within one of `ranges` ((first, last) pairs)."""
@@ -213,13 +218,10 @@ class PortIn:
     ranges: tuple[tuple[int, int], ...]
     description: str
 
-    def spelled(self) -> str:
-        return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ranges)
-
     def parse(self, raw: str) -> int:
         port = Integer(1, 65535, self.description).parse(raw)
         if not any(first <= port <= last for first, last in self.ranges):
-            raise InvalidValueError("port", f"Expected a port in {self.spelled()}")
+            raise InvalidValueError("port", f"Expected a port in {spelled(self.ranges)}")
         return port
 
     def schema(self) -> dict[str, Any]:

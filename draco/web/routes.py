@@ -68,6 +68,7 @@ from draco.web.params import (
     PortIn,
     Reader,
     Text,
+    spelled,
 )
 from draco.web.shaping import (
     matching,
@@ -637,13 +638,14 @@ class Api:
             message = "A port or a chain is asked of one provider: /api/{provider}/servers/..."
             raise _invalid(where, message, "one_provider")
         data = await self.dataset(request)
-        server = await self.unset_aside(request, data, identifier)
+        aside = await self.aside(request)
+        server = _unset_aside(data, aside, identifier)
         provider = self.catalog.providers[server.provider]
         if named is None:  # `all`: what the server's own provider can do
             _refuse(self.peer_problems(provider, family=family, port=None, via=None))
         entry = None
         if via is not None:
-            entry = await self.unset_aside(request, data, via)
+            entry = _unset_aside(data, aside, via)
             if entry.identifier == server.identifier:
                 raise _invalid(
                     ["query", "via"], "A chain enters and leaves at two servers.", "same"
@@ -656,17 +658,6 @@ class Api:
         written = configs.FORMATS[format or usual]
         return Response(written.write(peering), 200, {"Cache-Control": "no-store"}, written.media)
 
-    async def unset_aside(self, request: Request, data: Dataset, identifier: str) -> Server:
-        """The server named so in `data`, unless the client's reports set it aside: a 404."""
-        wanted = identifier.lower()
-        server = data.by_identifier.get(wanted)
-        if server is None:
-            raise HTTPException(404, f"No server {wanted}.")
-        aside = await self.aside(request)
-        if (server.provider, server.identifier) in aside:
-            raise HTTPException(404, f"{wanted} is set aside by your reports.")
-        return server
-
     def peer_problems(
         self, provider: Provider, *, family: str | None, port: int | None, via: str | None
     ) -> list[Detail]:
@@ -675,7 +666,7 @@ class Api:
         if family is not None:
             problems += self.unanswered(provider.name, FILTER_OF[FAMILY.name], family)
         if port is not None and not provider.listens_on(port):
-            ports = PortIn(provider.wireguard_ports, "").spelled()
+            ports = spelled(provider.wireguard_ports)
             message = f"{provider.name}'s servers listen on {ports}; not {port}"
             problems.append(Detail(["query", PORT.name], message, "port"))
         if via is not None and MULTIHOP not in provider.reports:
@@ -782,6 +773,17 @@ def _changes(provider: str, composed: Composed) -> Changes:
         current_at=composed.current_at,
         servers=servers,
     )
+
+
+def _unset_aside(data: Dataset, aside: Aside, identifier: str) -> Server:
+    """The server named so in `data`, unless the client's reports set it aside: a 404."""
+    wanted = identifier.lower()
+    server = data.by_identifier.get(wanted)
+    if server is None:
+        raise HTTPException(404, f"No server {wanted}.")
+    if (server.provider, server.identifier) in aside:
+        raise HTTPException(404, f"{wanted} is set aside by your reports.")
+    return server
 
 
 def _refuse(problems: list[Detail]) -> None:
