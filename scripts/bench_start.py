@@ -8,6 +8,12 @@ each served by a loopback fake upstream. Default settings otherwise.
 - start to ready: from exec to the first 200 of /health/ready, with the four lists in
   SNAPSHOT_DIR (a sidecar restarting on its volume); the median of --runs starts. The
   same with nothing stored (each list fetched and parsed first) is printed beside it.
+- where the start goes: the same measure for a bare app on the same stack (Starlette on
+  hypercorn, with an HTTP/2 httpx client made, as draco makes its upstream client,
+  answering 200 at once), started alternately with draco in one run: the floor that no
+  work of draco's own can go under. Then exec to exit of a fresh process that imports
+  what each step of the memory breakdown imports, and the time the four snapshots take
+  to read back through every check.
 - idle RSS: once the four lists are fetched from the upstreams, a second later.
 - where it goes, each in a fresh process: the interpreter alone, with asyncio and ssl,
   with Starlette and hypercorn, with everything `draco serve` imports; then the four
@@ -75,15 +81,48 @@ def environment(urls: dict[str, str], snapshots: Path | None) -> dict[str, str]:
     return env
 
 
-def start(python: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, float]:
-    """A `draco serve`, its base URL, and the seconds from exec to ready."""
+# The bare app: the stack's imports and an upstream client, and nothing of draco's.
+BARE = """
+import asyncio, signal, sys
+import httpx
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+async def ready(request):
+    return Response(b"ok")
+
+async def main():
+    client = httpx.AsyncClient(http2=True, verify=True)
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    config = Config()
+    config.bind = [sys.argv[1]]
+    app = Starlette(routes=[Route("/health/ready", ready)])
+    await serve(app, config, shutdown_trigger=stopping.wait)
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+def start(
+    python: str, env: dict[str, str], *, bare: bool = False
+) -> tuple[subprocess.Popen[bytes], str, float]:
+    """A `draco serve` (or the bare app), its base URL, and the seconds from exec to ready."""
     import httpx
     from fake_upstream import free_port
 
     port = free_port()
+    bind = f"127.0.0.1:{port}"
+    command = (
+        [python, "-c", BARE, bind] if bare else [python, "-m", "draco", "serve", "--bind", bind]
+    )
     began = time.perf_counter()
     process = subprocess.Popen(
-        [python, "-m", "draco", "serve", "--bind", f"127.0.0.1:{port}"],
+        command,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -114,6 +153,17 @@ def readiness(python: str, env: dict[str, str], runs: int) -> float:
         stop(process)
         seconds.append(took)
     return statistics.median(seconds)
+
+
+def readiness_beside_bare(python: str, env: dict[str, str], runs: int) -> tuple[float, float]:
+    """Medians of draco's start to ready and the bare app's, started alternately."""
+    draco, bare = [], []
+    for _ in range(runs):
+        for seconds, is_bare in ((draco, False), (bare, True)):
+            process, _, took = start(python, env, bare=is_bare)
+            stop(process)
+            seconds.append(took)
+    return statistics.median(draco), statistics.median(bare)
 
 
 def idle_rss(python: str, env: dict[str, str]) -> int:
@@ -157,17 +207,29 @@ def imports_rss(python: str, code: str) -> int:
     return int(done.stdout.split()[-1])
 
 
+def run_seconds(python: str, code: str) -> float:
+    """Seconds from exec to exit of a bare `python -c` that runs `code`, median of 5."""
+    seconds = []
+    for _ in range(5):
+        began = time.perf_counter()
+        subprocess.run([python, "-c", code], check=True, cwd=ROOT)
+        seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds)
+
+
 def child_lists(payload_dir: str) -> None:
-    """In a fresh process: RSS with serve's imports, then with the four lists, then with
-    every render cache full, then after a 21 MB parse has been dropped."""
+    """In a fresh process: RSS with serve's imports,
+    then with the four lists, then with every render cache full, then after a 21 MB parse
+    has been dropped; then the seconds the four snapshots take to read back."""
     for module in SERVE_IMPORTS:
         importlib.import_module(module)
     from draco.catalog.dataset import RENDER_CACHE_BYTES, make_dataset, render
+    from draco.catalog.snapshot import read_snapshot
     from draco.models import paginate
     from draco.providers import REGISTRY
 
     gc.collect()
-    readings = {"imports": rss_kib()}
+    readings: dict[str, float] = {"imports": rss_kib()}
     bodies = {name: (Path(payload_dir) / name).read_bytes() for name in CACHED}
     kept = {}
     for name, body in bodies.items():
@@ -189,14 +251,21 @@ def child_lists(payload_dir: str) -> None:
     del body, parsed
     gc.collect()
     readings["after a 21 MB parse, dropped"] = rss_kib()
+    reads = []  # last, so that its garbage is in no RSS reading
+    for _ in range(5):
+        began = time.perf_counter()
+        for name in CACHED:
+            read_snapshot(Path(payload_dir) / "snapshots", name)
+        reads.append(time.perf_counter() - began)
+    readings["snapshot seconds"] = statistics.median(reads)
     print(json.dumps(readings))
 
 
-def fresh(python: str, *args: str) -> dict[str, int]:
+def fresh(python: str, *args: str) -> dict[str, float]:
     """This script again, as a child in the default install."""
     command = [python, __file__, *args]
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
-    result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -224,7 +293,7 @@ def main() -> None:
             first, _, cold = start(python, environment(urls, snapshots))  # fills SNAPSHOT_DIR
             time.sleep(1)
             stop(first)
-            warm = readiness(python, environment(urls, snapshots), args.runs)
+            warm, bare = readiness_beside_bare(python, environment(urls, snapshots), args.runs)
             cold = readiness(python, environment(urls, None), max(3, args.runs // 3))
             idle = idle_rss(python, environment(urls, None))
         finally:
@@ -235,18 +304,27 @@ def main() -> None:
         print(f"  start to ready, lists in SNAPSHOT_DIR: {warm:.3f} s median of {args.runs}")
         print(f"    (goal {LIMIT_READY_S} s: {verdict})")
         print(f"  start to ready, nothing stored (fetched and parsed first): {cold:.3f} s")
+        print(f"  bare app on the same stack, started alternately: {bare:.3f} s median")
+        print(f"    (draco's start less the floor: {warm - bare:.3f} s)")
         verdict = "met" if idle / 1024 <= LIMIT_RSS_MIB else "NOT met"
         print(f"  idle RSS: {idle / 1024:.1f} MiB (goal {LIMIT_RSS_MIB} MiB: {verdict})")
 
         for name, body in bodies.items():
             (Path(folder) / name).write_bytes(body)
-        print("where it goes (RSS of a fresh process at each step):")
+        lists = fresh(python, "--child-lists", folder)
+        print("where the start goes (exec to exit of a fresh process at each step, medians of 5):")
+        previous_s = 0.0
+        for label, code in STEPS.items():
+            took = run_seconds(python, code)
+            print(f"  {label:<40} {took:6.3f} s    (+{took - previous_s:.3f})")
+            previous_s = took
+        print(f"  reading the four snapshots back: {lists['snapshot seconds']:.3f} s median of 5")
+        print("where the memory goes (RSS of a fresh process at each step):")
         previous = 0
         for label, code in STEPS.items():
             rss = imports_rss(python, code)
             print(f"  {label:<40} {rss / 1024:6.1f} MiB  (+{(rss - previous) / 1024:.1f})")
             previous = rss
-        lists = fresh(python, "--child-lists", folder)
         for label in ("lists", "render caches full", "after a 21 MB parse, dropped"):
             rss = lists[label]
             print(f"  + {label:<38} {rss / 1024:6.1f} MiB  (+{(rss - previous) / 1024:.1f})")

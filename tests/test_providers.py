@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from draco.exceptions import VPNDataError
-from draco.providers import REGISTRY, mullvad, nordvpn, surfshark, windscribe
+from draco.providers import REGISTRY, base, mullvad, nordvpn, surfshark, windscribe
 
 
 def valid_key(value) -> bool:
@@ -281,6 +282,59 @@ def test_an_entry_whose_country_code_is_not_two_ascii_letters_is_skipped(code):
 def test_a_malformed_load_or_address_is_unknown(field, value):
     [server], _ = nordvpn.parse(json.dumps([_nord_entry(**{field: value})]).encode())
     assert (server.load, server.ipv4)[field == "station"] is None
+
+
+def _ipaddress_ipv4(value):
+    """The check base.ipv4 stands for: what ipaddress accepts, as it prints it."""
+    try:
+        return str(ipaddress.IPv4Address(value.strip()))
+    except ValueError:
+        return None
+
+
+# Octets near the edges: leading zeros, over 255, non-ASCII digits, signs, blanks.
+_edges = st.sampled_from([0, 9, 10, 99, 100, 199, 200, 249, 250, 255, 256, 259, 260, 300])
+_zeros = st.sampled_from(["", "", "", "0"])
+_number = st.builds(str.__add__, _zeros, (st.integers(0, 299) | _edges).map(str))
+_odd = st.sampled_from(["", "\u0661", "\uff11", "+1", "-1", " 1", "0x1", "1_0", "1234"])
+_octet = _number | _number | _odd
+_dotted = st.lists(_octet, min_size=4, max_size=4) | st.lists(_octet, min_size=3, max_size=5)
+_padding = st.sampled_from(["", " ", "\t", "\n", "\u00a0", "\u3000", "/24", ":51820"])
+
+
+@settings(max_examples=2000)
+@given(
+    before=_padding,
+    body=_dotted.map(".".join) | st.ip_addresses(v=4).map(str) | st.text(max_size=20),
+    after=_padding,
+)
+def test_the_ipv4_check_accepts_exactly_what_ipaddress_accepts_and_prints_it_so(
+    before, body, after
+):
+    value = before + body + after
+    assert base.ipv4(value) == _ipaddress_ipv4(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1.2.3.4",
+        " 10.0.0.255 ",
+        "0.0.0.1",
+        "255.255.255.255",
+        "01.2.3.4",
+        "1.2.3",
+        "256.1.1.1",
+        "1.2.3.4.5",
+        "\u0661.2.3.4",
+        "1.2.3.4/32",
+        "1.2.3.4\n",
+        "",
+        "1..2.3",
+    ],
+)
+def test_the_ipv4_check_agrees_with_ipaddress_on_the_edges(value):
+    assert base.ipv4(value) == _ipaddress_ipv4(value)
 
 
 @pytest.mark.parametrize(

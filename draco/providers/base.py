@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple, Protocol
@@ -220,11 +221,18 @@ def listed_in_country(value: Any) -> bool:
     return value is not False
 
 
+# Exactly what ipaddress.IPv4Address accepts, which is also how it prints it: four ASCII
+# decimal octets of 0..255 without leading zeros. A test holds the two equal over any
+# string. ipaddress took a quarter of the field checks' time, and a restored list has
+# every address checked before draco is ready.
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
 def ipv4(value: Any) -> str | None:
-    try:
-        return str(ipaddress.IPv4Address(value.strip())) if isinstance(value, str) else None
-    except ValueError:
-        return None
+    """A dotted-quad IPv4 address, trimmed."""
+    address = value.strip() if isinstance(value, str) else ""
+    return address if _IPV4.fullmatch(address) else None
 
 
 def ipv6(value: Any) -> str | None:
