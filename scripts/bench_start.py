@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -290,7 +291,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         snapshots = Path(folder) / "snapshots"
         try:
-            first, _, cold = start(python, environment(urls, snapshots))  # fills SNAPSHOT_DIR
+            first, _, _ = start(python, environment(urls, snapshots))  # fills SNAPSHOT_DIR
             time.sleep(1)
             stop(first)
             warm, bare = readiness_beside_bare(python, environment(urls, snapshots), args.runs)
@@ -313,22 +314,24 @@ def main() -> None:
             (Path(folder) / name).write_bytes(body)
         lists = fresh(python, "--child-lists", folder)
         print("where the start goes (exec to exit of a fresh process at each step, medians of 5):")
-        previous_s = 0.0
-        for label, code in STEPS.items():
-            took = run_seconds(python, code)
-            print(f"  {label:<40} {took:6.3f} s    (+{took - previous_s:.3f})")
-            previous_s = took
+        steps(
+            {label: run_seconds(python, code) for label, code in STEPS.items()},
+            "{:6.3f} s".format,
+        )
         print(f"  reading the four snapshots back: {lists['snapshot seconds']:.3f} s median of 5")
         print("where the memory goes (RSS of a fresh process at each step):")
-        previous = 0
-        for label, code in STEPS.items():
-            rss = imports_rss(python, code)
-            print(f"  {label:<40} {rss / 1024:6.1f} MiB  (+{(rss - previous) / 1024:.1f})")
-            previous = rss
+        memory = {label: imports_rss(python, code) / 1024 for label, code in STEPS.items()}
         for label in ("lists", "render caches full", "after a 21 MB parse, dropped"):
-            rss = lists[label]
-            print(f"  + {label:<38} {rss / 1024:6.1f} MiB  (+{(rss - previous) / 1024:.1f})")
-            previous = rss
+            memory[f"+ {label}"] = lists[label] / 1024
+        steps(memory, "{:6.1f} MiB".format)
+
+
+def steps(readings: dict[str, float], show: Callable[[float], str]) -> None:
+    """Each step's reading, and what it adds to the one before."""
+    previous = 0.0
+    for label, value in readings.items():
+        print(f"  {label:<40} {show(value)}  (+{show(value - previous).strip()})")
+        previous = value
 
 
 if __name__ == "__main__":
