@@ -219,9 +219,9 @@ def run_seconds(python: str, code: str) -> float:
 
 
 def child_lists(payload_dir: str) -> None:
-    """In a fresh process: RSS with serve's imports,
-    then with the four lists, then with every render cache full, then after a 21 MB parse
-    has been dropped; then the seconds the four snapshots take to read back."""
+    """In a fresh process: RSS with serve's imports, then with the four lists, then with
+    every render cache full, then after a 21 MB parse has been dropped; last, the seconds
+    the four snapshots in SNAPSHOT_DIR take to read back."""
     for module in SERVE_IMPORTS:
         importlib.import_module(module)
     from draco.catalog.dataset import RENDER_CACHE_BYTES, make_dataset, render
