@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from draco.models import Server
 from draco.providers import REGISTRY
 from draco.web import configs
-from draco.web.params import FEATURES
+from draco.web.params import FEATURES, InvalidValueError, PortIn
 
 WANTED = {  # each word, as a brute force reads it
     "p2p": lambda s: s.p2p is True,
@@ -100,6 +100,17 @@ def test_the_declared_ports_are_the_ones_the_payloads_publish():
     assert {port for port in range(1, 65536) if declared.listens_on(port)} == published
     for provider in REGISTRY.values():
         assert provider.listens_on(provider.wireguard_port)
+
+
+def test_the_port_a_provider_is_documented_with_accepts_exactly_its_ports():
+    mullvad = REGISTRY["mullvad"]
+    accepts = PortIn(mullvad, "a port")
+    for port in (53, 4000, 33433, 51820, 60000):
+        assert accepts.parse(str(port)) == port
+    for port in (1, 3999, 33434, 51821, 65535):
+        with pytest.raises(InvalidValueError, match="53, 123, 4000-33433"):
+            accepts.parse(str(port))
+    assert accepts.schema()["anyOf"][2] == {"minimum": 4000, "maximum": 33433}
 
 
 # --- every filter against a brute force -------------------------------------------------------

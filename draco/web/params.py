@@ -22,6 +22,7 @@ import attrs
 
 from draco.models import COUNTRY_CODE, COUNTRY_CODE_MEANS, Detail, Server
 from draco.providers import Provider
+from draco.providers.base import LAST_PORT
 from draco.web.errors import RequestValidationError
 
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -213,19 +214,20 @@ def spelled(ranges: tuple[tuple[int, int], ...]) -> str:
 
 @attrs.frozen
 class PortIn:
-    """A UDP port within one of `ranges` ((first, last) pairs)."""
+    """A UDP port that `provider`'s WireGuard servers listen on."""
 
-    ranges: tuple[tuple[int, int], ...]
+    provider: Provider
     description: str
 
     def parse(self, raw: str) -> int:
-        port = Integer(1, 65535, self.description).parse(raw)
-        if not any(first <= port <= last for first, last in self.ranges):
-            raise InvalidValueError("port", f"Expected a port in {spelled(self.ranges)}")
+        port = Integer(1, LAST_PORT, self.description).parse(raw)
+        if not self.provider.listens_on(port):
+            ports = spelled(self.provider.wireguard_ports)
+            raise InvalidValueError("port", f"Expected a port in {ports}")
         return port
 
     def schema(self) -> dict[str, Any]:
-        spans = [{"minimum": a, "maximum": b} for a, b in self.ranges]
+        spans = [{"minimum": a, "maximum": b} for a, b in self.provider.wireguard_ports]
         if len(spans) == 1:
             return {"type": "integer", **spans[0]}
         return {"type": "integer", "anyOf": spans}

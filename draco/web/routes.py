@@ -44,6 +44,7 @@ from draco.models import (
 )
 from draco.probe.runs import Latencies, Target
 from draco.providers import Provider
+from draco.providers.base import LAST_PORT
 from draco.settings import Settings
 from draco.web import configs
 from draco.web.errors import RequestValidationError
@@ -91,7 +92,7 @@ SEED = Param(
 SHOWN = Param("include_quarantined", Boolean("show servers your reports set aside"), default=False)
 SINCE = Param("since", Pattern(VERSION, "a version, as X-List-Version gave it"))
 SHAPING = (*FILTER_PARAMS, SEED, SHOWN, FIELDS)  # what every list answer takes
-PORT = Param("port", Integer(1, 65535, "the Endpoint's port: one the provider's servers use"))
+PORT = Param("port", Integer(1, LAST_PORT, "the Endpoint's port: one the provider's servers use"))
 VIA = Param("via", Text(253, "multi-hop: the identifier of the server the chain enters at"))
 FORMAT = Param(
     "format",
@@ -110,9 +111,7 @@ def offered(param: Param, provider: Provider | None) -> Param | None:
     if provider is None:
         return None if param in ONE_PROVIDERS else param
     if param is PORT:
-        return attrs.evolve(
-            PORT, accepts=PortIn(provider.wireguard_ports, PORT.accepts.description)
-        )
+        return attrs.evolve(PORT, accepts=PortIn(provider, PORT.accepts.description))
     if param is VIA and MULTIHOP not in provider.reports:
         return None
     return param
